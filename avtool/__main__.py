@@ -1,0 +1,5 @@
+"""``python -m avtool``."""
+
+from avtool.cli.app import main
+
+main()

@@ -1,0 +1,332 @@
+"""The configuration: every key with its kind, default and doc; resolution of one frozen Config.
+
+Precedence, lowest first: default < file < environment (``AVTOOL_SECTION_KEY``) < command line.
+Which file: ``-f/--config-file`` > ``AVTOOL_CONFIG`` > for the daemon ``/etc/courier/filters/
+avtool.conf``; for user commands the platformdirs user config file, then that system file.
+
+To add a key, add one ``key(...)`` line below. Values are read with ``cfg[KEY]``, typed.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+import re
+import tomllib
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Generic, Literal, TypeVar
+
+from avtool.errors import ConfigError
+from avtool.kinds import Choice, Int, Kind, Seconds, Size, Text, TextList
+
+T = TypeVar("T")
+
+SYSTEM_CONFIG = Path("/etc/courier/filters/avtool.conf")
+ENV_FILE = "AVTOOL_CONFIG"
+Role = Literal["daemon", "user"]
+
+
+@dataclass(frozen=True, eq=False)
+class Key(Generic[T]):
+    """One configuration key: ``section.name``, its kind, default and a one-line doc."""
+
+    name: str
+    kind: Kind[T]
+    default: T
+    doc: str
+
+    @property
+    def env(self) -> str:
+        return "AVTOOL_" + self.name.replace(".", "_").upper()
+
+
+KEYS: dict[str, Key[Any]] = {}
+
+
+def key(name: str, kind: Kind[T], default: object, doc: str) -> Key[T]:
+    k = Key(name, kind, kind.parse(default), doc)
+    assert name not in KEYS, name  # noqa: S101 - a programming error, caught by any test run
+    KEYS[name] = k
+    return k
+
+
+# A clamd address: an absolute unix socket path, or host:port / [v6]:port.
+_BACKEND = r"/\S+|[A-Za-z0-9_.-]+:\d{1,5}|\[[0-9A-Fa-f:.]+\]:\d{1,5}"
+_BACKEND_HINT = "must be an absolute unix socket path or host:port"
+
+# ---- the keys -------------------------------------------------------------------------------
+BACKENDS = key(
+    "clamd.backends",
+    TextList(Text(_BACKEND, _BACKEND_HINT), min_items=1),
+    ("/var/run/clamav/clamd.ctl",),
+    "clamd addresses: unix socket paths or host:port; a failing one is set aside, the next tried",
+)
+BALANCE = key(
+    "clamd.balance",
+    Choice(("ordered", "round-robin")),
+    "ordered",
+    "ordered: always the first healthy backend; round-robin: spread scans across all of them",
+)
+CONNECT_TIMEOUT = key(
+    "clamd.connect_timeout", Seconds(0.01, 60.0), 2.0, "seconds to wait for a connection to clamd"
+)
+SCAN_TIMEOUT = key(
+    "clamd.scan_timeout", Seconds(0.1, 3600.0), 120.0, "seconds to wait for clamd's verdict"
+)
+RETRY_AFTER = key(
+    "clamd.retry_after",
+    Seconds(0.0, 3600.0),
+    30.0,
+    "seconds a backend that failed is set aside before it is tried again",
+)
+TRANSFER = key(
+    "clamd.transfer",
+    Choice(("auto", "fildes", "instream", "scan")),
+    "auto",
+    "how the message reaches clamd; auto: FILDES on unix sockets, INSTREAM over TCP",
+)
+MAX_SIZE = key(
+    "scan.max_size",
+    Size(1, (4 << 30) - 1),
+    "25M",
+    "larger messages are not sent to clamd and count as unchecked; keep <= StreamMaxLength",
+)
+VERBOSITY = key(
+    "log.verbosity",
+    Int(0, 3),
+    1,
+    "0 errors only, 1 one line per message, 2 details, 3 debug",
+)
+
+
+# ---- cross-key checks: each returns a problem text or None -------------------------------------
+def _fildes_needs_unix(cfg: Config) -> str | None:
+    tcp = [b for b in cfg[BACKENDS] if not b.startswith("/")]
+    if cfg[TRANSFER] == "fildes" and tcp:
+        return (
+            f"clamd.transfer: fildes works on unix sockets only, but clamd.backends has "
+            f"{', '.join(tcp)} ({cfg.source(TRANSFER)})"
+        )
+    return None
+
+
+def _connect_within_scan(cfg: Config) -> str | None:
+    if cfg[CONNECT_TIMEOUT] > cfg[SCAN_TIMEOUT]:
+        return (
+            f"clamd.connect_timeout: {cfg[CONNECT_TIMEOUT]:g} s is longer than "
+            f"clamd.scan_timeout {cfg[SCAN_TIMEOUT]:g} s ({cfg.source(CONNECT_TIMEOUT)})"
+        )
+    return None
+
+
+CHECKS: list[Callable[[Config], str | None]] = [_fildes_needs_unix, _connect_within_scan]
+
+
+# ---- resolution ---------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Source:
+    """Where a value came from: ``default``, ``file`` (where = path:line), ``env``, ``cli``."""
+
+    kind: Literal["default", "file", "env", "cli"]
+    where: str = ""
+
+    def __str__(self) -> str:
+        return self.where or self.kind
+
+
+@dataclass(frozen=True)
+class Config:
+    """The resolved configuration: frozen, built once by ``resolve`` and passed down."""
+
+    values: Mapping[str, Any]
+    sources: Mapping[str, Source]
+    path: Path | None = None
+    notes: tuple[str, ...] = field(default=())
+
+    def __getitem__(self, k: Key[T]) -> T:
+        value: T = self.values[k.name]
+        return value
+
+    def source(self, k: Key[Any]) -> Source:
+        return self.sources[k.name]
+
+    def items(self) -> Iterator[tuple[Key[Any], Any, Source]]:
+        for name, k in KEYS.items():
+            yield k, self.values[name], self.sources[name]
+
+    def changes(self, other: Config) -> list[str]:
+        """Keys whose value differs in ``other``, as ``name: old -> new`` lines."""
+        return [
+            f"{k.name}: {k.kind.describe(self.values[n])} -> {k.kind.describe(other.values[n])}"
+            for n, k in KEYS.items()
+            if self.values[n] != other.values[n]
+        ]
+
+    def to_toml(self) -> str:
+        """The values as a TOML file that resolves to this same Config."""
+        lines: list[str] = []
+        section = None
+        for k, value, _ in self.items():
+            head, name = k.name.split(".", 1)
+            if head != section:
+                lines.append(f"{chr(10) if section else ''}[{head}]")
+                section = head
+            lines.append(f"# {k.doc}")
+            lines.append(f"{name} = {k.kind.to_toml(value)}")
+        return "\n".join(lines) + "\n"
+
+    @classmethod
+    def defaults(cls) -> Config:
+        return cls(
+            {n: k.default for n, k in KEYS.items()}, {n: Source("default") for n in KEYS}
+        )
+
+    @classmethod
+    def resolve(
+        cls,
+        path: Path | None = None,
+        *,
+        role: Role = "user",
+        overrides: Mapping[str, str] | None = None,
+        env: Mapping[str, str] | None = None,
+    ) -> Config:
+        """Defaults < file < environment < ``overrides`` (command line, ``key=value`` text).
+
+        Raises ConfigError listing every problem at once.
+        """
+        env = os.environ if env is None else env
+        notes: list[str] = []
+        problems: list[str] = []
+        values = {n: k.default for n, k in KEYS.items()}
+        sources = {n: Source("default") for n in KEYS}
+
+        chosen = config_path(path, role=role, env=env, notes=notes)
+        if chosen is not None:
+            for name, raw, where in _read_file(chosen, problems):
+                _assign(name, raw, Source("file", where), values, sources, problems, text=False)
+        for name, k in KEYS.items():
+            if k.env in env:
+                _assign(name, env[k.env], Source("env", k.env), values, sources, problems)
+        for name, text in (overrides or {}).items():
+            _assign(name, text, Source("cli", "command line"), values, sources, problems)
+
+        cfg = cls(values, sources, chosen, tuple(notes))
+        if not problems:
+            problems.extend(p for check in CHECKS if (p := check(cfg)) is not None)
+        if problems:
+            raise ConfigError(problems)
+        return cfg
+
+
+def user_config_path() -> Path:
+    import platformdirs  # only user commands need it
+
+    return Path(platformdirs.user_config_dir("avtool")) / "avtool.conf"
+
+
+def config_path(
+    path: Path | None,
+    *,
+    role: Role,
+    env: Mapping[str, str],
+    notes: list[str] | None = None,
+) -> Path | None:
+    """The file to read, or None for defaults only. A file named explicitly must exist."""
+    if path is not None:
+        return path
+    if env.get(ENV_FILE):
+        return Path(env[ENV_FILE])
+    candidates = [SYSTEM_CONFIG] if role == "daemon" else [user_config_path(), SYSTEM_CONFIG]
+    for candidate in candidates:
+        try:
+            if candidate.is_file():
+                return candidate
+        except PermissionError:
+            if notes is not None:
+                notes.append(f"{candidate}: not readable by this user, skipped")
+    return None
+
+
+def _assign(
+    name: str,
+    raw: object,
+    source: Source,
+    values: dict[str, Any],
+    sources: dict[str, Source],
+    problems: list[str],
+    *,
+    text: bool = True,
+) -> None:
+    k = KEYS.get(name)
+    if k is None:
+        problems.append(f"{name}: unknown key{_did_you_mean(name)} ({source})")
+        return
+    try:
+        values[name] = k.kind.from_text(raw) if text and isinstance(raw, str) else k.kind.parse(raw)
+    except ValueError as e:
+        problems.append(f"{name}: {e} ({source})")
+        return
+    sources[name] = source
+
+
+def _did_you_mean(name: str) -> str:
+    names = list(KEYS)
+    short = {n.split(".", 1)[1]: n for n in names}
+    close = difflib.get_close_matches(name, names, n=1, cutoff=0.6)
+    if not close:
+        close = [short[c] for c in difflib.get_close_matches(name.split(".")[-1], short, n=1)]
+    return f"; did you mean {close[0]}?" if close else ""
+
+
+_TOML_LINE = re.compile(r"\(at line (\d+), column \d+\)")
+_TABLE = re.compile(r"^\s*\[([A-Za-z0-9_.-]+)\]\s*(#.*)?$")
+_ASSIGN = re.compile(r"^\s*([A-Za-z0-9_.-]+)\s*=")
+
+
+def _read_file(path: Path, problems: list[str]) -> Iterator[tuple[str, object, str]]:
+    """Yield (dotted key, raw TOML value, "path:line") for every leaf value in the file."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as e:
+        problems.append(f"{path}: cannot read: {e.strerror or e}")
+        return
+    except UnicodeDecodeError:
+        problems.append(f"{path}: not UTF-8 text")
+        return
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        m = _TOML_LINE.search(str(e))
+        where = f"{path}:{m.group(1)}" if m else str(path)
+        problems.append(f"{where}: TOML syntax error: {_TOML_LINE.sub('', str(e)).strip()}")
+        return
+    lines = _key_lines(text)
+    for name, raw in _flatten(data):
+        yield name, raw, f"{path}:{lines[name]}" if name in lines else str(path)
+
+
+def _flatten(data: Mapping[str, Any], prefix: str = "") -> Iterator[tuple[str, object]]:
+    for name, value in data.items():
+        dotted = prefix + name
+        if isinstance(value, dict) and (prefix or dotted not in KEYS):
+            if not prefix and not any(n.startswith(dotted + ".") for n in KEYS):
+                yield dotted, value  # an unknown table: one problem, not one per key
+                continue
+            yield from _flatten(value, dotted + ".")
+        else:
+            yield dotted, value
+
+
+def _key_lines(text: str) -> dict[str, int]:
+    """Line numbers of ``key =`` lines and ``[table]`` headers, by dotted name (plain TOML only)."""
+    found: dict[str, int] = {}
+    table = ""
+    for number, line in enumerate(text.splitlines(), 1):
+        if m := _TABLE.match(line):
+            table = m.group(1)
+            found.setdefault(table, number)
+        elif m := _ASSIGN.match(line):
+            found.setdefault(f"{table}.{m.group(1)}" if table else m.group(1), number)
+    return found
