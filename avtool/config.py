@@ -177,11 +177,31 @@ class Config:
             lines.append(f"{name} = {k.kind.to_toml(value)}")
         return "\n".join(lines) + "\n"
 
+    def override(self, k: Key[T], value: T, source: Source | None = None) -> Config:
+        """A copy with one value replaced (doctor probes one backend at a time, for example)."""
+        values = dict(self.values, **{k.name: value})
+        sources = dict(self.sources, **{k.name: source or Source("cli", "override")})
+        return Config(values, sources, self.path, self.notes)
+
+    @staticmethod
+    def sample() -> str:
+        """A commented config file: every key with its doc and default, all commented out."""
+        lines = [
+            "# avtool configuration (TOML). Every key is shown with its default, commented out:",
+            "# uncomment and change what you need. `avtool config` shows the effective values.",
+        ]
+        section = None
+        for name, k in KEYS.items():
+            head, short = name.split(".", 1)
+            if head != section:
+                lines += ["", f"[{head}]"]
+                section = head
+            lines += [f"# {k.doc}", f"#{short} = {k.kind.to_toml(k.default)}"]
+        return "\n".join(lines) + "\n"
+
     @classmethod
     def defaults(cls) -> Config:
-        return cls(
-            {n: k.default for n, k in KEYS.items()}, {n: Source("default") for n in KEYS}
-        )
+        return cls({n: k.default for n, k in KEYS.items()}, {n: Source("default") for n in KEYS})
 
     @classmethod
     def resolve(

@@ -1,0 +1,58 @@
+"""The avtool typer app. Each subcommand lives in its own module; this file only registers them."""
+
+from __future__ import annotations
+
+import sys
+
+import typer
+
+from avtool import __version__
+from avtool.cli import config as config_cmd
+from avtool.errors import AvtoolError, ConfigError
+
+app = typer.Typer(
+    name="avtool",
+    help="Anti-virus filter for the Courier mail server, on ClamAV's clamd.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,  # static scripts in completions/ (python -m avtool.cli.completions)
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"avtool {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: bool = typer.Option(
+        False, "--version", callback=_version, is_eager=True, help="Print the version and exit."
+    ),
+    debug: bool = typer.Option(False, "--debug", help="Show a traceback on errors."),
+) -> None:
+    """Anti-virus filter for the Courier mail server, on ClamAV's clamd."""
+
+
+app.command("config")(config_cmd.config)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Console entry point: run the app; an AvtoolError becomes one line and its exit code."""
+    args = sys.argv[1:] if argv is None else argv
+    try:
+        app(args=args, prog_name="avtool")
+    except AvtoolError as e:
+        if "--debug" in args:
+            raise
+        if isinstance(e, ConfigError):
+            for problem in e.problems:
+                print(f"avtool: config error: {problem}", file=sys.stderr)
+        else:
+            print(f"avtool: {e}", file=sys.stderr)
+        sys.exit(e.exit_code)
+    except KeyboardInterrupt:
+        print("avtool: interrupted", file=sys.stderr)
+        sys.exit(130)

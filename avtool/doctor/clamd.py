@@ -1,0 +1,182 @@
+"""Doctor checks about clamd: reachable, detects EICAR through our transfer mode, limits agree."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from avtool import config as C
+from avtool.config import Config
+from avtool.doctor import Finding
+from avtool.engine import Clean, Engine, Failed, Infected, Unchecked
+from avtool.errors import EngineError
+from avtool.kinds import Size
+
+# The EICAR test file, built in two parts so that this source file itself is not flagged.
+EICAR = b"X5O!P%@AP[4\\PZX54(P^)7CC)7}$" + b"EICAR-STANDARD-ANTIVIRUS-TEST-FILE!$H+H*"
+DEFAULT_CLAMD_CONF = Path("/etc/clamav/clamd.conf")
+CLAMD_DEFAULTS = {"StreamMaxLength": "100M", "MaxFileSize": "100M", "MaxScanSize": "400M"}
+
+
+def check_ping(cfg: Config) -> Iterator[Finding]:
+    for backend in Engine.from_config(cfg).backends:
+        try:
+            backend.ping()
+        except EngineError as e:
+            yield Finding(
+                "fail",
+                f"clamd {backend.address} does not answer PING: {e}",
+                "start clamd, or set clamd.backends to the LocalSocket / TCPSocket of clamd.conf",
+            )
+        else:
+            yield Finding("ok", f"clamd {backend.address} answers PING")
+
+
+def check_eicar(cfg: Config) -> Iterator[Finding]:
+    """Scan the EICAR test file through each backend with the configured transfer mode."""
+    with tempfile.NamedTemporaryFile(prefix="avtool-eicar-", suffix=".txt") as f:
+        f.write(EICAR)
+        f.flush()
+        os.chmod(f.name, 0o644)  # transfer "scan" needs clamd's own user to read it
+        for address in cfg[C.BACKENDS]:
+            one = Engine.from_config(cfg.override(C.BACKENDS, (address,)))
+            verdict = one.scan(f.fileno(), path=f.name)
+            mode = _mode(cfg, address)
+            if isinstance(verdict, Infected):
+                yield Finding("ok", f"clamd {address} detects EICAR by {mode} ({verdict.names[0]})")
+            elif isinstance(verdict, Clean):
+                yield Finding(
+                    "fail",
+                    f"clamd {address} does not detect EICAR by {mode}",
+                    "clamd has no usable signatures: run freshclam, then `avtool sig reload virus`",
+                )
+            elif isinstance(verdict, Unchecked | Failed):
+                yield Finding(
+                    "fail",
+                    f"clamd {address}: EICAR by {mode} gave {verdict.reason}",
+                    _fix_for(verdict.reason, mode),
+                )
+
+
+def check_limits(cfg: Config) -> Iterator[Finding]:
+    """Our scan.max_size against the limits of each local clamd (its clamd.conf)."""
+    ours = cfg[C.MAX_SIZE]
+    shown = Size().to_toml(ours).strip('"')
+    confs = running_clamd_confs()
+    for address in cfg[C.BACKENDS]:
+        conf = _conf_for(address, confs)
+        if conf is None:
+            yield Finding(
+                "warn",
+                f"clamd {address}: its clamd.conf is not on this machine; cannot compare limits",
+                f"make sure its StreamMaxLength and MaxFileSize are >= scan.max_size ({shown})",
+            )
+            continue
+        mode = _mode(cfg, address)
+        limits = {name: conf.size(name) for name in CLAMD_DEFAULTS}
+        if mode == "INSTREAM" and limits["StreamMaxLength"] < ours:
+            yield Finding(
+                "fail",
+                f"clamd {address}: StreamMaxLength {conf.get('StreamMaxLength')} < scan.max_size "
+                f"{shown} ({conf.path}): messages in between come back unchecked",
+                f"set StreamMaxLength {shown} in {conf.path}, or lower scan.max_size",
+            )
+        elif limits["MaxFileSize"] < ours and conf.get("AlertExceedsMax", "no") != "yes":
+            yield Finding(
+                "warn",
+                f"clamd {address}: MaxFileSize {conf.get('MaxFileSize')} < scan.max_size {shown} "
+                f"and AlertExceedsMax is off: clamd says OK for the part it skips",
+                f"set MaxFileSize {shown} (or AlertExceedsMax yes) in {conf.path}",
+            )
+        else:
+            yield Finding("ok", f"clamd {address}: limits allow scan.max_size {shown}")
+
+
+CHECKS = [check_ping, check_eicar, check_limits]
+
+
+def _mode(cfg: Config, address: str) -> str:
+    transfer = cfg[C.TRANSFER]
+    if transfer == "auto":
+        return "FILDES" if address.startswith("/") else "INSTREAM"
+    return transfer.upper()
+
+
+def _fix_for(reason: str, mode: str) -> str:
+    if "denied" in reason.lower() and mode == "SCAN":
+        return 'clamd\'s user cannot read the file: use clamd.transfer = "auto" (FILDES/INSTREAM)'
+    if "too large" in reason.lower():
+        return "raise StreamMaxLength in clamd.conf"
+    return "see clamd's log; check clamd.backends and clamd.transfer"
+
+
+@dataclass(frozen=True)
+class ClamdConf:
+    path: Path
+    values: dict[str, str]
+
+    def get(self, name: str, default: str = "") -> str:
+        return self.values.get(name, CLAMD_DEFAULTS.get(name, default))
+
+    def size(self, name: str) -> int:
+        raw = self.get(name, "0")
+        try:
+            value = Size().parse(raw)
+        except ValueError:
+            return 0
+        return value if value else 1 << 62  # 0 means "no limit" in clamd.conf
+
+
+def read_clamd_conf(path: Path) -> ClamdConf:
+    values: dict[str, str] = {}
+    for line in path.read_text(errors="replace").splitlines():
+        line = line.strip()
+        if line and not line.startswith("#"):
+            name, _, value = line.partition(" ")
+            values[name] = value.strip()
+    return ClamdConf(path, values)
+
+
+def running_clamd_confs() -> list[ClamdConf]:
+    """The clamd.conf of every clamd running here (from /proc), else the system one."""
+    paths: list[Path] = []
+    for proc in Path("/proc").glob("[0-9]*"):
+        try:
+            argv = (proc / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if not argv or os.path.basename(argv[0]) != b"clamd":
+            continue
+        path = DEFAULT_CLAMD_CONF
+        for i, arg in enumerate(argv):
+            if arg in (b"-c", b"--config-file") and i + 1 < len(argv):
+                path = Path(os.fsdecode(argv[i + 1]))
+            elif arg.startswith(b"--config-file="):
+                path = Path(os.fsdecode(arg.split(b"=", 1)[1]))
+        paths.append(path)
+    if not paths:
+        paths.append(DEFAULT_CLAMD_CONF)
+    confs = []
+    for path in dict.fromkeys(paths):
+        try:
+            confs.append(read_clamd_conf(path))
+        except OSError:
+            continue
+    return confs
+
+
+def _conf_for(address: str, confs: list[ClamdConf]) -> ClamdConf | None:
+    for conf in confs:
+        if address.startswith("/"):
+            sock = conf.values.get("LocalSocket")
+            if sock and os.path.realpath(sock) == os.path.realpath(address):
+                return conf
+        else:
+            host, _, port = address.rpartition(":")
+            loopback = host.strip("[]") in ("127.0.0.1", "localhost", "::1")
+            if loopback and conf.values.get("TCPSocket") == port:
+                return conf
+    return None
