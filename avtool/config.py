@@ -4,7 +4,7 @@ Precedence, lowest first: default < file < environment (``AVTOOL_SECTION_KEY``) 
 Which file: ``-f/--config-file`` > ``AVTOOL_CONFIG`` > for the daemon ``/etc/courier/filters/
 avtool.conf``; for user commands the platformdirs user config file, then that system file.
 
-To add a key, add one ``key(...)`` line below. Values are read with ``cfg[KEY]``, typed.
+Keys are defined in keys.py (one entry each); values are read with ``cfg[keys.NAME]``, typed.
 """
 
 from __future__ import annotations
@@ -13,115 +13,20 @@ import difflib
 import os
 import re
 import tomllib
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Generic, Literal, TypeVar
+from typing import Any, Literal, TypeVar
 
 from avtool.errors import ConfigError
-from avtool.kinds import Choice, Int, Kind, Seconds, Size, Text, TextList
+from avtool.keys import CHECKS, KEYS
+from avtool.kinds import Key
 
 T = TypeVar("T")
 
 SYSTEM_CONFIG = Path("/etc/courier/filters/avtool.conf")
 ENV_FILE = "AVTOOL_CONFIG"
 Role = Literal["daemon", "user"]
-
-
-@dataclass(frozen=True, eq=False)
-class Key(Generic[T]):
-    """One configuration key: ``section.name``, its kind, default and a one-line doc."""
-
-    name: str
-    kind: Kind[T]
-    default: T
-    doc: str
-
-    @property
-    def env(self) -> str:
-        return "AVTOOL_" + self.name.replace(".", "_").upper()
-
-
-KEYS: dict[str, Key[Any]] = {}
-
-
-def key(name: str, kind: Kind[T], default: object, doc: str) -> Key[T]:
-    k = Key(name, kind, kind.parse(default), doc)
-    assert name not in KEYS, name  # noqa: S101 - a programming error, caught by any test run
-    KEYS[name] = k
-    return k
-
-
-# A clamd address: an absolute unix socket path, or host:port / [v6]:port.
-_BACKEND = r"/\S+|[A-Za-z0-9_.-]+:\d{1,5}|\[[0-9A-Fa-f:.]+\]:\d{1,5}"
-_BACKEND_HINT = "must be an absolute unix socket path or host:port"
-
-# ---- the keys -------------------------------------------------------------------------------
-BACKENDS = key(
-    "clamd.backends",
-    TextList(Text(_BACKEND, _BACKEND_HINT), min_items=1),
-    ("/var/run/clamav/clamd.ctl",),
-    "clamd addresses: unix socket paths or host:port; a failing one is set aside, the next tried",
-)
-BALANCE = key(
-    "clamd.balance",
-    Choice(("ordered", "round-robin")),
-    "ordered",
-    "ordered: always the first healthy backend; round-robin: spread scans across all of them",
-)
-CONNECT_TIMEOUT = key(
-    "clamd.connect_timeout", Seconds(0.01, 60.0), 2.0, "seconds to wait for a connection to clamd"
-)
-SCAN_TIMEOUT = key(
-    "clamd.scan_timeout", Seconds(0.1, 3600.0), 120.0, "seconds to wait for clamd's verdict"
-)
-RETRY_AFTER = key(
-    "clamd.retry_after",
-    Seconds(0.0, 3600.0),
-    30.0,
-    "seconds a backend that failed is set aside before it is tried again",
-)
-TRANSFER = key(
-    "clamd.transfer",
-    Choice(("auto", "fildes", "instream", "scan")),
-    "auto",
-    "how the message reaches clamd; auto: FILDES on unix sockets, INSTREAM over TCP",
-)
-MAX_SIZE = key(
-    "scan.max_size",
-    Size(1, (4 << 30) - 1),
-    "25M",
-    "larger messages are not sent to clamd and count as unchecked; keep <= StreamMaxLength",
-)
-VERBOSITY = key(
-    "log.verbosity",
-    Int(0, 3),
-    1,
-    "0 errors only, 1 one line per message, 2 details, 3 debug",
-)
-
-
-# ---- cross-key checks: each returns a problem text or None -------------------------------------
-def _fildes_needs_unix(cfg: Config) -> str | None:
-    tcp = [b for b in cfg[BACKENDS] if not b.startswith("/")]
-    if cfg[TRANSFER] == "fildes" and tcp:
-        return (
-            f"clamd.transfer: fildes works on unix sockets only, but clamd.backends has "
-            f"{', '.join(tcp)} ({cfg.source(TRANSFER)})"
-        )
-    return None
-
-
-def _connect_within_scan(cfg: Config) -> str | None:
-    if cfg[CONNECT_TIMEOUT] > cfg[SCAN_TIMEOUT]:
-        return (
-            f"clamd.connect_timeout: {cfg[CONNECT_TIMEOUT]:g} s is longer than "
-            f"clamd.scan_timeout {cfg[SCAN_TIMEOUT]:g} s ({cfg.source(CONNECT_TIMEOUT)})"
-        )
-    return None
-
-
-CHECKS: list[Callable[[Config], str | None]] = [_fildes_needs_unix, _connect_within_scan]
 
 
 # ---- resolution ---------------------------------------------------------------------------------

@@ -188,5 +188,26 @@ class TextList(Kind[tuple[str, ...]]):
         return json.dumps(list(value))
 
 
-def kind_label(kind: Kind[Any]) -> str:
-    return kind.label
+@dataclass(frozen=True, eq=False)
+class Key(Generic[T]):
+    """One configuration key: ``section.name``, its kind, default and a one-line doc."""
+
+    name: str
+    kind: Kind[T]
+    default: T
+    doc: str
+
+    @property
+    def env(self) -> str:
+        return "AVTOOL_" + self.name.replace(".", "_").upper()
+
+
+KEYS: dict[str, Key[Any]] = {}
+
+
+def key(name: str, kind: Kind[T], default: object, doc: str) -> Key[T]:
+    """Register a key: its kind checks the default, so a bad default fails at import."""
+    k = Key(name, kind, kind.parse(default), doc)
+    assert name not in KEYS, name  # noqa: S101 - a programming error, caught by any test run
+    KEYS[name] = k
+    return k

@@ -8,7 +8,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from avtool import config as C
+from avtool import keys as K
 from avtool.config import Config
 from avtool.doctor import Finding
 from avtool.engine import Clean, Engine, Failed, Infected, Unchecked
@@ -41,8 +41,8 @@ def check_eicar(cfg: Config) -> Iterator[Finding]:
         f.write(EICAR)
         f.flush()
         os.chmod(f.name, 0o644)  # transfer "scan" needs clamd's own user to read it
-        for address in cfg[C.BACKENDS]:
-            one = Engine.from_config(cfg.override(C.BACKENDS, (address,)))
+        for address in cfg[K.BACKENDS]:
+            one = Engine.from_config(cfg.override(K.BACKENDS, (address,)))
             verdict = one.scan(f.fileno(), path=f.name)
             mode = _mode(cfg, address)
             if isinstance(verdict, Infected):
@@ -63,10 +63,10 @@ def check_eicar(cfg: Config) -> Iterator[Finding]:
 
 def check_limits(cfg: Config) -> Iterator[Finding]:
     """Our scan.max_size against the limits of each local clamd (its clamd.conf)."""
-    ours = cfg[C.MAX_SIZE]
+    ours = cfg[K.MAX_SIZE]
     shown = Size().to_toml(ours).strip('"')
     confs = running_clamd_confs()
-    for address in cfg[C.BACKENDS]:
+    for address in cfg[K.BACKENDS]:
         conf = _conf_for(address, confs)
         if conf is None:
             yield Finding(
@@ -99,7 +99,7 @@ CHECKS = [check_ping, check_eicar, check_limits]
 
 
 def _mode(cfg: Config, address: str) -> str:
-    transfer = cfg[C.TRANSFER]
+    transfer = cfg[K.TRANSFER]
     if transfer == "auto":
         return "FILDES" if address.startswith("/") else "INSTREAM"
     return transfer.upper()

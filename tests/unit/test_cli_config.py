@@ -10,6 +10,7 @@ from typer.testing import CliRunner
 
 from avtool import __version__
 from avtool import config as C
+from avtool import keys as K
 from avtool.cli.app import app, main
 from avtool.config import Config
 
@@ -37,7 +38,7 @@ def test_piped_output_is_a_valid_config(tmp_path: Path) -> None:
     assert "from command line" in result.output
     saved = tmp_path / "saved.conf"
     saved.write_text(result.output)
-    assert Config.resolve(saved, env={})[C.VERBOSITY] == 2
+    assert Config.resolve(saved, env={})[K.VERBOSITY] == 2
 
 
 def test_table_shows_value_type_default_source(tmp_path: Path) -> None:

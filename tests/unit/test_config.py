@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from avtool import config as C
+from avtool import keys as K
 from avtool.config import Config, Source
 from avtool.errors import ConfigError
 
@@ -22,8 +23,8 @@ def test_defaults_have_default_source() -> None:
     for k, value, source in cfg.items():
         assert value == k.default
         assert source == Source("default")
-    assert cfg[C.TRANSFER] == "auto"
-    assert cfg[C.MAX_SIZE] == 25 << 20
+    assert cfg[K.TRANSFER] == "auto"
+    assert cfg[K.MAX_SIZE] == 25 << 20
 
 
 def test_precedence_file_env_cli(tmp_path: Path) -> None:
@@ -32,12 +33,12 @@ def test_precedence_file_env_cli(tmp_path: Path) -> None:
     )
     env = {"AVTOOL_CLAMD_SCAN_TIMEOUT": "20", "AVTOOL_LOG_VERBOSITY": "3"}
     cfg = Config.resolve(path, env=env, overrides={"log.verbosity": "0"})
-    assert cfg[C.CONNECT_TIMEOUT] == 1.0
-    assert str(cfg.source(C.CONNECT_TIMEOUT)) == f"{path}:3"
-    assert cfg[C.SCAN_TIMEOUT] == 20.0
-    assert str(cfg.source(C.SCAN_TIMEOUT)) == "AVTOOL_CLAMD_SCAN_TIMEOUT"
-    assert cfg[C.VERBOSITY] == 0
-    assert cfg.source(C.VERBOSITY).kind == "cli"
+    assert cfg[K.CONNECT_TIMEOUT] == 1.0
+    assert str(cfg.source(K.CONNECT_TIMEOUT)) == f"{path}:3"
+    assert cfg[K.SCAN_TIMEOUT] == 20.0
+    assert str(cfg.source(K.SCAN_TIMEOUT)) == "AVTOOL_CLAMD_SCAN_TIMEOUT"
+    assert cfg[K.VERBOSITY] == 0
+    assert cfg.source(K.VERBOSITY).kind == "cli"
 
 
 def test_three_mistakes_three_lines(tmp_path: Path) -> None:
@@ -93,8 +94,8 @@ def test_sizes_and_lists_from_text() -> None:
     cfg = Config.resolve(
         env={"AVTOOL_SCAN_MAX_SIZE": "10M", "AVTOOL_CLAMD_BACKENDS": "/a.sock, 127.0.0.1:3310"}
     )
-    assert cfg[C.MAX_SIZE] == 10 << 20
-    assert cfg[C.BACKENDS] == ("/a.sock", "127.0.0.1:3310")
+    assert cfg[K.MAX_SIZE] == 10 << 20
+    assert cfg[K.BACKENDS] == ("/a.sock", "127.0.0.1:3310")
 
 
 def test_bad_env_and_cli_values_reported_with_source() -> None:
@@ -115,15 +116,15 @@ def test_file_lookup_order(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> N
     other = tmp_path / "other.conf"
     other.write_text("[log]\nverbosity = 3\n")
     env = {"AVTOOL_CONFIG": str(other)}
-    assert Config.resolve(explicit, env=env)[C.VERBOSITY] == 2
-    assert Config.resolve(env=env)[C.VERBOSITY] == 3
+    assert Config.resolve(explicit, env=env)[K.VERBOSITY] == 2
+    assert Config.resolve(env=env)[K.VERBOSITY] == 3
     user = tmp_path / "user" / "avtool.conf"
     user.parent.mkdir()
     user.write_text("[log]\nverbosity = 0\n")
     monkeypatch.setattr(C, "user_config_path", lambda: user)
     monkeypatch.setattr(C, "SYSTEM_CONFIG", other)
-    assert Config.resolve(env={}, role="user")[C.VERBOSITY] == 0
-    assert Config.resolve(env={}, role="daemon")[C.VERBOSITY] == 3  # daemons skip user files
+    assert Config.resolve(env={}, role="user")[K.VERBOSITY] == 0
+    assert Config.resolve(env={}, role="daemon")[K.VERBOSITY] == 3  # daemons skip user files
 
 
 def test_to_toml_round_trips(tmp_path: Path) -> None:

@@ -1,0 +1,284 @@
+"""Every configuration key: ``section.name``, kind, default and a one-line doc, in one place.
+
+To add a key, add one ``key(...)`` entry here; ``avtool config``, the sample config, the
+environment override ``AVTOOL_SECTION_NAME`` and validation follow from it. Read values with
+``cfg[keys.NAME]``, typed. Cross-key checks (two keys that contradict) are in ``CHECKS``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+from avtool.kinds import KEYS, Bool, Choice, Int, Seconds, Size, Text, TextList, key
+
+if TYPE_CHECKING:
+    from avtool.config import Config
+
+__all__ = [
+    "KEYS",
+    "CHECKS",
+    "BACKENDS",
+    "BALANCE",
+    "CONNECT_TIMEOUT",
+    "SCAN_TIMEOUT",
+    "RETRY_AFTER",
+    "TRANSFER",
+    "MAX_SIZE",
+    "VERBOSITY",
+    "FILTER_DIR",
+    "COURIER_DIR",
+    "SPOOL_DIR",
+    "PID_FILE",
+    "PIPE",
+    "MAX_SCANS",
+    "MESSAGE_TIMEOUT",
+    "READ_TIMEOUT",
+    "DRAIN_TIMEOUT",
+    "MANUAL_START",
+    "DRY_RUN",
+    "INFECTED",
+    "PUA",
+    "HEURISTICS",
+    "PATTERNS_PASS",
+    "PATTERNS_REJECT",
+    "PATTERNS_DROP",
+    "PATTERNS_QUARANTINE",
+    "PATTERNS_DEFER",
+    "REJECT_TEXT",
+    "UNCHECKED",
+    "FAILED",
+    "SKIP_AUTHENTICATED",
+    "SKIP_RELAY_CLIENTS",
+    "PASS_RECIPIENTS",
+    "QUARANTINE_DIR",
+    "HEADER_CLEAN",
+    "HEADER_RENAME",
+]
+
+# A clamd address: an absolute unix socket path, or host:port / [v6]:port.
+_BACKEND = r"/\S+|[A-Za-z0-9_.-]+:\d{1,5}|\[[0-9A-Fa-f:.]+\]:\d{1,5}"
+_BACKEND_HINT = "must be an absolute unix socket path or host:port"
+
+# ---- the keys -------------------------------------------------------------------------------
+BACKENDS = key(
+    "clamd.backends",
+    TextList(Text(_BACKEND, _BACKEND_HINT), min_items=1),
+    ("/var/run/clamav/clamd.ctl",),
+    "clamd addresses: unix socket paths or host:port; a failing one is set aside, the next tried",
+)
+BALANCE = key(
+    "clamd.balance",
+    Choice(("ordered", "round-robin")),
+    "ordered",
+    "ordered: always the first healthy backend; round-robin: spread scans across all of them",
+)
+CONNECT_TIMEOUT = key(
+    "clamd.connect_timeout", Seconds(0.01, 60.0), 2.0, "seconds to wait for a connection to clamd"
+)
+SCAN_TIMEOUT = key(
+    "clamd.scan_timeout", Seconds(0.1, 3600.0), 120.0, "seconds to wait for clamd's verdict"
+)
+RETRY_AFTER = key(
+    "clamd.retry_after",
+    Seconds(0.0, 3600.0),
+    30.0,
+    "seconds a backend that failed is set aside before it is tried again",
+)
+TRANSFER = key(
+    "clamd.transfer",
+    Choice(("auto", "fildes", "instream", "scan")),
+    "auto",
+    "how the message reaches clamd; auto: FILDES on unix sockets, INSTREAM over TCP",
+)
+MAX_SIZE = key(
+    "scan.max_size",
+    Size(1, (4 << 30) - 1),
+    "25M",
+    "larger messages are not sent to clamd and count as unchecked; keep <= StreamMaxLength",
+)
+VERBOSITY = key(
+    "log.verbosity",
+    Int(0, 3),
+    1,
+    "0 errors only, 1 one line per message, 2 details, 3 debug",
+)
+
+# Courier and the filter daemon (courierfilter(8); notes/courier.md).
+FILTER_DIR = key(
+    "serve.filter_dir",
+    Choice(("allfilters", "filters")),
+    "allfilters",
+    "socket in allfilters/ (every message) or filters/ (only non-whitelisted recipients)",
+)
+COURIER_DIR = key(
+    "serve.courier_dir",
+    Text(r"/.*", "must be absolute"),
+    "/var/lib/courier",
+    "Courier's state dir, holding allfilters/ and filters/",
+)
+SPOOL_DIR = key(
+    "serve.spool_dir",
+    Text(r"/.*", "must be absolute"),
+    "/var/lib/courier/tmp",
+    "data and control files must be regular files below this dir",
+)
+PID_FILE = key(
+    "serve.pid_file",
+    Text(r"/.*", "must be absolute"),
+    "/run/courier/avtool.pid",
+    "pid file of the daemon (not written with serve --debug)",
+)
+PIPE = key(
+    "serve.pipe",
+    Text(r"/.*", "must be absolute"),
+    "/run/courier/avtool.pipe",
+    "named pipe that `avtool sig` creates to read the daemon's answers",
+)
+MAX_SCANS = key(
+    "serve.max_scans",
+    Int(0, 1024),
+    0,
+    "messages scanned at once; more wait their turn; 0: twice the CPU count",
+)
+MESSAGE_TIMEOUT = key(
+    "serve.message_timeout",
+    Seconds(1.0, 3600.0),
+    150.0,
+    "deadline per message, waiting for a scan slot included; past it: 432 (Courier has none)",
+)
+READ_TIMEOUT = key(
+    "serve.read_timeout",
+    Seconds(0.1, 600.0),
+    30.0,
+    "seconds Courier gets to send a whole request on the filter socket",
+)
+DRAIN_TIMEOUT = key(
+    "serve.drain_timeout",
+    Seconds(0.0, 600.0),
+    30.0,
+    "on shutdown, seconds to finish messages in flight",
+)
+MANUAL_START = key(
+    "serve.manual_start",
+    Bool(),
+    False,
+    "install the socket even when not started by courierfilter (fd 3 closed)",
+)
+DRY_RUN = key(
+    "serve.dry_run",
+    Bool(),
+    False,
+    "decide and log what would happen, but accept every message unchanged",
+)
+
+# What to do with each verdict (policy.py).
+_ACTIONS = ("reject", "drop", "quarantine", "pass", "defer")
+INFECTED = key(
+    "policy.infected",
+    Choice(_ACTIONS),
+    "reject",
+    "action for infected mail when no pattern matches: reject, drop, quarantine, pass, defer",
+)
+PUA = key(
+    "policy.pua",
+    Choice(("infected",) + _ACTIONS),
+    "infected",
+    "action for PUA.* names (clamd DetectPUA); infected: same as policy.infected",
+)
+HEURISTICS = key(
+    "policy.heuristics",
+    Choice(("infected",) + _ACTIONS),
+    "infected",
+    "action for Heuristics.* names other than encrypted/limits; infected: as policy.infected",
+)
+_GLOBS = TextList(Text(r"[^\s]+", "must be a virus-name glob without spaces"))
+PATTERNS_PASS = key("policy.pass", _GLOBS, (), "virus-name globs to pass (with the header)")
+PATTERNS_REJECT = key("policy.reject", _GLOBS, (), "virus-name globs to reject")
+PATTERNS_DROP = key("policy.drop", _GLOBS, (), "virus-name globs to drop silently")
+PATTERNS_QUARANTINE = key("policy.quarantine", _GLOBS, (), "virus-name globs to quarantine")
+PATTERNS_DEFER = key("policy.defer", _GLOBS, (), "virus-name globs to defer (4xx)")
+REJECT_TEXT = key(
+    "policy.reject_text",
+    Text(r"[^\r\n]*", "must be one line"),
+    "Virus found: {virus}",
+    "text of the 550 5.7.1 reply; {virus} is replaced by the names found",
+)
+UNCHECKED = key(
+    "policy.unchecked",
+    Choice(_ACTIONS),
+    "pass",
+    "action when clamd could not look (too large, its limits, encrypted archive)",
+)
+FAILED = key(
+    "policy.failed",
+    Choice(("defer", "pass")),
+    "defer",
+    "clamd down or timed out: defer (432, Courier retries) or pass (fail-open, logged as error)",
+)
+SKIP_AUTHENTICATED = key(
+    "policy.skip_authenticated", Bool(), False, "do not scan mail from authenticated senders"
+)
+SKIP_RELAY_CLIENTS = key(
+    "policy.skip_relay_clients",
+    Bool(),
+    False,
+    "do not scan mail from RELAYCLIENT hosts (smtpaccess)",
+)
+PASS_RECIPIENTS = key(
+    "policy.pass_recipients",
+    TextList(Text(r"[^\s]+", "must be an address glob")),
+    (),
+    "recipient globs (e.g. postmaster@*) that get infected mail that others do not",
+)
+QUARANTINE_DIR = key(
+    "policy.quarantine_dir",
+    Text(r"/.*", "must be absolute"),
+    "/var/lib/avtool/quarantine",
+    "where quarantine keeps data file, envelope and verdict (0700, owned by courier)",
+)
+HEADER_CLEAN = key(
+    "headers.clean", Bool(), False, "add X-Virus-Scanned and X-Virus-Status: Clean to clean mail"
+)
+HEADER_RENAME = key(
+    "headers.rename_incoming",
+    Bool(),
+    True,
+    "rename incoming X-Virus-* fields to Old-X-Virus-* so that ours can be trusted",
+)
+
+
+# ---- cross-key checks: each returns a problem text or None -------------------------------------
+def _fildes_needs_unix(cfg: Config) -> str | None:
+    tcp = [b for b in cfg[BACKENDS] if not b.startswith("/")]
+    if cfg[TRANSFER] == "fildes" and tcp:
+        return (
+            f"clamd.transfer: fildes works on unix sockets only, but clamd.backends has "
+            f"{', '.join(tcp)} ({cfg.source(TRANSFER)})"
+        )
+    return None
+
+
+def _connect_within_scan(cfg: Config) -> str | None:
+    if cfg[CONNECT_TIMEOUT] > cfg[SCAN_TIMEOUT]:
+        return (
+            f"clamd.connect_timeout: {cfg[CONNECT_TIMEOUT]:g} s is longer than "
+            f"clamd.scan_timeout {cfg[SCAN_TIMEOUT]:g} s ({cfg.source(CONNECT_TIMEOUT)})"
+        )
+    return None
+
+
+def _scan_within_message(cfg: Config) -> str | None:
+    if cfg[SCAN_TIMEOUT] > cfg[MESSAGE_TIMEOUT]:
+        return (
+            f"clamd.scan_timeout: {cfg[SCAN_TIMEOUT]:g} s is longer than serve.message_timeout "
+            f"{cfg[MESSAGE_TIMEOUT]:g} s: it would cut every slow scan ({cfg.source(SCAN_TIMEOUT)})"
+        )
+    return None
+
+
+CHECKS: list[Callable[[Config], str | None]] = [
+    _fildes_needs_unix,
+    _connect_within_scan,
+    _scan_within_message,
+]
