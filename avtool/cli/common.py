@@ -39,14 +39,19 @@ Format = Annotated[
 ]
 
 
-def load_config(path: Path | None, sets: list[str] | None, role: Role = "user") -> Config:
-    """Resolve the Config once for a command: file, environment, then ``--set`` overrides."""
+def parse_sets(sets: list[str] | None) -> dict[str, str]:
     overrides: dict[str, str] = {}
     for item in sets or []:
         name, eq, value = item.partition("=")
         if not eq or not name.strip():
             raise UsageError(f"--set {item!r}: expected KEY=VALUE")
         overrides[name.strip()] = value.strip()
+    return overrides
+
+
+def load_config(path: Path | None, sets: list[str] | None, role: Role = "user") -> Config:
+    """Resolve the Config once for a command: file, environment, then ``--set`` overrides."""
+    overrides = parse_sets(sets)
     if path is not None and not path.exists():
         raise UsageError(f"{path}: no such config file")
     return Config.resolve(path, role=role, overrides=overrides)

@@ -5,10 +5,9 @@ from __future__ import annotations
 import os
 import tempfile
 from collections.abc import Iterator
-from dataclasses import dataclass
-from pathlib import Path
 
 from avtool import keys as K
+from avtool.clamdconf import CLAMD_DEFAULTS, conf_for, running_clamd_confs
 from avtool.config import Config
 from avtool.doctor import Finding
 from avtool.engine import Clean, Engine, Failed, Infected, Unchecked
@@ -17,8 +16,6 @@ from avtool.kinds import Size
 
 # The EICAR test file, built in two parts so that this source file itself is not flagged.
 EICAR = b"X5O!P%@AP[4\\PZX54(P^)7CC)7}$" + b"EICAR-STANDARD-ANTIVIRUS-TEST-FILE!$H+H*"
-DEFAULT_CLAMD_CONF = Path("/etc/clamav/clamd.conf")
-CLAMD_DEFAULTS = {"StreamMaxLength": "100M", "MaxFileSize": "100M", "MaxScanSize": "400M"}
 
 
 def check_ping(cfg: Config) -> Iterator[Finding]:
@@ -67,7 +64,7 @@ def check_limits(cfg: Config) -> Iterator[Finding]:
     shown = Size().to_toml(ours).strip('"')
     confs = running_clamd_confs()
     for address in cfg[K.BACKENDS]:
-        conf = _conf_for(address, confs)
+        conf = conf_for(address, confs)
         if conf is None:
             yield Finding(
                 "warn",
@@ -111,72 +108,3 @@ def _fix_for(reason: str, mode: str) -> str:
     if "too large" in reason.lower():
         return "raise StreamMaxLength in clamd.conf"
     return "see clamd's log; check clamd.backends and clamd.transfer"
-
-
-@dataclass(frozen=True)
-class ClamdConf:
-    path: Path
-    values: dict[str, str]
-
-    def get(self, name: str, default: str = "") -> str:
-        return self.values.get(name, CLAMD_DEFAULTS.get(name, default))
-
-    def size(self, name: str) -> int:
-        raw = self.get(name, "0")
-        try:
-            value = Size().parse(raw)
-        except ValueError:
-            return 0
-        return value if value else 1 << 62  # 0 means "no limit" in clamd.conf
-
-
-def read_clamd_conf(path: Path) -> ClamdConf:
-    values: dict[str, str] = {}
-    for line in path.read_text(errors="replace").splitlines():
-        line = line.strip()
-        if line and not line.startswith("#"):
-            name, _, value = line.partition(" ")
-            values[name] = value.strip()
-    return ClamdConf(path, values)
-
-
-def running_clamd_confs() -> list[ClamdConf]:
-    """The clamd.conf of every clamd running here (from /proc), else the system one."""
-    paths: list[Path] = []
-    for proc in Path("/proc").glob("[0-9]*"):
-        try:
-            argv = (proc / "cmdline").read_bytes().split(b"\0")
-        except OSError:
-            continue
-        if not argv or os.path.basename(argv[0]) != b"clamd":
-            continue
-        path = DEFAULT_CLAMD_CONF
-        for i, arg in enumerate(argv):
-            if arg in (b"-c", b"--config-file") and i + 1 < len(argv):
-                path = Path(os.fsdecode(argv[i + 1]))
-            elif arg.startswith(b"--config-file="):
-                path = Path(os.fsdecode(arg.split(b"=", 1)[1]))
-        paths.append(path)
-    if not paths:
-        paths.append(DEFAULT_CLAMD_CONF)
-    confs = []
-    for path in dict.fromkeys(paths):
-        try:
-            confs.append(read_clamd_conf(path))
-        except OSError:
-            continue
-    return confs
-
-
-def _conf_for(address: str, confs: list[ClamdConf]) -> ClamdConf | None:
-    for conf in confs:
-        if address.startswith("/"):
-            sock = conf.values.get("LocalSocket")
-            if sock and os.path.realpath(sock) == os.path.realpath(address):
-                return conf
-        else:
-            host, _, port = address.rpartition(":")
-            loopback = host.strip("[]") in ("127.0.0.1", "localhost", "::1")
-            if loopback and conf.values.get("TCPSocket") == port:
-                return conf
-    return None

@@ -1,0 +1,125 @@
+"""The daemon's pid file and the answers pipe, shared by ``avtool serve`` and ``avtool sig``.
+
+The answers protocol (plain text lines, never pickle): ``avtool sig`` creates a fifo and sends a
+signal; the daemon opens the fifo for writing, writes its answer as lines, then one last line
+``END ok`` or ``END error``, and closes it. No fifo (or no reader): the answer goes to stderr.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import stat
+import sys
+from pathlib import Path
+from typing import TextIO
+
+from avtool.errors import DaemonError
+
+END_OK = "END ok"
+END_ERROR = "END error"
+DEBUG_PIPE = "avtool_sig.pipe"  # with serve --debug and sig -p: in the current directory
+
+
+class PidFile:
+    """A pid file created with O_EXCL|O_NOFOLLOW: never through a symlink, never over a live
+    daemon's file. A stale one (its process gone) is replaced."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.created = False
+
+    def create(self) -> None:
+        for _ in range(2):
+            try:
+                fd = os.open(
+                    self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644
+                )
+            except FileExistsError:
+                owner = read_pid(self.path)
+                if owner is not None and alive(owner):
+                    raise DaemonError(f"{self.path}: avtool is already running as pid {owner}")
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(self.path)  # stale: its process is gone
+                continue
+            except OSError as e:
+                raise DaemonError(f"{self.path}: cannot create pid file: {e.strerror}") from e
+            with os.fdopen(fd, "w") as f:
+                f.write(f"{os.getpid()}\n")
+            self.created = True
+            return
+        raise DaemonError(f"{self.path}: another process keeps creating this pid file")
+
+    def remove(self) -> None:
+        if self.created and read_pid(self.path) == os.getpid():
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self.path)
+        self.created = False
+
+
+def read_pid(path: Path) -> int | None:
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+    except OSError:
+        return None
+    with os.fdopen(fd) as f:
+        text = f.read(32).strip()
+    return int(text) if text.isdigit() and int(text) > 0 else None
+
+
+def alive(pid: int) -> bool:
+    """True if pid runs and is not a zombie (a zombie passes kill -0: notes/courier.md §7)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return True
+    return state != "Z"
+
+
+class Answer:
+    """Where the daemon writes one answer: the fifo when someone waits on it, else stderr."""
+
+    def __init__(self, pipe: Path | None) -> None:
+        self.stream: TextIO = sys.stderr
+        self.to_pipe = False
+        if pipe is not None:
+            f = open_fifo_for_writing(pipe)
+            if f is not None:
+                self.stream, self.to_pipe = f, True
+
+    def line(self, text: str) -> None:
+        prefix = "" if self.to_pipe else "avtool: "
+        with contextlib.suppress(OSError):
+            self.stream.write(prefix + text.replace("\n", " ") + "\n")
+            self.stream.flush()
+
+    def finish(self, ok: bool) -> None:
+        if self.to_pipe:
+            self.line(END_OK if ok else END_ERROR)
+            with contextlib.suppress(OSError):
+                self.stream.close()
+            self.to_pipe = False
+            self.stream = sys.stderr
+
+
+def open_fifo_for_writing(path: Path) -> TextIO | None:
+    """Open an existing fifo that a reader holds open; None when there is none. Never follows a
+    symlink and never writes to anything but a fifo."""
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_NONBLOCK | os.O_NOFOLLOW)
+    except OSError as e:
+        if e.errno in (errno.ENOENT, errno.ENXIO, errno.ELOOP, errno.EACCES):
+            return None
+        raise
+    if not stat.S_ISFIFO(os.fstat(fd).st_mode):
+        os.close(fd)
+        return None
+    os.set_blocking(fd, True)
+    return os.fdopen(fd, "w", encoding="utf-8", errors="replace")

@@ -1,0 +1,19 @@
+"""Logging to stderr, which courierfilter hands to syslog (notes/courier.md §2), by verbosity."""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+# log.verbosity: 0 errors only, 1 one line per message, 2 details, 3 debug (avfilter's levels).
+LEVELS = {0: logging.WARNING, 1: logging.INFO, 2: 15, 3: logging.DEBUG}
+logging.addLevelName(15, "DETAIL")
+
+
+def setup(verbosity: int, *, name: str = "avtool") -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter(f"{name}: %(levelname)s %(message)s"))
+    root = logging.getLogger("avtool")
+    root.handlers[:] = [handler]
+    root.setLevel(LEVELS.get(verbosity, logging.DEBUG))
+    root.propagate = False

@@ -1,0 +1,174 @@
+"""One message through the filter: request -> envelope -> scan -> decision -> actions -> reply.
+
+Blocking code, run in a worker thread by the daemon and directly by ``batch-test``: the same
+function serves both, only the transport differs. It never raises: every failure is a reply,
+and every failure that is not a decision of the admin is a 4xx, so Courier keeps the mail.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from avtool import keys as K
+from avtool import policy
+from avtool.config import Config
+from avtool.courier import control, message, protocol
+from avtool.courier.control import Envelope
+from avtool.courier.protocol import Reply, Request
+from avtool.engine import Engine
+from avtool.engine.verdict import Verdict
+from avtool.errors import AvtoolError
+
+log = logging.getLogger("avtool")
+
+
+@dataclass(frozen=True)
+class Outcome:
+    reply: Reply
+    decision: policy.Decision | None
+    envelope: Envelope | None
+    verdict: Verdict | None
+    size: int
+    scan_ms: float
+
+
+class Pipeline:
+    """Handles requests with one Config and Engine; the daemon swaps in a new one on reload."""
+
+    def __init__(self, cfg: Config, engine: Engine, *, name: str = "avtool") -> None:
+        self.cfg = cfg
+        self.engine = engine
+        self.name = name
+
+    def handle(self, request: Request, deadline: float, *, dry_run: bool = False) -> Outcome:
+        dry_run = dry_run or self.cfg[K.DRY_RUN]
+        try:
+            outcome = self._handle(request, deadline, dry_run)
+        except Exception as e:  # noqa: BLE001 - a bug must defer the mail, never accept it
+            log.exception("internal error on %s", request.data_path)
+            reply = Reply(432, f"4.3.0 avtool internal error: {type(e).__name__}")
+            outcome = Outcome(reply, None, None, None, 0, 0.0)
+        self._log(request, outcome, dry_run)
+        return outcome
+
+    def _handle(self, request: Request, deadline: float, dry_run: bool) -> Outcome:
+        try:
+            protocol.check_paths(request, self.cfg[K.SPOOL_DIR])
+            envelope = control.read_envelope(request.control_paths)
+        except (protocol.ProtocolError, control.ControlError) as e:
+            return Outcome(e.reply, None, None, None, 0, 0.0)
+
+        reason = policy.exemption(envelope, self.cfg)
+        if reason is not None:
+            return Outcome(Reply(200, "Ok"), policy.exempt(reason), envelope, None, 0, 0.0)
+
+        try:
+            fd = protocol.open_data(request.data_path)
+        except protocol.ProtocolError as e:
+            return Outcome(e.reply, None, envelope, None, 0, 0.0)
+        try:
+            size = os.fstat(fd).st_size
+            started = time.monotonic()
+            verdict = self.engine.scan(fd, path=request.data_path, deadline=deadline)
+            scan_ms = (time.monotonic() - started) * 1000
+        finally:
+            os.close(fd)
+
+        decision = policy.decide(verdict, envelope, self.cfg)
+        if dry_run:
+            return Outcome(Reply(200, "Ok"), decision, envelope, verdict, size, scan_ms)
+        try:
+            self._apply(decision, request, envelope, verdict)
+        except (OSError, AvtoolError) as e:
+            log.error("cannot %s %s: %s", decision.action, request.data_path, e)
+            reply = Reply(432, f"4.3.0 avtool could not {decision.action} the message")
+            return Outcome(reply, decision, envelope, verdict, size, scan_ms)
+        return Outcome(Reply(decision.code, decision.text), decision, envelope, verdict, size, scan_ms)
+
+    def _apply(
+        self, decision: policy.Decision, request: Request, envelope: Envelope, verdict: Verdict
+    ) -> None:
+        if decision.action == "quarantine":
+            self._quarantine(request, envelope, verdict, decision)
+        if decision.action in ("quarantine", "drop") and decision.drop:
+            verb = "dropped" if decision.action == "drop" else "quarantined"
+            note = f"{verb} by {self.name}: {decision.reason}"
+            control.mark_delivered(envelope, decision.drop, note, time.time())
+        rename = list(policy.OUR_FIELDS) if self.cfg[K.HEADER_RENAME] else []
+        if decision.headers or (rename and message.has_fields(request.data_path, rename)):
+            message.rewrite_headers(request.data_path, list(decision.headers), rename)
+
+    def _quarantine(
+        self, request: Request, envelope: Envelope, verdict: Verdict, decision: policy.Decision
+    ) -> None:
+        """Keep data file, control files and verdict in a 0700 dir of 0600 files."""
+        root = Path(self.cfg[K.QUARANTINE_DIR])
+        root.mkdir(mode=0o700, parents=True, exist_ok=True)
+        stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime())
+        ident = (envelope.message_id or Path(request.data_path).name).replace("/", "_")
+        target = root / f"{stamp}-{ident}"
+        target.mkdir(mode=0o700)
+        try:
+            _copy_private(request.data_path, target / "data")
+            for i, path in enumerate(request.control_paths):
+                _copy_private(path, target / f"control.{i}")
+            info = {
+                "verdict": type(verdict).__name__,
+                "names": list(decision.names),
+                "reason": decision.reason,
+                "sender": envelope.sender,
+                "recipients": [r.address for r in envelope.recipients],
+                "message_id": envelope.message_id,
+                "backend": verdict.backend,
+                "time": stamp,
+            }
+            fd = os.open(target / "verdict.json", os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "w") as f:
+                json.dump(info, f, indent=1)
+                f.flush()
+                os.fsync(f.fileno())
+        except BaseException:
+            shutil.rmtree(target, ignore_errors=True)  # no half quarantine: the caller defers
+            raise
+
+    def _log(self, request: Request, outcome: Outcome, dry_run: bool) -> None:
+        env = outcome.envelope
+        d = outcome.decision
+        action = d.action if d else ("defer" if outcome.reply.code >= 400 else "accept")
+        verdict = d.reason if d else _reply_text(outcome.reply)
+        fields = [
+            f"id={env.message_id if env and env.message_id else '-'}",
+            f"from=<{env.sender if env else ''}>",
+            f"rcpts={len(env.recipients) if env else 0}",
+            f"verdict={verdict}",
+            f"action={'would ' if dry_run else ''}{action}",
+            f"reply={outcome.reply.code}",
+            f"bytes={outcome.size}",
+            f"ms={outcome.scan_ms:.1f}",
+        ]
+        if d and d.fail_open:
+            log.error("FAIL-OPEN accepted unscanned mail: %s", " ".join(fields))
+        elif outcome.reply.code >= 400 and d is None:
+            log.warning("%s", " ".join(fields))
+        else:
+            log.info("%s", " ".join(fields))
+
+
+def _reply_text(reply: Reply) -> str:
+    text = reply.text if isinstance(reply.text, str) else " ".join(reply.text)
+    return text.replace(" ", "_")[:200]
+
+
+def _copy_private(src: str, dst: Path) -> None:
+    fd = os.open(dst, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+    with os.fdopen(fd, "wb") as out, open(src, "rb") as data:
+        shutil.copyfileobj(data, out, 1 << 20)
+        out.flush()
+        os.fsync(out.fileno())
+

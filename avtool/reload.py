@@ -1,0 +1,144 @@
+"""Daemon-side reloads (SIGHUP both, SIGUSR1 config, SIGUSR2 virus DB), answered over ipc.Answer.
+
+Config: resolve again as at start; on any error keep the old Config and list every problem.
+Virus: RELOAD every clamd, then wait (bounded) until VERSION shows the database on disk.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import TYPE_CHECKING
+
+from avtool import keys as K
+from avtool.clamdconf import conf_for, disk_db_version, running_clamd_confs
+from avtool.config import Config
+from avtool.engine import Engine
+from avtool.errors import ConfigError, EngineError
+from avtool.ipc import Answer
+from avtool.pipeline import Pipeline
+
+if TYPE_CHECKING:
+    from avtool.engine import Backend
+    from avtool.server import FilterServer
+
+log = logging.getLogger("avtool")
+RESTART_KEYS = (K.FILTER_DIR, K.COURIER_DIR, K.PID_FILE, K.PIPE, K.MAX_SCANS)
+SETTLE_S = 1.0  # no version to watch: clamd swaps a small DB in ~50 ms (notes/clamav.md §2)
+
+
+class Reloader:
+    def __init__(self, server: FilterServer) -> None:
+        self.server = server
+        self.event = asyncio.Event()
+        self.want_config = False
+        self.want_virus = False
+
+    def request(self, config: bool, virus: bool) -> None:
+        """Signal handler: only set flags (design.md, convention 7)."""
+        self.want_config |= config
+        self.want_virus |= virus
+        self.event.set()
+
+    async def loop(self) -> None:
+        while True:
+            await self.event.wait()
+            self.event.clear()
+            config, virus = self.want_config, self.want_virus
+            self.want_config = self.want_virus = False
+            await asyncio.to_thread(self.reload, config, virus)
+
+    def reload(self, config: bool, virus: bool) -> bool:
+        answer = Answer(self.server.pipe)
+        ok = True
+        try:
+            if config:
+                ok &= self.reload_config(answer)
+            if virus:
+                ok &= self.reload_virus(answer)
+        finally:
+            answer.finish(ok)
+        return ok
+
+    def reload_config(self, answer: Answer) -> bool:
+        server = self.server
+        options = server.options
+        try:
+            new = Config.resolve(options.config_path, role="daemon", overrides=options.overrides)
+        except ConfigError as e:
+            answer.line(f"config: NOT reloaded, {len(e.problems)} error(s); the old one stays")
+            for problem in e.problems:
+                answer.line(f"config error: {problem}")
+            return False
+        old = server.cfg
+        changes = old.changes(new)
+        engine_keys = [n for n in K.KEYS if n.startswith(("clamd.", "scan."))]
+        engine = server.pipeline.engine
+        if any(old.values[n] != new.values[n] for n in engine_keys):
+            engine = Engine.from_config(new)
+        server.cfg = new
+        server.pipeline = Pipeline(new, engine, name=options.name)
+        answer.line(f"config: reloaded from {new.path or 'defaults'}, {len(changes)} change(s)")
+        for change in changes:
+            answer.line(f"config: {change}")
+        for k in RESTART_KEYS:
+            if old[k] != new[k]:
+                answer.line(f"config: {k.name} takes effect at the next restart")
+        return True
+
+    def reload_virus(self, answer: Answer) -> bool:
+        ok = True
+        deadline_s = self.server.cfg[K.SCAN_TIMEOUT]
+        confs = running_clamd_confs()
+        for backend in self.server.pipeline.engine.backends:
+            conf = conf_for(backend.address, confs)
+            expected = disk_db_version(conf) if conf is not None else None
+            try:
+                line = _reload_one(backend, expected, deadline_s)
+            except EngineError as e:
+                ok = False
+                line = f"virus: clamd {backend.address}: reload FAILED: {e}"
+            answer.line(line)
+            log.info("%s", line)
+        return ok
+
+
+def _reload_one(backend: Backend, expected: int | None, timeout: float) -> str:
+    before = backend.describe()
+    if not before.reachable:
+        raise EngineError(before.error or "unreachable")
+    started = time.monotonic()
+    backend.reload()
+    after = before
+    confirmed = False
+    while time.monotonic() - started < timeout:
+        time.sleep(0.1)
+        after = backend.describe()
+        if not after.reachable:
+            continue
+        if expected is not None and after.db_version == expected:
+            confirmed = True
+            break
+        if expected is None and before.db_version is not None:
+            if after.db_version != before.db_version:
+                confirmed = True
+                break
+        if expected is None and before.db_version is None:
+            if time.monotonic() - started >= SETTLE_S:
+                break
+    seconds = time.monotonic() - started
+    old, new = _db(before.db_version), _db(after.db_version)
+    if confirmed or (expected is None and before.db_version is None):
+        note = "" if confirmed else " (clamd reports no database version: waited 1 s)"
+        return f"virus: clamd {backend.address}: database {old} -> {new} in {seconds:.1f} s{note}"
+    if expected is None:
+        return (
+            f"virus: clamd {backend.address}: reloaded, database still {new} "
+            f"after {seconds:.1f} s (no newer database?)"
+        )
+    raise EngineError(f"database {expected} not active after {seconds:.0f} s (still {new})")
+
+
+def _db(version: int | None) -> str:
+    return str(version) if version is not None else "unknown"
