@@ -10,10 +10,10 @@ LEVELS = {0: logging.WARNING, 1: logging.INFO, 2: 15, 3: logging.DEBUG}
 logging.addLevelName(15, "DETAIL")
 
 
-def setup(verbosity: int, *, name: str = "avtool") -> None:
+def setup(verbosity: int, *, name: str = "avtool", level: int | None = None) -> None:
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter(f"{name}: %(levelname)s %(message)s"))
     root = logging.getLogger("avtool")
     root.handlers[:] = [handler]
-    root.setLevel(LEVELS.get(verbosity, logging.DEBUG))
+    root.setLevel(level if level is not None else LEVELS.get(verbosity, logging.DEBUG))
     root.propagate = False

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import logging
+
 import typer
 
-from avtool import doctor
+from avtool import doctor, logs
 from avtool.cli.common import ConfigFile, Fmt, Format, SetOption, load_config, want_table
 from avtool.config import Config
 
@@ -25,6 +27,7 @@ def config(
         typer.echo(Config.sample(), nl=False)
         return
     cfg = load_config(config_file, set_, role="daemon" if daemon else "user")
+    logs.setup(0, level=logging.ERROR)  # the doctor reports clamd failures itself
     table = want_table(fmt)
     if check:
         findings = doctor.run(cfg)

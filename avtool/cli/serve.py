@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Annotated
 
 import typer
 
@@ -15,10 +16,14 @@ def serve(
     config_file: ConfigFile = None,
     set_: SetOption = None,
     debug: bool = typer.Option(
-        False, "--debug", help="Foreground by hand: no fd 3 check, no pid file, pipe in ./, verbose."
+        False,
+        "--debug",
+        help="Foreground by hand: no fd 3 check, no pid file, pipe in ./, verbose.",
     ),
     socket_dir: Path | None = typer.Option(
-        None, "--socket-dir", help="Put the socket here instead of Courier's allfilters/.",
+        None,
+        "--socket-dir",
+        help="Put the socket here instead of Courier's allfilters/.",
         file_okay=False,
     ),
     name: str = typer.Option(

@@ -7,7 +7,7 @@ import tempfile
 from collections.abc import Iterator
 
 from avtool import keys as K
-from avtool.clamdconf import CLAMD_DEFAULTS, conf_for, running_clamd_confs
+from avtool.clamdconf import ClamdConf, conf_for, running_clamd_confs
 from avtool.config import Config
 from avtool.doctor import Finding
 from avtool.engine import Clean, Engine, Failed, Infected, Unchecked
@@ -18,81 +18,80 @@ from avtool.kinds import Size
 EICAR = b"X5O!P%@AP[4\\PZX54(P^)7CC)7}$" + b"EICAR-STANDARD-ANTIVIRUS-TEST-FILE!$H+H*"
 
 
-def check_ping(cfg: Config) -> Iterator[Finding]:
-    for backend in Engine.from_config(cfg).backends:
-        try:
-            backend.ping()
-        except EngineError as e:
-            yield Finding(
-                "fail",
-                f"clamd {backend.address} does not answer PING: {e}",
-                "start clamd, or set clamd.backends to the LocalSocket / TCPSocket of clamd.conf",
-            )
-        else:
-            yield Finding("ok", f"clamd {backend.address} answers PING")
-
-
-def check_eicar(cfg: Config) -> Iterator[Finding]:
-    """Scan the EICAR test file through each backend with the configured transfer mode."""
+def check_clamd(cfg: Config) -> Iterator[Finding]:
+    """Per backend: PING, then (only if it answers) EICAR and limits."""
+    confs = running_clamd_confs()
     with tempfile.NamedTemporaryFile(prefix="avtool-eicar-", suffix=".txt") as f:
         f.write(EICAR)
         f.flush()
         os.chmod(f.name, 0o644)  # transfer "scan" needs clamd's own user to read it
         for address in cfg[K.BACKENDS]:
             one = Engine.from_config(cfg.override(K.BACKENDS, (address,)))
-            verdict = one.scan(f.fileno(), path=f.name)
-            mode = _mode(cfg, address)
-            if isinstance(verdict, Infected):
-                yield Finding("ok", f"clamd {address} detects EICAR by {mode} ({verdict.names[0]})")
-            elif isinstance(verdict, Clean):
+            try:
+                one.backends[0].ping()
+            except EngineError as e:
                 yield Finding(
                     "fail",
-                    f"clamd {address} does not detect EICAR by {mode}",
-                    "clamd has no usable signatures: run freshclam, then `avtool sig reload virus`",
+                    f"clamd {address} does not answer PING: {e}",
+                    "start clamd, or set clamd.backends to the LocalSocket / TCPSocket "
+                    "of its clamd.conf",
                 )
-            elif isinstance(verdict, Unchecked | Failed):
-                yield Finding(
-                    "fail",
-                    f"clamd {address}: EICAR by {mode} gave {verdict.reason}",
-                    _fix_for(verdict.reason, mode),
-                )
+                continue
+            yield Finding("ok", f"clamd {address} answers PING")
+            yield _eicar(cfg, one, address, f.fileno(), f.name)
+            yield _limits(cfg, address, confs)
 
 
-def check_limits(cfg: Config) -> Iterator[Finding]:
-    """Our scan.max_size against the limits of each local clamd (its clamd.conf)."""
+def _eicar(cfg: Config, one: Engine, address: str, fd: int, path: str) -> Finding:
+    """The EICAR test file through the configured transfer mode."""
+    verdict = one.scan(fd, path=path)
+    mode = _mode(cfg, address)
+    if isinstance(verdict, Infected):
+        return Finding("ok", f"clamd {address} detects EICAR by {mode} ({verdict.names[0]})")
+    if isinstance(verdict, Clean):
+        return Finding(
+            "fail",
+            f"clamd {address} does not detect EICAR by {mode}",
+            "clamd has no usable signatures: run freshclam, then `avtool sig reload virus`",
+        )
+    assert isinstance(verdict, Unchecked | Failed)  # noqa: S101 - the Verdict union
+    return Finding(
+        "fail",
+        f"clamd {address}: EICAR by {mode} gave {verdict.reason}",
+        _fix_for(verdict.reason, mode),
+    )
+
+
+def _limits(cfg: Config, address: str, confs: list[ClamdConf]) -> Finding:
+    """Our scan.max_size against the limits in the backend's own clamd.conf."""
     ours = cfg[K.MAX_SIZE]
     shown = Size().to_toml(ours).strip('"')
-    confs = running_clamd_confs()
-    for address in cfg[K.BACKENDS]:
-        conf = conf_for(address, confs)
-        if conf is None:
-            yield Finding(
-                "warn",
-                f"clamd {address}: its clamd.conf is not on this machine; cannot compare limits",
-                f"make sure its StreamMaxLength and MaxFileSize are >= scan.max_size ({shown})",
-            )
-            continue
-        mode = _mode(cfg, address)
-        limits = {name: conf.size(name) for name in CLAMD_DEFAULTS}
-        if mode == "INSTREAM" and limits["StreamMaxLength"] < ours:
-            yield Finding(
-                "fail",
-                f"clamd {address}: StreamMaxLength {conf.get('StreamMaxLength')} < scan.max_size "
-                f"{shown} ({conf.path}): messages in between come back unchecked",
-                f"set StreamMaxLength {shown} in {conf.path}, or lower scan.max_size",
-            )
-        elif limits["MaxFileSize"] < ours and conf.get("AlertExceedsMax", "no") != "yes":
-            yield Finding(
-                "warn",
-                f"clamd {address}: MaxFileSize {conf.get('MaxFileSize')} < scan.max_size {shown} "
-                f"and AlertExceedsMax is off: clamd says OK for the part it skips",
-                f"set MaxFileSize {shown} (or AlertExceedsMax yes) in {conf.path}",
-            )
-        else:
-            yield Finding("ok", f"clamd {address}: limits allow scan.max_size {shown}")
+    conf = conf_for(address, confs)
+    if conf is None:
+        return Finding(
+            "warn",
+            f"clamd {address}: its clamd.conf is not on this machine; cannot compare limits",
+            f"make sure its StreamMaxLength and MaxFileSize are >= scan.max_size ({shown})",
+        )
+    mode = _mode(cfg, address)
+    if mode == "INSTREAM" and conf.size("StreamMaxLength") < ours:
+        return Finding(
+            "fail",
+            f"clamd {address}: StreamMaxLength {conf.get('StreamMaxLength')} < scan.max_size "
+            f"{shown} ({conf.path}): messages in between come back unchecked",
+            f"set StreamMaxLength {shown} in {conf.path}, or lower scan.max_size",
+        )
+    if conf.size("MaxFileSize") < ours and conf.get("AlertExceedsMax", "no") != "yes":
+        return Finding(
+            "warn",
+            f"clamd {address}: MaxFileSize {conf.get('MaxFileSize')} < scan.max_size {shown} "
+            f"and AlertExceedsMax is off: clamd says OK for what it skips",
+            f"set MaxFileSize {shown} (or AlertExceedsMax yes) in {conf.path}",
+        )
+    return Finding("ok", f"clamd {address}: limits allow scan.max_size {shown}")
 
 
-CHECKS = [check_ping, check_eicar, check_limits]
+CHECKS = [check_clamd]
 
 
 def _mode(cfg: Config, address: str) -> str:
