@@ -1,0 +1,159 @@
+"""The engine: one message, one verdict, on the first clamd backend that answers."""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import os
+import threading
+import time
+from collections.abc import Sequence
+
+from avtool import keys as K
+from avtool.config import Config
+from avtool.engine.backend import Backend
+from avtool.engine.client import FileProblem
+from avtool.engine.replies import BackendFailure
+from avtool.engine.verdict import Failed, Unchecked, Verdict
+
+log = logging.getLogger("avtool.engine")
+
+
+class Engine:
+    """Scans messages on a list of clamd backends; safe to share between threads.
+
+    Failover: a backend that fails (cannot connect, times out, garbles or cuts its reply,
+    answers an ERROR about the command) is set aside for ``retry_after`` seconds and the next
+    one is tried, until one answers or the deadline passes. An ERROR about the *file* (SCAN:
+    access denied, no such file) is clamd's answer, not a failure: Failed at once, no failover,
+    because another clamd would see the same file. Set-aside backends are still tried, oldest
+    failure first, once every healthy one has failed: better a late verdict than none.
+    """
+
+    def __init__(
+        self,
+        backends: Sequence[Backend],
+        *,
+        balance: str = "ordered",
+        transfer: str = "auto",
+        max_size: int = 25 << 20,
+        scan_timeout: float = 120.0,
+        retry_after: float = 30.0,
+    ) -> None:
+        if not backends:
+            raise ValueError("an Engine needs at least one backend")
+        if balance not in ("ordered", "round-robin"):
+            raise ValueError(f"unknown balance {balance!r}")
+        for backend in backends:
+            backend.mode_for(transfer)  # ValueError now rather than at the first scan
+        self._backends = tuple(backends)
+        self.balance = balance
+        self.transfer = transfer
+        self.max_size = max_size
+        self.scan_timeout = scan_timeout
+        self.retry_after = retry_after
+        self._turn = itertools.count()
+        self._turn_lock = threading.Lock()
+
+    @classmethod
+    def from_config(cls, cfg: Config) -> Engine:
+        backends = [
+            Backend(a, connect_timeout=cfg[K.CONNECT_TIMEOUT], scan_timeout=cfg[K.SCAN_TIMEOUT])
+            for a in cfg[K.BACKENDS]
+        ]
+        return cls(
+            backends,
+            balance=cfg[K.BALANCE],
+            transfer=cfg[K.TRANSFER],
+            max_size=cfg[K.MAX_SIZE],
+            scan_timeout=cfg[K.SCAN_TIMEOUT],
+            retry_after=cfg[K.RETRY_AFTER],
+        )
+
+    @property
+    def backends(self) -> list[Backend]:
+        return list(self._backends)
+
+    def scan(self, fd: int, *, path: str | None = None, deadline: float | None = None) -> Verdict:
+        """Scan the open file ``fd``; never raises for a scan outcome.
+
+        ``path`` (absolute) is needed only for transfer ``scan``. ``deadline`` is a
+        ``time.monotonic()`` instant bounding the whole call, failover included. A file over
+        scan.max_size is Unchecked without contacting clamd. The caller's file offset is left
+        as it was: INSTREAM reads at explicit offsets, and FILDES puts back the offset that
+        clamd's shared copy of the descriptor resets.
+        """
+        try:
+            size = os.fstat(fd).st_size
+        except OSError as e:
+            return Failed(f"cannot stat the message: {e.strerror or e}")
+        if size > self.max_size:
+            return Unchecked(f"too large: {size} bytes > scan.max_size {self.max_size}")
+        if self.transfer == "scan":
+            if path is None:
+                return Failed("clamd.transfer is scan, but the message has no path")
+            path = os.path.abspath(path)  # clamd does not resolve relative paths (notes 2)
+
+        failures: list[str] = []
+        for backend in self._order(time.monotonic()):
+            now = time.monotonic()
+            if deadline is not None and now >= deadline:
+                break
+            limit = now + self.scan_timeout
+            cut_by_caller = deadline is not None and deadline < limit
+            try:
+                verdict = backend.scan_once(
+                    fd,
+                    mode=backend.mode_for(self.transfer),
+                    deadline=min(limit, deadline) if deadline is not None else limit,
+                    path=path,
+                    size=size,
+                )
+            except FileProblem as e:
+                return Failed(str(e))
+            except BackendFailure as e:
+                if e.timeout and cut_by_caller:
+                    # The caller's deadline ran out, not scan_timeout: no proof against clamd.
+                    return Failed(
+                        f"timeout: no verdict from clamd {backend.address} by the deadline"
+                    )
+                backend.mark_failed(e.reason, self.retry_after)
+                log.warning(
+                    "clamd %s failed, set aside for %g s: %s",
+                    backend.address,
+                    self.retry_after,
+                    e.reason,
+                )
+                failures.append(f"{backend.address}: {e.reason}")
+                continue
+            backend.mark_answered()
+            return verdict
+        if deadline is not None and time.monotonic() >= deadline:
+            tried = f" after {'; '.join(failures)}" if failures else ""
+            return Failed(f"timeout: deadline passed{tried}")
+        return Failed("all clamd backends failed: " + "; ".join(failures))
+
+    def scan_path(self, path: str | os.PathLike[str]) -> Verdict:
+        """Open ``path`` read-only and scan it; an OSError is a Failed verdict."""
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_NOCTTY)
+        except OSError as e:
+            return Failed(f"cannot open {os.fspath(path)}: {e.strerror or e}")
+        try:
+            return self.scan(fd, path=os.fspath(path))
+        finally:
+            os.close(fd)
+
+    def _order(self, now: float) -> list[Backend]:
+        """Backends to try, in order: healthy ones (rotated for round-robin), then the set-aside
+        ones, oldest failure first."""
+        backends = self._backends
+        if self.balance == "round-robin" and len(backends) > 1:
+            with self._turn_lock:  # itertools.count is not atomic across threads
+                start = next(self._turn) % len(backends)
+            backends = backends[start:] + backends[:start]
+        healthy = [b for b in backends if not b.set_aside(now)]
+        if len(healthy) == len(backends):
+            return healthy  # the usual case
+        aside = sorted((b for b in backends if b.set_aside(now)), key=lambda b: b.failed_at or 0.0)
+        return healthy + aside

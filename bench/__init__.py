@@ -1,0 +1,1 @@
+"""Benchmarks (run as scripts: python bench/engine.py) and the corpus generator."""

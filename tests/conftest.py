@@ -1,0 +1,65 @@
+"""Shared fixtures, kept generic: one real clamd for the session, and Configs pointing at it."""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from avtool.config import Config
+from tests.clamd_harness import ClamdServer
+
+# Short keys for engine_config(): the clamd.* keys, and scan.max_size as max_size.
+_SHORT = {"max_size": "scan.max_size"}
+
+
+@pytest.fixture(scope="session")
+def clamd_server() -> Iterator[ClamdServer]:
+    """A real clamd (tests/clamd_harness.py) with the test signatures, StreamMaxLength 10M.
+
+    Its dir is short (unix socket paths are limited to 108 bytes) and removed afterwards.
+    """
+    directory = Path(tempfile.mkdtemp(prefix="avt", dir="/tmp"))
+    server = ClamdServer(directory).start()
+    try:
+        yield server
+    finally:
+        server.stop()
+        shutil.rmtree(directory, ignore_errors=True)
+
+
+MakeConfig = Callable[..., Config]
+
+
+def make_config(*backends: str, **values: object) -> Config:
+    """A Config (no file, no environment) for ``backends`` with other values as overrides.
+
+    Keys are dotted (``**{"clamd.transfer": "scan"}``) or short for the clamd section
+    (``transfer="scan"``, ``scan_timeout=0.5``; ``max_size`` is scan.max_size).
+    """
+    overrides = {"clamd.backends": ",".join(backends)} if backends else {}
+    for name, value in values.items():
+        if "." not in name:
+            name = _SHORT.get(name, f"clamd.{name}")
+        overrides[name] = ",".join(value) if isinstance(value, list | tuple) else str(value)
+    return Config.resolve(env={}, overrides=overrides)
+
+
+@pytest.fixture
+def engine_config(clamd_server: ClamdServer) -> MakeConfig:
+    """``engine_config(*backends, **values)``: a Config for the session clamd (its unix socket
+    unless ``backends`` are given), with short timeouts."""
+
+    def make(*backends: str, **values: object) -> Config:
+        scan_timeout = float(values.get("scan_timeout", 20.0))  # type: ignore[arg-type]
+        defaults: dict[str, object] = {
+            "connect_timeout": min(1.0, scan_timeout),  # must not exceed scan_timeout
+            "scan_timeout": scan_timeout,
+            "retry_after": 30.0,
+        }
+        return make_config(*(backends or (str(clamd_server.unix_socket),)), **(defaults | values))
+
+    return make
