@@ -33,13 +33,12 @@ class PidFile:
     def create(self) -> None:
         for _ in range(2):
             try:
-                fd = os.open(
-                    self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644
-                )
+                fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644)
             except FileExistsError:
                 owner = read_pid(self.path)
                 if owner is not None and alive(owner):
-                    raise DaemonError(f"{self.path}: avtool is already running as pid {owner}")
+                    msg = f"{self.path}: avtool is already running as pid {owner}"
+                    raise DaemonError(msg) from None
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(self.path)  # stale: its process is gone
                 continue

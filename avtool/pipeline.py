@@ -89,7 +89,9 @@ class Pipeline:
             log.error("cannot %s %s: %s", decision.action, request.data_path, e)
             reply = Reply(432, f"4.3.0 avtool could not {decision.action} the message")
             return Outcome(reply, decision, envelope, verdict, size, scan_ms)
-        return Outcome(Reply(decision.code, decision.text), decision, envelope, verdict, size, scan_ms)
+        return Outcome(
+            Reply(decision.code, decision.text), decision, envelope, verdict, size, scan_ms
+        )
 
     def _apply(
         self, decision: policy.Decision, request: Request, envelope: Envelope, verdict: Verdict
@@ -171,4 +173,3 @@ def _copy_private(src: str, dst: Path) -> None:
         shutil.copyfileobj(data, out, 1 << 20)
         out.flush()
         os.fsync(out.fileno())
-

@@ -16,14 +16,15 @@ from avtool import __version__
 from avtool import keys as K
 from avtool.config import Config
 from avtool.courier.control import Envelope, Recipient
-from avtool.engine.verdict import Clean, Failed, Infected, Unchecked, Verdict
+from avtool.engine.verdict import Clean, Failed, Unchecked, Verdict
+from avtool.kinds import Key
 
 Action = Literal["accept", "pass", "reject", "drop", "quarantine", "defer"]
 SEVERITY: tuple[Action, ...] = ("quarantine", "drop", "reject", "defer", "pass")
 STATUS_FIELD = "X-Virus-Status"
 SCANNED_FIELD = "X-Virus-Scanned"
 OUR_FIELDS = (STATUS_FIELD, SCANNED_FIELD)
-PATTERN_KEYS = {
+PATTERN_KEYS: dict[str, Key[tuple[str, ...]]] = {
     "pass": K.PATTERNS_PASS,
     "reject": K.PATTERNS_REJECT,
     "drop": K.PATTERNS_DROP,
@@ -66,7 +67,10 @@ def decide(verdict: Verdict, envelope: Envelope, cfg: Config) -> Decision:
     if isinstance(verdict, Clean):
         headers: tuple[tuple[str, str], ...] = ()
         if cfg[K.HEADER_CLEAN]:
-            headers = ((SCANNED_FIELD, f"avtool {__version__} with ClamAV"), (STATUS_FIELD, "Clean"))
+            headers = (
+                (SCANNED_FIELD, f"avtool {__version__} with ClamAV"),
+                (STATUS_FIELD, "Clean"),
+            )
         return Decision("accept", 200, "Ok", "clean", headers)
     if isinstance(verdict, Failed):
         if cfg[K.FAILED] == "pass":
@@ -85,9 +89,8 @@ def decide(verdict: Verdict, envelope: Envelope, cfg: Config) -> Decision:
             f"scan failed: {verdict.reason}",
         )
     if isinstance(verdict, Unchecked):
-        action: Action = cfg[K.UNCHECKED]  # type: ignore[assignment]
         return _act(
-            action,
+            _action(cfg[K.UNCHECKED]),
             envelope,
             cfg,
             reason=f"unchecked: {verdict.reason}",
@@ -110,8 +113,16 @@ def decide(verdict: Verdict, envelope: Envelope, cfg: Config) -> Decision:
 def action_for(names: Sequence[str], cfg: Config) -> Action:
     """The most severe action over every name; a name takes its most severe matching pattern,
     else the default of its class (PUA, heuristics, infected)."""
-    chosen = [_action_for_name(name, cfg) for name in names] or [cfg[K.INFECTED]]
-    return min(chosen, key=SEVERITY.index)  # type: ignore[arg-type, return-value]
+    chosen = [_action(_action_for_name(name, cfg)) for name in names]
+    return min(chosen or [_action(cfg[K.INFECTED])], key=SEVERITY.index)
+
+
+def _action(word: str) -> Action:
+    """A configured action word as an Action (keys.py allows only these words)."""
+    for action in SEVERITY:
+        if word == action:
+            return action
+    raise ValueError(f"not an action: {word!r}")
 
 
 def _action_for_name(name: str, cfg: Config) -> str:
@@ -146,7 +157,7 @@ def _act(
     if action == "defer":
         text = "4.7.1 Message deferred: " + _field(status)
         return Decision("defer", 451, text, reason, names=names)
-    open_rcpts = tuple(r for r in envelope.recipients if not r.done)
+    open_rcpts = envelope.pending
     keep = tuple(r for r in open_rcpts if _passes(r.address, cfg[K.PASS_RECIPIENTS]))
     drop = tuple(r for r in open_rcpts if r not in keep)
     if keep and not drop:
@@ -160,7 +171,7 @@ def _act(
     return Decision(action, 200, text, note, header if keep else (), drop, keep, names=names)
 
 
-def _passes(address: str, globs: Sequence[str]) -> bool:
+def _passes(address: str, globs: tuple[str, ...]) -> bool:
     address = address.lower()
     return any(fnmatch.fnmatchcase(address, g.lower()) for g in globs)
 

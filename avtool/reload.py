@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from avtool import keys as K
 from avtool.clamdconf import conf_for, disk_db_version, running_clamd_confs
@@ -17,6 +17,7 @@ from avtool.config import Config
 from avtool.engine import Engine
 from avtool.errors import ConfigError, EngineError
 from avtool.ipc import Answer
+from avtool.kinds import Key
 from avtool.pipeline import Pipeline
 
 if TYPE_CHECKING:
@@ -24,7 +25,7 @@ if TYPE_CHECKING:
     from avtool.server import FilterServer
 
 log = logging.getLogger("avtool")
-RESTART_KEYS = (K.FILTER_DIR, K.COURIER_DIR, K.PID_FILE, K.PIPE, K.MAX_SCANS)
+RESTART_KEYS: tuple[Key[Any], ...] = (K.FILTER_DIR, K.COURIER_DIR, K.PID_FILE, K.PIPE, K.MAX_SCANS)
 SETTLE_S = 1.0  # no version to watch: clamd swaps a small DB in ~50 ms (notes/clamav.md §2)
 
 
@@ -112,21 +113,19 @@ def _reload_one(backend: Backend, expected: int | None, timeout: float) -> str:
     backend.reload()
     after = before
     confirmed = False
-    while time.monotonic() - started < timeout:
+    while (elapsed := time.monotonic() - started) < timeout:
         time.sleep(0.1)
         after = backend.describe()
         if not after.reachable:
             continue
-        if expected is not None and after.db_version == expected:
-            confirmed = True
+        if expected is not None:
+            confirmed = after.db_version == expected
+        elif before.db_version is not None:
+            confirmed = after.db_version != before.db_version
+        elif elapsed >= SETTLE_S:
+            break  # nothing to watch: see SETTLE_S
+        if confirmed:
             break
-        if expected is None and before.db_version is not None:
-            if after.db_version != before.db_version:
-                confirmed = True
-                break
-        if expected is None and before.db_version is None:
-            if time.monotonic() - started >= SETTLE_S:
-                break
     seconds = time.monotonic() - started
     old, new = _db(before.db_version), _db(after.db_version)
     if confirmed or (expected is None and before.db_version is None):

@@ -44,12 +44,14 @@ class Options:
 
     name: str = "avtool"
     debug: bool = False
+    fd3: bool = False  # was fd 3 open when the process started (courierfilter's pipe)?
     socket_dir: Path | None = None
     config_path: Path | None = None
     overrides: dict[str, str] = field(default_factory=dict)
 
 
 def fd3_open() -> bool:
+    """Call first thing: later, fd 3 may be any file this process opened (the event loop's)."""
     try:
         os.fstat(COURIERFILTER_FD)
     except OSError:
@@ -87,13 +89,14 @@ class FilterServer:
         return base / ours, base / other
 
     async def start(self) -> None:
-        if not self.options.debug and not fd3_open() and not self.cfg[K.MANUAL_START]:
+        fd3 = self.options.fd3
+        if not self.options.debug and not fd3 and not self.cfg[K.MANUAL_START]:
             raise UsageError(
                 "fd 3 is not open: avtool serve is started by courierfilter "
                 "(`filterctl start avtool`). To try it by hand: avtool serve --debug "
                 "--socket-dir DIR; to allow a manual start: serve.manual_start = true"
             )
-        if fd3_open():
+        if fd3:
             os.set_inheritable(COURIERFILTER_FD, False)  # no child may keep courierfilter waiting
         self._check_clamd()
         if self.pid_file is not None:
@@ -107,8 +110,9 @@ class FilterServer:
             raise
         self._install_signals()
         self._watch_stdin()
-        with contextlib.suppress(OSError):
-            os.close(COURIERFILTER_FD)  # courierfilter start waits for this: we are ready
+        if fd3:
+            with contextlib.suppress(OSError):
+                os.close(COURIERFILTER_FD)  # courierfilter start waits for this: we are ready
         log.info("listening on %s (pid %d)", self.socket_path, os.getpid())
 
     def _check_clamd(self) -> None:
@@ -211,9 +215,11 @@ class FilterServer:
         assert task is not None  # noqa: S101 - always inside a task here
         self.in_flight.add(task)
         try:
-            reply = await self._serve_one(reader)
+            reply, unread = await self._serve_one(reader)
             writer.write(protocol.format_reply(reply))
             await writer.drain()
+            if unread:
+                await _discard_input(reader, writer)
         except (ConnectionError, OSError) as e:
             log.warning("client went away: %s", e)
         finally:
@@ -222,17 +228,18 @@ class FilterServer:
             with contextlib.suppress(ConnectionError, OSError):
                 await writer.wait_closed()
 
-    async def _serve_one(self, reader: asyncio.StreamReader) -> Reply:
+    async def _serve_one(self, reader: asyncio.StreamReader) -> tuple[Reply, bool]:
+        """The reply, and whether the client may still be sending (answered early)."""
         deadline = time.monotonic() + self.cfg[K.MESSAGE_TIMEOUT]
         try:
             request = await asyncio.wait_for(_read_request(reader), self.cfg[K.READ_TIMEOUT])
         except TimeoutError:
             log.warning("no complete request within serve.read_timeout")
-            return Reply(432, "4.3.0 Timeout reading the filter request")
+            return Reply(432, "4.3.0 Timeout reading the filter request"), True
         except protocol.ProtocolError as e:
             log.warning("bad request: %s", e)
-            return e.reply
-        return await self._scan_in_slot(request, deadline)
+            return e.reply, True
+        return await self._scan_in_slot(request, deadline), False
 
     async def _scan_in_slot(self, request: Request, deadline: float) -> Reply:
         """Wait for a scan slot and scan, all within the message deadline; past it, 432."""
@@ -256,6 +263,18 @@ class FilterServer:
             return Reply(432, "4.3.2 Virus scan took too long, try again later")
         self.stats.record(outcome)
         return outcome.reply
+
+
+async def _discard_input(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    """After an early answer, read what the client still sends (bounded) before closing:
+    closing with unread input makes the kernel send a reset, which can destroy the reply."""
+    with contextlib.suppress(OSError, RuntimeError):
+        writer.write_eof()
+    budget = 4 << 20
+    with contextlib.suppress(TimeoutError, ConnectionError, OSError):
+        async with asyncio.timeout(1.0):
+            while budget > 0 and (chunk := await reader.read(65536)):
+                budget -= len(chunk)
 
 
 async def _read_request(reader: asyncio.StreamReader) -> Request:

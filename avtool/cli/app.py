@@ -7,7 +7,9 @@ import sys
 import typer
 
 from avtool import __version__
+from avtool.cli import batch as batch_cmd
 from avtool.cli import config as config_cmd
+from avtool.cli import serve as serve_cmd
 from avtool.errors import AvtoolError, ConfigError
 
 app = typer.Typer(
@@ -37,6 +39,8 @@ def _root(
 
 
 app.command("config")(config_cmd.config)
+app.command("serve")(serve_cmd.serve)
+app.command("batch-test")(batch_cmd.batch_test)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -25,24 +25,24 @@ def batch_test(
     reply is printed as the daemon would send it. Exit 0 if every reply accepts, 1 if a virus
     was found, 3 if any reply was a 4xx.
     """
+    from avtool.batch import requests_from
+    from avtool.courier.protocol import ProtocolError, format_reply
     from avtool.engine import Engine
     from avtool.engine.verdict import Infected
     from avtool.pipeline import Pipeline
-    from avtool.server import BatchReader
 
     cfg = load_config(config_file, set_, role="daemon")
     logs.setup(cfg[K.VERBOSITY])
     pipeline = Pipeline(cfg, Engine.from_config(cfg))
     status = 0
-    for item in BatchReader(sys.stdin.buffer):
-        if isinstance(item, bytes):  # a malformed group: its reply, already formatted
-            sys.stdout.buffer.write(item)
-            status = max(status, 3)
+    for item in requests_from(sys.stdin.buffer):
+        if isinstance(item, ProtocolError):
+            print(f"avtool: bad request: {item}", file=sys.stderr)
+            sys.stdout.buffer.write(format_reply(item.reply))
+            status = 3
             continue
         deadline = time.monotonic() + cfg[K.MESSAGE_TIMEOUT]
         outcome = pipeline.handle(item, deadline, dry_run=dry_run)
-        from avtool.courier.protocol import format_reply
-
         sys.stdout.buffer.write(format_reply(outcome.reply))
         sys.stdout.flush()
         if outcome.reply.code >= 400 and outcome.reply.code < 500:

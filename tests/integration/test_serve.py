@@ -1,0 +1,254 @@
+"""``avtool serve --debug`` against a real clamd: lifecycle, verdicts, actions, bad input."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import stat
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.integration.serve_support import (
+    EICAR,
+    Daemon,
+    config_for,
+    mail,
+    start_daemon,
+)
+
+pytestmark = pytest.mark.clamd
+
+
+@pytest.fixture
+def make_daemon(clamd_server: Any) -> Iterator[Any]:
+    started: list[Daemon] = []
+
+    def make(extra: str = "", **kw: Any) -> Daemon:
+        d = start_daemon(config_for(str(clamd_server.unix_socket), extra), **kw)
+        started.append(d)
+        return d
+
+    yield make
+    for d in started:
+        if d.proc.poll() is None:
+            d.proc.kill()
+            d.proc.wait()
+
+
+@pytest.fixture
+def daemon(make_daemon: Any) -> Daemon:
+    d: Daemon = make_daemon()
+    return d
+
+
+def test_ready_socket_is_0660_and_stdin_eof_stops_cleanly(daemon: Daemon) -> None:
+    mode = os.stat(daemon.socket_path).st_mode
+    assert stat.S_ISSOCK(mode) and stat.S_IMODE(mode) == 0o660
+    assert not (daemon.socket_path.parent / ".avtool").exists()
+    assert daemon.stop() == 0
+    assert not daemon.socket_path.exists()
+    assert "Traceback" not in daemon.log()
+
+
+def test_sigterm_stops_cleanly(daemon: Daemon) -> None:
+    daemon.proc.send_signal(signal.SIGTERM)
+    assert daemon.proc.wait(20) == 0
+    assert not daemon.socket_path.exists()
+
+
+def test_clean_mail_is_accepted_untouched(daemon: Daemon) -> None:
+    data, ctl = daemon.spool.message(mail())
+    before = data.read_bytes()
+    assert daemon.filter(data, ctl) == "200 Ok\n"
+    assert data.read_bytes() == before
+    line = next(x for x in daemon.log().splitlines() if "verdict=clean" in x)
+    assert "from=<sender@example.com>" in line and "rcpts=1" in line and "reply=200" in line
+
+
+def test_eicar_attachment_is_rejected_with_its_name(daemon: Daemon) -> None:
+    data, ctl = daemon.spool.message(mail(attachment=EICAR))
+    reply = daemon.filter(data, ctl)
+    assert reply.startswith("550 5.7.1 Virus found: Eicar-Test-Signature")
+    assert reply.endswith("\n") and reply.count("\n") == 1
+    assert "action=reject" in daemon.log()
+
+
+def test_drop_marks_every_recipient_in_every_control_file(make_daemon: Any) -> None:
+    d: Daemon = make_daemon('\n[policy]\ninfected = "drop"\n')
+    rcpts = ["a@example.test", "b@example.test", "c@example.test"]
+    data, ctls = d.spool.message(mail(attachment=EICAR), rcpts, controls=2)
+    assert len(ctls) == 2
+    assert d.filter(data, ctls) == "200 Ok\n"
+    marked = 0
+    for ctl in ctls:
+        text = ctl.read_text()
+        n_rcpts = text.count("\nr")
+        for n in range(n_rcpts):
+            assert f"\nI{n} R 250 Ok - dropped by avtool" in text
+            assert f"\nS{n} " in text
+            marked += 1
+    assert marked == 3
+
+
+def test_pass_recipient_keeps_the_message_others_dropped(make_daemon: Any) -> None:
+    d: Daemon = make_daemon('\n[policy]\ninfected = "reject"\npass_recipients = ["postmaster@*"]\n')
+    data, ctls = d.spool.message(mail(attachment=EICAR), ["a@example.test", "postmaster@x.test"])
+    assert d.filter(data, ctls) == "200 Ok\n"
+    text = ctls[0].read_text()
+    assert "\nS0 " in text and "\nS1 " not in text
+    assert b"X-Virus-Status: Infected (Eicar-Test-Signature" in data.read_bytes()
+
+
+def test_quarantine_keeps_data_envelope_and_verdict_privately(make_daemon: Any) -> None:
+    d0: Daemon = make_daemon()
+    qdir = d0.workdir / "quarantine"
+    d0.stop()
+    d: Daemon = make_daemon(f'\n[policy]\ninfected = "quarantine"\nquarantine_dir = "{qdir}"\n')
+    data, ctls = d.spool.message(mail(attachment=EICAR))
+    original = data.read_bytes()
+    assert d.filter(data, ctls).startswith("200 ")
+    (entry,) = list(qdir.iterdir())
+    assert stat.S_IMODE(entry.stat().st_mode) == 0o700
+    assert (entry / "data").read_bytes() == original
+    assert (entry / "control.0").read_text().startswith("ssender@example.com")
+    info = json.loads((entry / "verdict.json").read_text())
+    assert info["verdict"] == "Infected" and info["names"][0].startswith("Eicar")
+    for f in entry.iterdir():
+        assert stat.S_IMODE(f.stat().st_mode) == 0o600
+    assert "\nS0 " in ctls[0].read_text()
+
+
+def test_pass_adds_header_and_renames_forged_one(make_daemon: Any) -> None:
+    d: Daemon = make_daemon('\n[policy]\ninfected = "pass"\n')
+    forged = mail(attachment=EICAR).replace(b"Subject:", b"X-Virus-Status: Clean\nSubject:", 1)
+    data, ctls = d.spool.message(forged)
+    mode = stat.S_IMODE(data.stat().st_mode)
+    assert d.filter(data, ctls) == "200 Ok\n"
+    head = data.read_bytes().split(b"\n\n", 1)[0]
+    assert b"X-Virus-Status: Infected (Eicar-Test-Signature" in head
+    assert b"\nX-Virus-Status: Clean" not in head
+    assert b"Old-X-Virus-Status: Clean" in head or b"X-Old-X-Virus-Status: Clean" in head
+    assert stat.S_IMODE(data.stat().st_mode) == mode
+
+
+def test_clean_header_when_configured(make_daemon: Any) -> None:
+    d: Daemon = make_daemon("\n[headers]\nclean = true\n")
+    data, ctls = d.spool.message(mail())
+    assert d.filter(data, ctls) == "200 Ok\n"
+    head = data.read_bytes().split(b"\n\n", 1)[0]
+    assert b"X-Virus-Status: Clean" in head and b"X-Virus-Scanned: avtool" in head
+
+
+def test_oversize_is_unchecked_and_passed_with_header(make_daemon: Any) -> None:
+    d: Daemon = make_daemon('\n[scan]\nmax_size = "1K"\n')
+    data, ctls = d.spool.message(mail(body=b"x" * 4000 + b"\n"))
+    assert d.filter(data, ctls) == "200 Ok\n"
+    assert b"X-Virus-Status: Unchecked (too large" in data.read_bytes()
+
+
+def test_dry_run_changes_nothing(make_daemon: Any) -> None:
+    d: Daemon = make_daemon('dry_run = true\n\n[policy]\ninfected = "drop"\n')
+    data, ctls = d.spool.message(mail(attachment=EICAR))
+    before = (data.read_bytes(), ctls[0].read_text())
+    assert d.filter(data, ctls) == "200 Ok\n"
+    assert (data.read_bytes(), ctls[0].read_text()) == before
+    assert "action=would drop" in d.log()
+
+
+def test_clamd_down_defers(make_daemon: Any, tmp_path: Path) -> None:
+    d: Daemon = make_daemon()
+    d.stop()
+    conf = config_for(str(tmp_path / "no-clamd.sock"))
+    down = start_daemon(conf)
+    try:
+        data, ctls = down.spool.message(mail(attachment=EICAR))
+        assert down.filter(data, ctls).startswith("432 4.7.1 ")
+    finally:
+        down.stop()
+
+
+@pytest.mark.parametrize(
+    ("make_request", "first_digit"),
+    [
+        (lambda d: b"/etc/passwd\n/etc/hostname\n\n", "45"),  # outside the spool
+        (lambda d: os.fsencode(d.spool.root) + b"/../x/D1\n/y\n\n", "5"),  # ..
+        (lambda d: b"relative/D1\nrelative/C1\n\n", "45"),
+        (
+            lambda d: (
+                os.fsencode(d.spool.root)
+                + b"/nope/D1\n"
+                + os.fsencode(d.spool.root)
+                + b"/nope/C1\n\n"
+            ),
+            "4",
+        ),
+        (lambda d: b"\0\n\n", "5"),
+        (lambda d: b"x" * 1_000_000 + b"\n\n", "5"),
+    ],
+    ids=["outside", "dotdot", "relative", "missing", "nul", "long-line"],
+)
+def test_bad_requests_get_a_reply_and_the_daemon_lives(
+    daemon: Daemon, make_request: Any, first_digit: str
+) -> None:
+    reply = daemon.ask(make_request(daemon))
+    assert reply[:1] in first_digit, reply
+    assert reply[3:4] == " "
+    data, ctl = daemon.spool.message(mail())
+    assert daemon.filter(data, ctl) == "200 Ok\n"  # still serving
+
+
+def test_symlinked_data_file_is_refused(daemon: Daemon) -> None:
+    data, ctl = daemon.spool.message(mail(attachment=EICAR))
+    link = data.with_name("Dlink")
+    link.symlink_to(data)
+    reply = daemon.filter(link, ctl)
+    assert reply[:1] in "45" and not reply.startswith("200"), reply
+
+
+def test_silent_client_does_not_hold_a_slot(make_daemon: Any) -> None:
+    d: Daemon = make_daemon("max_scans = 1\n")
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as idle:
+        idle.connect(str(d.socket_path))
+        data, ctl = d.spool.message(mail())
+        started = time.monotonic()
+        assert d.filter(data, ctl) == "200 Ok\n"
+        assert time.monotonic() - started < 1.5  # served while the idle one still waits
+        idle.settimeout(10)
+        assert idle.recv(100).startswith(b"432 ")  # read_timeout = 2 s
+
+
+def test_started_by_hand_without_fd3_refuses(clamd_server: Any, tmp_path: Path) -> None:
+    conf = tmp_path / "avtool.conf"
+    conf.write_text(config_for(str(clamd_server.unix_socket)).replace("@SPOOL@", str(tmp_path)))
+    result = subprocess.run(
+        [sys.executable, "-m", "avtool", "serve", "-f", str(conf), "--socket-dir", str(tmp_path)],
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert result.returncode == 2
+    assert "fd 3 is not open" in result.stderr and "--debug" in result.stderr
+    assert not (tmp_path / "avtool").exists()
+    assert "Traceback" not in result.stderr
+
+
+def test_many_concurrent_messages_all_get_the_right_verdict(daemon: Daemon) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    jobs = []
+    for i in range(60):
+        infected = i % 5 == 0
+        jobs.append((infected, daemon.spool.message(mail(attachment=EICAR if infected else None))))
+    with ThreadPoolExecutor(8) as pool:
+        replies = list(pool.map(lambda j: daemon.filter(*j[1]), jobs))
+    for (infected, _), reply in zip(jobs, replies, strict=True):
+        assert reply.startswith("550 " if infected else "200 "), reply
