@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import time
 from typing import TYPE_CHECKING, Any
 
@@ -35,6 +36,7 @@ class Reloader:
         self.event = asyncio.Event()
         self.want_config = False
         self.want_virus = False
+        self.want_stats = False
 
     def request(self, config: bool, virus: bool) -> None:
         """Signal handler: only set flags (design.md, convention 7)."""
@@ -42,13 +44,39 @@ class Reloader:
         self.want_virus |= virus
         self.event.set()
 
+    def request_stats(self) -> None:
+        """Signal handler for SIGURG (``avtool sig stats``): only set a flag."""
+        self.want_stats = True
+        self.event.set()
+
     async def loop(self) -> None:
         while True:
             await self.event.wait()
             self.event.clear()
+            if self.want_stats:
+                self.want_stats = False
+                snapshot = self.server.stats.snapshot()  # on the loop, where stats change
+                await asyncio.to_thread(self.answer_stats, snapshot)
             config, virus = self.want_config, self.want_virus
             self.want_config = self.want_virus = False
-            await asyncio.to_thread(self.reload, config, virus)
+            if config or virus:
+                await asyncio.to_thread(self.reload, config, virus)
+
+    def answer_stats(self, snapshot: dict[str, float | int | None]) -> None:
+        """Counters as ``name value`` lines, then one ``clamd`` line per backend."""
+        answer = Answer(self.server.pipe)
+        answer.line(f"pid {os.getpid()}")
+        answer.line(f"socket {self.server.socket_path}")
+        for name, value in snapshot.items():
+            answer.line(f"{name} {'-' if value is None else value}")
+        for backend in self.server.pipeline.engine.backends:
+            info = backend.describe()
+            answer.line(
+                f"clamd {backend.address} reachable={'yes' if info.reachable else 'no'} "
+                f"scans={backend.scans} errors={backend.errors} "
+                f"db={_db(info.db_version)} version={info.version or '-'}"
+            )
+        answer.finish(True)
 
     def reload(self, config: bool, virus: bool) -> bool:
         answer = Answer(self.server.pipe)

@@ -6,7 +6,8 @@ the other socket dir -> close fd 3 -> serve until stdin EOF, SIGTERM or SIGQUIT 
 socket first -> drain messages in flight within serve.drain_timeout -> remove pid file -> exit 0.
 
 Signal handlers only set flags: SIGHUP reloads config and virus DB, SIGUSR1 the config, SIGUSR2
-the virus DB; a coroutine does the work and answers over the ``sig`` pipe (ipc.py).
+the virus DB, SIGURG asks for the counters; a coroutine does the work and answers over the
+``sig`` pipe (ipc.py). SIGURG is ignored by default, so sent to a wrong pid it does no harm.
 """
 
 from __future__ import annotations
@@ -157,6 +158,7 @@ class FilterServer:
         loop.add_signal_handler(signal.SIGHUP, self.reloader.request, True, True)
         loop.add_signal_handler(signal.SIGUSR1, self.reloader.request, True, False)
         loop.add_signal_handler(signal.SIGUSR2, self.reloader.request, False, True)
+        loop.add_signal_handler(signal.SIGURG, self.reloader.request_stats)
 
     def _watch_stdin(self) -> None:
         """courierfilter stops a filter by closing its stdin (courierfilter(8))."""
@@ -206,7 +208,7 @@ class FilterServer:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGQUIT, signal.SIGINT, signal.SIGHUP):
             loop.remove_signal_handler(sig)
-        for sig in (signal.SIGUSR1, signal.SIGUSR2):
+        for sig in (signal.SIGUSR1, signal.SIGUSR2, signal.SIGURG):
             loop.remove_signal_handler(sig)
         log.info("stopped")
 
