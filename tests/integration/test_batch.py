@@ -1,0 +1,62 @@
+"""``avtool batch-test``: the socket framing on stdin, the daemon pipeline, replies on stdout."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.integration.serve_support import EICAR, Spool, config_for, mail, request_bytes
+
+pytestmark = pytest.mark.clamd
+
+
+def run_batch(conf: Path, stdin: bytes, *args: str) -> subprocess.CompletedProcess[bytes]:
+    cmd = [sys.executable, "-m", "avtool", "batch-test", "-f", str(conf), *args]
+    return subprocess.run(cmd, input=stdin, capture_output=True, timeout=60, check=False)
+
+
+@pytest.fixture
+def setup(clamd_server: Any, tmp_path: Path) -> tuple[Path, Spool]:
+    spool = Spool(tmp_path / "spool")
+    spool.root.mkdir()
+    conf = tmp_path / "avtool.conf"
+    extra = '\n[policy]\ninfected = "drop"\n'
+    conf.write_text(
+        config_for(str(clamd_server.unix_socket), extra).replace("@SPOOL@", str(spool.root))
+    )
+    return conf, spool
+
+
+def test_replies_in_order_and_exit_status(setup: tuple[Path, Spool]) -> None:
+    conf, spool = setup
+    clean = spool.message(mail())
+    infected = spool.message(mail(attachment=EICAR), ["a@example.test", "b@example.test"])
+    result = run_batch(conf, request_bytes(*clean) + request_bytes(*infected))
+    assert result.stdout.decode().splitlines() == ["200 Ok", "200 Ok"]
+    assert result.returncode == 1  # a virus was found
+    assert "\nS1 " in infected[1][0].read_text()  # dropped for real: both recipients marked
+    assert b"Traceback" not in result.stderr
+
+
+def test_dry_run_touches_nothing(setup: tuple[Path, Spool]) -> None:
+    conf, spool = setup
+    data, ctls = spool.message(mail(attachment=EICAR))
+    before = ctls[0].read_text(), data.read_bytes()
+    result = run_batch(conf, request_bytes(data, ctls), "--dry-run")
+    assert result.stdout == b"200 Ok\n"
+    assert (ctls[0].read_text(), data.read_bytes()) == before
+    assert b"would drop" in result.stderr
+
+
+def test_bad_group_is_reported_and_the_rest_goes_on(setup: tuple[Path, Spool]) -> None:
+    conf, spool = setup
+    clean = spool.message(mail())
+    result = run_batch(conf, b"/only-a-data-file\n\n" + request_bytes(*clean))
+    lines = result.stdout.decode().splitlines()
+    assert lines[0][:1] in "45" and lines[1] == "200 Ok"
+    assert result.returncode == 3
+    assert b"bad request" in result.stderr
