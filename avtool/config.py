@@ -19,8 +19,8 @@ from pathlib import Path
 from typing import Any, Literal, TypeVar
 
 from avtool.errors import ConfigError
-from avtool.keys import CHECKS, KEYS
-from avtool.kinds import Key
+from avtool.keys import CHECKS  # importing keys.py registers every key
+from avtool.kinds import KEYS, Key
 
 T = TypeVar("T")
 

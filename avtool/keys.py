@@ -10,51 +10,10 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from avtool.kinds import KEYS, Bool, Choice, Int, Seconds, Size, Text, TextList, key
+from avtool.kinds import Bool, Choice, Int, Seconds, Size, Text, TextList, key
 
 if TYPE_CHECKING:
     from avtool.config import Config
-
-__all__ = [
-    "KEYS",
-    "CHECKS",
-    "BACKENDS",
-    "BALANCE",
-    "CONNECT_TIMEOUT",
-    "SCAN_TIMEOUT",
-    "RETRY_AFTER",
-    "TRANSFER",
-    "MAX_SIZE",
-    "VERBOSITY",
-    "FILTER_DIR",
-    "COURIER_DIR",
-    "SPOOL_DIR",
-    "PID_FILE",
-    "PIPE",
-    "MAX_SCANS",
-    "MESSAGE_TIMEOUT",
-    "READ_TIMEOUT",
-    "DRAIN_TIMEOUT",
-    "MANUAL_START",
-    "DRY_RUN",
-    "INFECTED",
-    "PUA",
-    "HEURISTICS",
-    "PATTERNS_PASS",
-    "PATTERNS_REJECT",
-    "PATTERNS_DROP",
-    "PATTERNS_QUARANTINE",
-    "PATTERNS_DEFER",
-    "REJECT_TEXT",
-    "UNCHECKED",
-    "FAILED",
-    "SKIP_AUTHENTICATED",
-    "SKIP_RELAY_CLIENTS",
-    "PASS_RECIPIENTS",
-    "QUARANTINE_DIR",
-    "HEADER_CLEAN",
-    "HEADER_RENAME",
-]
 
 # A clamd address: an absolute unix socket path, or host:port / [v6]:port.
 _BACKEND = r"/\S+|[A-Za-z0-9_.-]+:\d{1,5}|\[[0-9A-Fa-f:.]+\]:\d{1,5}"
@@ -140,6 +99,12 @@ MAX_SCANS = key(
     Int(0, 1024),
     0,
     "messages scanned at once; more wait their turn; 0: twice the CPU count",
+)
+MAX_CONNECTIONS = key(
+    "serve.max_connections",
+    Int(0, 4096),
+    0,
+    "requests read at once (one thread each); more wait in the backlog; 0: 4 x max_scans, >= 16",
 )
 MESSAGE_TIMEOUT = key(
     "serve.message_timeout",

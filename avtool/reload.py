@@ -6,9 +6,9 @@ Virus: RELOAD every clamd, then wait (bounded) until VERSION shows the database 
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import os
+import threading
 import time
 from typing import TYPE_CHECKING, Any
 
@@ -18,7 +18,7 @@ from avtool.config import Config
 from avtool.engine import Engine
 from avtool.errors import ConfigError, EngineError
 from avtool.ipc import Answer
-from avtool.kinds import Key
+from avtool.kinds import KEYS, Key
 from avtool.pipeline import Pipeline
 
 if TYPE_CHECKING:
@@ -31,36 +31,51 @@ SETTLE_S = 1.0  # no version to watch: clamd swaps a small DB in ~50 ms (notes/c
 
 
 class Reloader:
+    """A thread that carries out reload and stats requests, one at a time, off the main thread."""
+
     def __init__(self, server: FilterServer) -> None:
         self.server = server
-        self.event = asyncio.Event()
+        self.event = threading.Event()
         self.want_config = False
         self.want_virus = False
         self.want_stats = False
+        self.stopped = False
+        self.thread = threading.Thread(target=self._loop, name="reload", daemon=True)
+
+    def start(self) -> None:
+        self.thread.start()
+
+    def stop(self) -> None:
+        self.stopped = True
+        self.event.set()
 
     def request(self, config: bool, virus: bool) -> None:
-        """Signal handler: only set flags (design.md, convention 7)."""
+        """From a signal handler: only set flags (design.md, convention 7)."""
         self.want_config |= config
         self.want_virus |= virus
         self.event.set()
 
     def request_stats(self) -> None:
-        """Signal handler for SIGURG (``avtool sig stats``): only set a flag."""
+        """From the SIGURG handler (``avtool sig stats``): only set a flag."""
         self.want_stats = True
         self.event.set()
 
-    async def loop(self) -> None:
+    def _loop(self) -> None:
         while True:
-            await self.event.wait()
+            self.event.wait()
             self.event.clear()
-            if self.want_stats:
-                self.want_stats = False
-                snapshot = self.server.stats.snapshot()  # on the loop, where stats change
-                await asyncio.to_thread(self.answer_stats, snapshot)
-            config, virus = self.want_config, self.want_virus
-            self.want_config = self.want_virus = False
-            if config or virus:
-                await asyncio.to_thread(self.reload, config, virus)
+            if self.stopped:
+                return
+            try:
+                if self.want_stats:
+                    self.want_stats = False
+                    self.answer_stats(self.server.stats.snapshot())
+                config, virus = self.want_config, self.want_virus
+                self.want_config = self.want_virus = False
+                if config or virus:
+                    self.reload(config, virus)
+            except Exception:  # noqa: BLE001 - a failed reload must not end later reloads
+                log.exception("reload failed")
 
     def answer_stats(self, snapshot: dict[str, float | int | None]) -> None:
         """Counters as ``name value`` lines, then one ``clamd`` line per backend."""
@@ -102,7 +117,7 @@ class Reloader:
             return False
         old = server.cfg
         changes = old.changes(new)
-        engine_keys = [n for n in K.KEYS if n.startswith(("clamd.", "scan."))]
+        engine_keys = [n for n in KEYS if n.startswith(("clamd.", "scan."))]
         engine = server.pipeline.engine
         if any(old.values[n] != new.values[n] for n in engine_keys):
             engine = Engine.from_config(new)

@@ -1,7 +1,8 @@
-"""Live counters of the daemon, read by ``avtool sig stats``. Updated on the event loop only."""
+"""Live counters of the daemon, read by ``avtool sig stats``. Updated by the connection threads."""
 
 from __future__ import annotations
 
+import threading
 import time
 from collections import Counter, deque
 from typing import TYPE_CHECKING
@@ -20,8 +21,13 @@ class Stats:
         self.started = time.monotonic()
         self.counts: Counter[str] = Counter()
         self.scan_ms: deque[float] = deque(maxlen=10_000)  # recent scans, for p50/p99
+        self.lock = threading.Lock()
 
     def record(self, outcome: Outcome) -> None:
+        with self.lock:
+            self._record(outcome)
+
+    def _record(self, outcome: Outcome) -> None:
         self.counts["messages"] += 1
         v = outcome.verdict
         if isinstance(v, Clean):
@@ -44,6 +50,10 @@ class Stats:
             self.scan_ms.append(outcome.scan_ms)
 
     def count_timeout(self) -> None:
+        with self.lock:
+            self._count_timeout()
+
+    def _count_timeout(self) -> None:
         self.counts["messages"] += 1
         self.counts["deferred"] += 1
         self.counts["timeouts"] += 1
@@ -55,6 +65,10 @@ class Stats:
         return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
     def snapshot(self) -> dict[str, float | int | None]:
+        with self.lock:
+            return self._snapshot()
+
+    def _snapshot(self) -> dict[str, float | int | None]:
         names = ("messages", *VERDICTS, *ACTIONS, "deferred", "timeouts", "errors")
         data: dict[str, float | int | None] = {n: self.counts[n] for n in names}
         data["p50_ms"] = self.percentile(0.50)

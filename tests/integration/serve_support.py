@@ -122,7 +122,7 @@ def start_daemon(
 ) -> Daemon:
     workdir = workdir or Path(tempfile.mkdtemp(prefix="avs", dir="/tmp"))
     spool_root = workdir / "spool"
-    spool_root.mkdir(exist_ok=True)
+    spool_root.mkdir(parents=True, exist_ok=True)
     sockets = workdir / "s"
     sockets.mkdir(exist_ok=True)
     conf = workdir / "avtool.conf"

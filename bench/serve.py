@@ -1,0 +1,151 @@
+"""Daemon benchmark: ``avtool serve`` on its socket against a raw FILDES loop, same corpus, same run.
+
+One clamd (tests/clamd_harness.py, ``DisableCache yes``, MaxThreads 8) and the corpus of
+bench/corpus.py, each message given a Courier control file in a spool dir. Measured, with 1 and 4
+concurrent clients: the raw FILDES loop of notes/clamav.md §3 (the engine's floor) and
+``avtool serve --debug`` driven through its unix socket as Courier drives it (one connection per
+message). Reported: messages/s, p50/p99, the daemon's CPU per message (its /proc utime+stime),
+its peak RSS (VmHWM), and the ratio serve / raw FILDES (target >= 0.95).
+
+    python bench/serve.py [--count 500] [--out bench/out/serve.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import socket
+import sys
+import tempfile
+from dataclasses import asdict
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from bench.corpus import generate  # noqa: E402
+from bench.engine import Result, best, machine, raw_scanner, run, table  # noqa: E402
+from tests.clamd_harness import ClamdServer  # noqa: E402
+from tests.integration.serve_support import (  # noqa: E402
+    Daemon,
+    control_text,
+    request_bytes,
+    start_daemon,
+)
+
+
+def proc_cpu_s(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def proc_hwm_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def spool_copy(paths: list[Path], spool: Path) -> list[tuple[Path, list[Path]]]:
+    """Each corpus message as a data file with one control file, as Courier's submit leaves them."""
+    jobs = []
+    for i, path in enumerate(paths):
+        d = spool / f"{i:06d}"
+        d.mkdir(parents=True)
+        data = d / f"D{i}"
+        shutil.copyfile(path, data)
+        ctl = d / f"{i}.ctl"
+        ctl.write_text(control_text([f"user{i}@example.test"]))
+        jobs.append((data, [ctl]))
+    return jobs
+
+
+def daemon_scanner(daemon: Daemon, jobs: dict[Path, tuple[Path, list[Path]]]) -> object:
+    def scan(path: Path) -> bool:
+        data, ctls = jobs[path]
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+            s.settimeout(120)
+            s.connect(str(daemon.socket_path))
+            s.sendall(request_bytes(data, ctls))
+            reply = b""
+            while chunk := s.recv(4096):
+                reply += chunk
+        if reply.startswith(b"550 "):
+            return True
+        if not reply.startswith(b"200 "):
+            raise RuntimeError(f"{data}: {reply!r}")
+        return False
+
+    return scan
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--count", type=int, default=500)
+    parser.add_argument("--out", type=Path, default=REPO / "bench" / "out" / "serve.json")
+    args = parser.parse_args(argv)
+
+    work = Path(tempfile.mkdtemp(prefix="avb", dir="/tmp"))
+    work.chmod(0o755)  # noqa: S103 - clamd's user traverses it
+    server = ClamdServer(work / "clamd", disable_cache=True, max_threads=8)
+    daemon = None
+    try:
+        paths = generate(work / "corpus", args.count)
+        server.start()
+        sock = str(server.unix_socket)
+        config = (
+            f'[clamd]\nbackends = ["{sock}"]\n\n[serve]\nspool_dir = "@SPOOL@"\n'
+            "\n[log]\nverbosity = 0\n"
+        )
+        daemon = start_daemon(config, workdir=work / "daemon")
+        spooled = spool_copy(paths, daemon.spool.root)
+        jobs = {data: (data, ctls) for data, ctls in spooled}
+        data_paths = [data for data, _ in spooled]
+        raw = raw_scanner(sock)
+        serve_scan = daemon_scanner(daemon, jobs)
+        results: list[Result] = []
+        cpu: dict[int, float] = {}
+        for clients in (1, 4):
+            for _ in range(2):  # interleaved: the ratio compares the best of each
+                results.append(run("raw FILDES (notes 3)", clients, data_paths, raw))
+                before = proc_cpu_s(daemon.proc.pid)
+                r = run("avtool serve (socket)", clients, data_paths, serve_scan)  # type: ignore[arg-type]
+                daemon_cpu = (proc_cpu_s(daemon.proc.pid) - before) / r.messages * 1000
+                r.cpu_ms = round(daemon_cpu, 3)
+                r.peak_rss_mb = round(proc_hwm_mb(daemon.proc.pid), 1)
+                results.append(r)
+                cpu[clients] = max(cpu.get(clients, 0.0), daemon_cpu)
+        print(f"corpus: {len(paths)} messages; machine: {machine()}")
+        print("CPU ms/msg and peak RSS of the serve rows are the daemon's own.")
+        print(table(results))
+        ratios = {}
+        for clients in (1, 4):
+            ratio = best(results, "avtool serve (socket)", clients).rate / best(
+                results, "raw FILDES (notes 3)", clients
+            ).rate
+            ratios[clients] = round(ratio, 3)
+            verdict = "ok" if ratio >= 0.95 else "MISSED"
+            print(f"serve / raw FILDES at {clients} client(s): {ratio:.3f} (>= 0.95) {verdict}")
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(
+            json.dumps(
+                {
+                    "machine": machine(),
+                    "results": [asdict(r) for r in results],
+                    "ratios": ratios,
+                },
+                indent=1,
+            )
+        )
+    finally:
+        if daemon is not None:
+            daemon.stop()
+        server.stop()
+        shutil.rmtree(work, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
