@@ -1,4 +1,4 @@
-"""Daemon benchmark: ``avtool serve`` on its socket against a raw FILDES loop, same corpus, same run.
+"""Daemon benchmark: `avtool serve` on its socket vs a raw FILDES loop, same corpus, same run."""
 
 One clamd (tests/clamd_harness.py, ``DisableCache yes``, MaxThreads 8) and the corpus of
 bench/corpus.py, each message given a Courier control file in a spool dir. Measured, with 1 and 4

@@ -24,9 +24,9 @@ Check = Callable[[Config], Iterable[Finding]]
 def run(cfg: Config, checks: Iterable[Check] | None = None) -> list[Finding]:
     """Every finding of every check, in order. A check that crashes is itself a failure."""
     if checks is None:
-        from avtool.doctor import clamd
+        from avtool.doctor import clamd, courier
 
-        checks = clamd.CHECKS
+        checks = [*clamd.CHECKS, courier.check_courier]
     findings: list[Finding] = []
     for check in checks:
         try:

@@ -1,0 +1,123 @@
+"""Doctor checks about Courier: filter installed and enabled, socket in place, user courier can
+reach clamd, and Courier filters the mail sources that matter (notes/courier.md §1-3)."""
+
+from __future__ import annotations
+
+import os
+import pwd
+import socket
+import stat
+from collections.abc import Iterator
+from pathlib import Path
+
+from avtool import keys as K
+from avtool.config import Config
+from avtool.doctor import Finding
+
+FILTERS = Path("/usr/lib/courier/filters")
+ACTIVE = Path("/etc/courier/filters/active")
+ENABLEFILTERING = Path("/etc/courier/enablefiltering")
+COURIER_USER = "courier"
+_INSTALL = "to filter Courier's mail, run share/install.sh"
+
+
+def check_courier(cfg: Config, name: str = "avtool") -> Iterator[Finding]:
+    if not Path("/etc/courier").is_dir():
+        yield Finding("warn", "Courier is not installed here; skipping the Courier checks")
+        return
+    wrapper = FILTERS / name
+    if not os.access(wrapper, os.X_OK):
+        # Not a filter installation (avtool used for `scan` alone, or not installed yet).
+        yield Finding("warn", f"no filter {wrapper}: skipping the Courier checks", _INSTALL)
+        return
+    yield Finding("ok", f"filter {wrapper} is installed")
+    link = ACTIVE / name
+    if link.is_symlink() or link.exists():
+        yield Finding("ok", f"filter {name} is enabled ({link})")
+    else:
+        yield Finding("fail", f"filter {name} is not enabled", f"filterctl start {name}")
+    directory = Path(cfg[K.COURIER_DIR]) / cfg[K.FILTER_DIR]
+    sock = directory / name
+    if _is_socket(sock):
+        yield Finding("ok", f"filter socket {sock} is in place")
+    else:
+        yield Finding(
+            "fail",
+            f"no filter socket {sock}: mail is accepted UNFILTERED while the filter is enabled",
+            f"filterctl stop {name}; filterctl start {name} (or courierfilter restart)",
+        )
+    yield from _enablefiltering()
+    yield from _courier_reaches_clamd(cfg)
+
+
+def _is_socket(path: Path) -> bool:
+    try:
+        return stat.S_ISSOCK(os.lstat(path).st_mode)
+    except OSError:
+        return False
+
+
+def _enablefiltering() -> Iterator[Finding]:
+    try:
+        first = ENABLEFILTERING.read_text().splitlines()[0].split()
+    except (OSError, IndexError):
+        first = []
+    # Only the first line counts (submit.C reads it with config_read1l).
+    if "esmtp" in first:
+        extra = "" if "local" in first else "; local submissions (sendmail) are not scanned"
+        yield Finding("ok", f"{ENABLEFILTERING} filters esmtp{extra}")
+    else:
+        yield Finding(
+            "fail",
+            f"{ENABLEFILTERING} does not name esmtp: SMTP mail skips every filter",
+            f"echo 'esmtp' > {ENABLEFILTERING} (or 'esmtp local', on one line)",
+        )
+
+
+def _courier_reaches_clamd(cfg: Config) -> Iterator[Finding]:
+    """Connect to each unix clamd socket as user courier (a forked child that drops to it)."""
+    try:
+        courier = pwd.getpwnam(COURIER_USER)
+    except KeyError:
+        yield Finding("warn", "no user courier: cannot check that it reaches clamd")
+        return
+    if os.geteuid() != 0:
+        yield Finding("warn", "not root: cannot check that user courier reaches clamd")
+        return
+    for address in cfg[K.BACKENDS]:
+        if not address.startswith("/"):
+            continue  # TCP: reachable by any user
+        error = _connect_as(courier.pw_uid, courier.pw_gid, address)
+        if error is None:
+            yield Finding("ok", f"user courier can connect to clamd {address}")
+        else:
+            yield Finding(
+                "fail",
+                f"user courier cannot connect to clamd {address}: {error}",
+                "set LocalSocketMode 666 (or LocalSocketGroup courier) in clamd.conf, "
+                "and let courier traverse the socket's directory",
+            )
+
+
+def _connect_as(uid: int, gid: int, path: str) -> str | None:
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: drop to courier, try, report one line, exit
+        os.close(r)
+        message = b""
+        try:
+            os.setgroups([gid])
+            os.setgid(gid)
+            os.setuid(uid)
+            with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+                s.settimeout(5)
+                s.connect(path)
+        except OSError as e:
+            message = (e.strerror or str(e)).encode()
+        os.write(w, message)
+        os._exit(0)
+    os.close(w)
+    with os.fdopen(r, "rb") as f:
+        answer = f.read(400)
+    os.waitpid(pid, 0)
+    return answer.decode(errors="replace") or None
