@@ -1,0 +1,1 @@
+"""Courier's side of the filter: the socket protocol (pure), control files and header edits."""

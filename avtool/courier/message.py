@@ -1,0 +1,176 @@
+"""Header edits on Courier's data file: add our fields, rename incoming ones of the same names.
+
+Incoming ``X-Virus-Status`` and the like are renamed to ``Old-X-Virus-Status`` (avfilter 3.x
+renames a field it adds to ``Old-<name>`` when the message already has one), so a downstream
+maildrop recipe can trust the field of that name. Our fields go at the very top, above
+Courier's own ``Received:``: prepending is how every hop adds its trace fields, and RFC 5322
+3.6 does not order other fields.
+
+The file is streamed, never read whole: the header line by line (in pieces of at most 64 KiB),
+the body in 1 MiB copies, into a temporary file in the same directory that gets the owner,
+group and mode of the original, is fsynced and renamed over it; then the directory is fsynced.
+Replacing the data file this way is what zdkimfilter's filterlib does (notes/peers.md section
+1); Courier reads the file by name after the filter answers (notes/courier.md section 3).
+Handles LF and CRLF files, folded fields, 8-bit bytes, and a message that is all header.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import shutil
+import stat
+import tempfile
+from collections.abc import Iterable, Iterator, Sequence
+from typing import BinaryIO
+
+from avtool.courier.protocol import Reply
+from avtool.errors import AvtoolError
+
+RENAME_PREFIX = "Old-"
+READ_LINE = 1 << 16
+FOLD_AT = 78  # RFC 5322 2.1.1: lines SHOULD be at most 78 characters
+MAX_WORD = 900  # and MUST be at most 998
+_NAME = re.compile(r"[!-9;-~]+")  # RFC 5322 2.2: printable ASCII except ':'
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC
+
+
+class MessageError(AvtoolError):
+    """The data file is not one we may rewrite (not a regular file): answer ``reply``."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.reply = Reply(432, "4.3.0 Mail filter cannot edit the message")
+
+
+def field_line(name: str, value: str, eol: bytes = b"\n") -> bytes:
+    """``Name: value`` + ``eol``, folded at spaces near 78 columns, UTF-8 (RFC 6532). Control
+    characters in ``value`` (CR, LF, NUL, tabs ...) become spaces, so a value can never start
+    another field or end the header; an invalid ``name`` is a programming error (ValueError).
+    """
+    if not _NAME.fullmatch(name):
+        raise ValueError(f"not a header field name: {name!r}")
+    words = [w[:MAX_WORD] for w in _CONTROL.sub(" ", value).split()]
+    lines: list[str] = []
+    current = name + ":"
+    for word in words:
+        if len(current) + 1 + len(word) > FOLD_AT and current != name + ":":
+            lines.append(current)
+            current = ""
+        current += " " + word
+    lines.append(current)
+    return eol.join(line.encode("utf-8") for line in lines) + eol
+
+
+def _header(src: BinaryIO) -> Iterator[tuple[bytes, bytes | None]]:
+    """Each physical line of the header with the lower-case name of the field it starts (None
+    for a continuation, a piece of a long line, a line without a colon, and the blank line that
+    ends the header, which is the last one yielded). ``src`` is left at the start of the body.
+    """
+    at_start = True
+    while line := src.readline(READ_LINE):
+        if at_start and line in (b"\n", b"\r\n"):
+            yield line, None
+            return
+        name = None
+        if at_start and line[:1] not in (b" ", b"\t"):
+            colon = line.find(b":")
+            if colon > 0:
+                name = line[:colon].rstrip(b" \t").lower()
+        yield line, name
+        at_start = line.endswith(b"\n")
+
+
+def _names(names: Iterable[str]) -> set[bytes]:
+    out = set()
+    for name in names:
+        if not _NAME.fullmatch(name):
+            raise ValueError(f"not a header field name: {name!r}")
+        out.add(name.lower().encode("ascii"))
+    return out
+
+
+def _open(path: str) -> BinaryIO:
+    fd = os.open(path, _FLAGS)
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise MessageError(f"not a regular file: {path}")
+    os.set_blocking(fd, True)
+    return open(fd, "rb", buffering=READ_LINE)  # noqa: SIM115 - returned to a with block
+
+
+def has_fields(path: str, names: Iterable[str]) -> bool:
+    """Whether the header of the message at ``path`` has a field with one of ``names``
+    (case-insensitive). Reads the header only."""
+    wanted = _names(names)
+    if not wanted:
+        return False
+    with _open(path) as src:
+        return any(name in wanted for _, name in _header(src))
+
+
+def _eol(src: BinaryIO) -> bytes:
+    """The line ending of the first line: new fields match it (Courier itself writes LF)."""
+    peek = getattr(src, "peek", None)
+    head: bytes = peek(READ_LINE)[:READ_LINE] if peek else b""
+    nl = head.find(b"\n")
+    return b"\r\n" if nl > 0 and head[nl - 1 : nl] == b"\r" else b"\n"
+
+
+def rewrite_headers(
+    path: str,
+    add: Sequence[tuple[str, str]],
+    rename_prefix_for: Iterable[str],
+    *,
+    prefix: str = RENAME_PREFIX,
+) -> None:
+    """Put the ``add`` fields (name, value) at the top of the message at ``path``, and rename
+    every incoming field named in ``rename_prefix_for`` to ``prefix`` + its name, in one atomic
+    replacement of the file (module docstring). Raises OSError or MessageError; the original
+    is then untouched and no temporary file is left."""
+    wanted = _names(rename_prefix_for)
+    if not _NAME.fullmatch(prefix) or not prefix.endswith("-"):
+        raise ValueError(f"not a field name prefix: {prefix!r}")
+    fields = [(name, value) for name, value in add]
+    for name, _ in fields:
+        field_line(name, "")  # validates the name before any I/O
+    if not fields and not wanted:
+        return
+    directory = os.path.dirname(path) or "."
+    with _open(path) as src:
+        st = os.fstat(src.fileno())
+        fd, tmp = tempfile.mkstemp(prefix=".avtool-", suffix=".tmp", dir=directory)
+        try:
+            with open(fd, "wb", buffering=READ_LINE) as out:
+                eol = _eol(src)
+                for name, value in fields:
+                    out.write(field_line(name, value, eol))
+                mark = prefix.encode("ascii")
+                for line, field in _header(src):
+                    if field in wanted:
+                        out.write(mark)
+                    out.write(line)
+                shutil.copyfileobj(src, out, 1 << 20)
+                out.flush()
+                own = os.fstat(out.fileno())
+                if (own.st_uid, own.st_gid) != (st.st_uid, st.st_gid):
+                    os.fchown(out.fileno(), st.st_uid, st.st_gid)
+                os.fchmod(out.fileno(), stat.S_IMODE(st.st_mode))
+                os.fsync(out.fileno())
+            os.rename(tmp, path)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            raise
+    _fsync_dir(directory)
+
+
+def _fsync_dir(directory: str) -> None:
+    """Make the rename durable (rename(2) is atomic, but only fsync of the dir persists it)."""
+    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

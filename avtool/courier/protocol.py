@@ -1,0 +1,336 @@
+"""The courierfilter socket protocol, pure: bytes in, ``Request`` out; ``Reply`` in, bytes out.
+
+Courier writes, on a fresh connection per message, the data file path + ``\\n``, one or more
+control file paths each + ``\\n``, then an empty line; the filter answers with an SMTP-style
+reply and closes (courierfilter(8), "MAIL FILTER IMPLEMENTATION"; notes/courier.md section 3).
+Nothing here touches a socket; ``check_paths`` and ``open_data`` touch the file system only
+with ``lstat`` and a no-follow ``open``.
+
+Which failures are 5xx and which 4xx. A 5xx reply makes Courier refuse the message for good,
+so it is kept for requests that can never work: bytes or path shapes that Courier itself never
+writes (NUL, control characters, not UTF-8, ``..`` or ``//``, over the size limits, a symlink,
+fifo, device or directory where a message file should be). Everything that a retry or a fix
+on this host can cure is a 4xx (432, as Courier's own "Mail filters temporarily unavailable"):
+a file that vanished or cannot be read, an I/O error, a path outside ``serve.spool_dir`` (most
+likely a wrong setting, which must not bounce every message) and a relative path
+(courierfilter(8) allows paths relative to /usr; Debian's build sends absolute ones).
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import posixpath
+import re
+import stat
+from dataclasses import dataclass
+
+from avtool.errors import AvtoolError
+
+MAX_LINE = 4096  # PATH_MAX on Linux; Courier's paths are about 50 bytes (notes section 3)
+MAX_CONTROLS = 1000  # Courier splits long recipient lists over several control files
+MAX_BYTES = 1 << 20
+# RFC 5321 4.5.3.1.5: a reply line is at most 512 octets with its CRLF.
+MAX_REPLY_LINE = 510
+
+_CONTROL_CHARS = re.compile(r"[\x00-\x1f\x7f]")
+_NOT_PRINTABLE_ASCII = re.compile(r"[^\x20-\x7e]")
+
+
+@dataclass(frozen=True)
+class Request:
+    """One message as Courier names it: its data file and its control file(s)."""
+
+    data_path: str
+    control_paths: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class Reply:
+    """An SMTP-style answer. ``text`` is one line or several; the first digit of ``code`` is
+    what Courier acts on: 0 accept and skip the later filters, 1-3 accept, 4 defer, 5 reject
+    (notes section 3, cdfilters.C)."""
+
+    code: int
+    text: str | list[str]
+
+    def __post_init__(self) -> None:
+        code = self.code
+        if isinstance(code, bool) or not isinstance(code, int) or not 0 <= code <= 599:
+            raise ValueError(f"reply code must be an integer 000-599, not {code!r}")
+
+    @property
+    def lines(self) -> list[str]:
+        return [self.text] if isinstance(self.text, str) else list(self.text)
+
+
+class ProtocolError(AvtoolError):
+    """The request cannot be served; ``reply`` is what to answer Courier, ``str(e)`` the log."""
+
+    def __init__(self, message: str, reply: Reply) -> None:
+        super().__init__(message)
+        self.reply = reply
+
+
+def malformed(reason: str, detail: str = "") -> ProtocolError:
+    """A request that will never work: 500 (see the module docstring)."""
+    return ProtocolError(
+        f"malformed request: {reason}{detail}",
+        Reply(500, f"5.3.0 Malformed mail filter request: {reason}"),
+    )
+
+
+def transient(reason: str, detail: str = "") -> ProtocolError:
+    """A request that may work later or after a fix on this host: 432."""
+    return ProtocolError(
+        f"cannot serve request: {reason}{detail}",
+        Reply(432, f"4.3.0 Mail filter cannot read the message: {reason}"),
+    )
+
+
+def format_reply(reply: Reply) -> bytes:
+    """``NNN-text`` lines, then ``NNN text``, each ended by ``\\n`` as Courier reads them.
+
+    Each text is made safe for the framing and for the SMTP client it is relayed to: control
+    characters (CR, LF, NUL, ...) become spaces, other non-ASCII becomes ``?``, and a line is cut
+    at 510 bytes. An empty list gives one line with the code alone.
+    """
+    code = f"{reply.code:03d}"
+    texts = reply.lines or [""]
+    out = bytearray()
+    for i, text in enumerate(texts):
+        sep = " " if i == len(texts) - 1 else "-"
+        clean = _NOT_PRINTABLE_ASCII.sub(lambda m: " " if _CONTROL_CHARS.match(m[0]) else "?", text)
+        out += (code + sep + clean).encode("ascii")[:MAX_REPLY_LINE] + b"\n"
+    return bytes(out)
+
+
+class RequestReader:
+    """Incremental parser: ``feed`` chunks as they arrive; it returns the ``Request`` once the
+    blank line is seen, ``None`` while more is needed, and raises ``ProtocolError`` (again on
+    every later call) as soon as the bytes so far cannot become a valid request.
+
+    The outcome depends only on the byte stream, not on how it is cut into chunks: every check
+    looks at a prefix of the stream, and the earliest violation wins. Bytes after the blank line
+    are kept in ``remainder`` (batch-test reads requests back to back).
+    """
+
+    def __init__(
+        self,
+        *,
+        max_line: int = MAX_LINE,
+        max_controls: int = MAX_CONTROLS,
+        max_bytes: int = MAX_BYTES,
+    ) -> None:
+        if min(max_line, max_controls, max_bytes) < 1:
+            raise ValueError("RequestReader limits must be >= 1")
+        self.max_line = max_line
+        self.max_controls = max_controls
+        self.max_bytes = max_bytes
+        self._buf = bytearray()  # the current, incomplete line
+        self._consumed = 0  # bytes of complete lines so far
+        self._data: str | None = None
+        self._controls: list[str] = []
+        self._request: Request | None = None
+        self._error: ProtocolError | None = None
+        self._rest = bytearray()
+
+    @property
+    def remainder(self) -> bytes:
+        """Bytes fed after the blank line that ended the request."""
+        return bytes(self._rest)
+
+    def feed(self, chunk: bytes) -> Request | None:
+        if self._request is not None:
+            self._rest += chunk
+            return self._request
+        if self._error is not None:
+            raise self._error
+        try:
+            return self._feed(chunk)
+        except ProtocolError as e:
+            self._error = e
+            self._buf = bytearray()
+            raise
+
+    def finish(self) -> Request:
+        """The peer has closed: the request, or ProtocolError if it was cut short (432, as a
+        connection closed early is no property of the message)."""
+        if self._error is not None:
+            raise self._error
+        if self._request is None:
+            self._error = ProtocolError(
+                f"incomplete request: end of input after {self._consumed + len(self._buf)} bytes",
+                Reply(432, "4.3.0 Incomplete mail filter request"),
+            )
+            raise self._error
+        return self._request
+
+    def _feed(self, chunk: bytes) -> Request | None:
+        buf = self._buf
+        buf += chunk
+        start = 0
+        while True:
+            nl = buf.find(b"\n", start)
+            end = nl if nl >= 0 else len(buf)
+            self._check_prefix(buf, start, end, complete=nl >= 0)
+            if nl < 0:
+                del buf[:start]
+                return None
+            line = bytes(buf[start:nl])
+            self._consumed += nl + 1 - start
+            start = nl + 1
+            request = self._line(line)
+            if request is not None:
+                self._request = request
+                self._rest += buf[start:]
+                self._buf = bytearray()
+                return request
+
+    def _check_prefix(self, buf: bytearray, start: int, end: int, *, complete: bool) -> None:
+        """Raise for the earliest violation in ``buf[start:end]``, the current line so far.
+        Each one is placed at the stream offset where it becomes visible, so a shorter prefix
+        (a smaller chunk) finds the same first violation or none yet."""
+        length = end - start
+        found: list[tuple[int, str]] = []
+        nul = buf.find(b"\0", start, start + min(length, self.max_line))
+        if nul >= 0:
+            found.append((self._consumed + nul - start, "NUL byte"))
+        if length > self.max_line:
+            found.append(
+                (self._consumed + self.max_line, f"line longer than {self.max_line} bytes")
+            )
+        if self._consumed + length + complete > self.max_bytes:
+            found.append((self.max_bytes, f"request longer than {self.max_bytes} bytes"))
+        if found:
+            offset, reason = min(found)
+            raise malformed(reason, f" (at byte {offset})")
+
+    def _line(self, line: bytes) -> Request | None:
+        if self._data is None:
+            if not line:
+                raise malformed("empty data file path")
+            self._data = _path(line)
+            return None
+        if line:
+            if len(self._controls) >= self.max_controls:
+                raise malformed(f"more than {self.max_controls} control files")
+            self._controls.append(_path(line))
+            return None
+        if not self._controls:
+            raise malformed("no control file before the blank line")
+        return Request(self._data, tuple(self._controls))
+
+
+def _path(line: bytes) -> str:
+    try:
+        path = line.decode("utf-8")
+    except UnicodeDecodeError:
+        raise malformed("path is not UTF-8", f": {line[:200]!r}") from None
+    if _CONTROL_CHARS.search(path):
+        raise malformed("control character in a path", f": {line[:200]!r}")
+    return path
+
+
+def parse_request(raw: bytes, **limits: int) -> Request:
+    """A complete request in one buffer (``limits`` as for RequestReader). Input that ends
+    before the blank line is "incomplete" (432); bytes after it are malformed (500)."""
+    reader = RequestReader(**limits)
+    reader.feed(raw)
+    request = reader.finish()
+    if reader.remainder:
+        raise malformed("data after the blank line")
+    return request
+
+
+def check_paths(request: Request, spool_dir: str) -> None:
+    """Check every path of ``request`` without following a symlink or opening anything: each
+    must be absolute and normalised (no ``.``, ``..``, ``//`` or trailing ``/``), below
+    ``spool_dir``, not named twice, and (``lstat``) a regular file below real directories.
+    Raises ProtocolError with a 5xx or 4xx reply (module docstring)."""
+    spool = posixpath.normpath(spool_dir)
+    if not spool.startswith("/"):
+        raise ValueError(f"spool_dir must be absolute, not {spool_dir!r}")
+    paths = (request.data_path, *request.control_paths)
+    for path in paths:
+        _check_form(path, spool)
+    if len(set(paths)) != len(paths):
+        raise malformed("the same file named twice")
+    for path in paths:
+        _check_file(path, spool)
+
+
+def _check_form(path: str, spool: str) -> None:
+    if not path.startswith("/"):
+        raise transient("relative path", f": {path!r}")
+    if posixpath.normpath(path) != path or path.startswith("//"):
+        raise malformed("path not normalised", f": {path!r}")
+    if not path.startswith(spool.rstrip("/") + "/"):
+        raise transient("path outside the spool directory", f": {path!r} (not below {spool})")
+
+
+def _check_file(path: str, spool: str) -> None:
+    # Directories between the spool and the file must be real directories: a symlinked
+    # tmp/NNN would let lstat of the last part look fine while pointing anywhere.
+    parts = path[len(spool.rstrip("/")) + 1 :].split("/")
+    current = spool
+    for part in parts[:-1]:
+        current = posixpath.join(current, part)
+        if not stat.S_ISDIR(_lstat(current).st_mode):
+            raise malformed("a directory in the path is not a directory", f": {current!r}")
+    mode = _lstat(path).st_mode
+    if not stat.S_ISREG(mode):
+        raise malformed(f"not a regular file ({_kind(mode)})", f": {path!r}")
+
+
+def _lstat(path: str) -> os.stat_result:
+    try:
+        return os.lstat(path)
+    except (FileNotFoundError, NotADirectoryError):
+        raise transient("file vanished", f": {path!r}") from None
+    except OSError as e:
+        raise transient(f"cannot stat a file ({e.strerror})", f": {path!r}") from None
+
+
+def _kind(mode: int) -> str:
+    for test, name in (
+        (stat.S_ISLNK, "symlink"),
+        (stat.S_ISDIR, "directory"),
+        (stat.S_ISFIFO, "fifo"),
+        (stat.S_ISSOCK, "socket"),
+        (stat.S_ISCHR, "character device"),
+        (stat.S_ISBLK, "block device"),
+    ):
+        if test(mode):
+            return name
+    return "unknown type"  # pragma: no cover - every Linux file type is listed above
+
+
+def open_data(path: str) -> int:
+    """Open the data file read-only for the scan and return the descriptor (the caller closes
+    it). ``lstat`` first, so that a device is never opened (opening one can have effects); then
+    ``O_NOFOLLOW`` (a symlink swapped in meanwhile fails with ELOOP), ``O_NONBLOCK`` (a fifo
+    swapped in does not block the open) and an ``fstat`` check on what was really opened.
+    Raises ProtocolError: 5xx for a file of the wrong kind, 4xx for a vanished/unreadable one.
+    """
+    mode = _lstat(path).st_mode
+    if not stat.S_ISREG(mode):
+        raise malformed(f"not a regular file ({_kind(mode)})", f": {path!r}")
+    flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC
+    try:
+        fd = os.open(path, flags)
+    except FileNotFoundError:
+        raise transient("file vanished", f": {path!r}") from None
+    except OSError as e:
+        if e.errno == errno.ELOOP:
+            raise malformed("not a regular file (symlink)", f": {path!r}") from None
+        raise transient(f"cannot open the message ({e.strerror})", f": {path!r}") from None
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise malformed(f"not a regular file ({_kind(st.st_mode)})", f": {path!r}")
+        os.set_blocking(fd, True)  # a regular file ignores it, but clamd gets a plain fd
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
