@@ -1,0 +1,205 @@
+"""avtool installed into a real Courier by share/install.sh, driven over SMTP on loopback.
+
+The installer is README's first command: it installs avtool in /opt/avtool, clamd with the test
+signatures (no network here), the filter wrapper, enables it, runs the doctor and sends two test
+mails. Then each test configures a policy, restarts the filter, and checks what was delivered,
+rejected, dropped or quarantined.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import os
+import signal
+import subprocess
+import time
+import zipfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.e2e import harness
+
+pytestmark = pytest.mark.e2e
+
+REPO = Path(__file__).resolve().parents[2]
+CONF = Path("/etc/courier/filters/avtool.conf")
+SOCKET = Path("/var/lib/courier/allfilters/avtool")
+PID_FILE = Path("/run/courier/avtool.pid")
+QUARANTINE = Path("/var/lib/avtool/quarantine")
+EICAR = b"X5O!P%@AP[4\\PZX54(P^)7CC)7}$" + b"EICAR-STANDARD-ANTIVIRUS-TEST-FILE!$H+H*"
+RCPTS = [f"{u}@{harness.DOMAIN}" for u in ("avtest", "avtest2", "avtest3")]
+
+
+def attachment_mail(payload: bytes, name: str, subject: str = "attachment") -> bytes:
+    encoded = base64.encodebytes(payload).decode()
+    body = (
+        "--b1\nContent-Type: text/plain\n\nSee attached.\n"
+        f"--b1\nContent-Type: application/octet-stream\n"
+        f'Content-Disposition: attachment; filename="{name}"\n'
+        f"Content-Transfer-Encoding: base64\n\n{encoded}--b1--\n"
+    )
+    headers = [("MIME-Version", "1.0"), ("Content-Type", 'multipart/mixed; boundary="b1"')]
+    return harness.make_message(subject, body, headers=headers)
+
+
+def zipped(payload: bytes) -> bytes:
+    out = io.BytesIO()
+    with zipfile.ZipFile(out, "w") as z:
+        z.writestr("eicar.com", payload)
+    return out.getvalue()
+
+
+@pytest.fixture(scope="module")
+def installed(courier_session: float) -> str:
+    """Run README's first command once (with its smoke test) against the harness's Courier."""
+    env = dict(os.environ, AVTOOL_SMOKE_DOMAIN=harness.DOMAIN)
+    done = subprocess.run(
+        ["bash", str(REPO / "share" / "install.sh")],
+        capture_output=True,
+        text=True,
+        timeout=900,
+        env=env,
+        check=False,
+    )
+    output = done.stdout + done.stderr
+    assert done.returncode == 0, output
+    return output
+
+
+@pytest.fixture
+def avtool(courier: None, installed: str) -> Iterator[Any]:
+    """Enable the filter with a policy (TOML text), as an admin would; stop it afterwards."""
+    original = CONF.read_text()
+
+    def enable(config: str = "") -> None:
+        CONF.write_text(config)
+        harness.filterctl("start", "avtool", timeout=10)
+
+    yield enable
+    if SOCKET.exists():
+        harness.filterctl("stop", "avtool", timeout=10)
+    CONF.write_text(original)
+
+
+def test_installer_checked_everything_and_showed_both_mails(installed: str) -> None:
+    assert "ok   clamd /var/run/clamav/clamd.ctl detects EICAR by FILDES" in installed
+    assert "ok   filter socket /var/lib/courier/allfilters/avtool is in place" in installed
+    assert "ok   user courier can connect to clamd" in installed
+    assert "clean mail: 250" in installed and "delivered to" in installed
+    assert "EICAR mail: rejected: 550" in installed
+    assert "FAIL" not in installed
+
+
+def test_clean_mail_is_delivered_with_header(avtool: Any) -> None:
+    avtool("[headers]\nclean = true\n")
+    code, _ = harness.send(harness.make_message("clean one"))
+    assert code == 250
+    (delivered,) = harness.wait_for_mail(1)
+    text = delivered.read_text()
+    assert "X-Virus-Status: Clean" in text and "Subject: clean one" in text
+
+
+@pytest.mark.parametrize("payload", [EICAR, zipped(EICAR)], ids=["base64", "zipped"])
+def test_infected_mail_is_rejected_at_data(avtool: Any, payload: bytes) -> None:
+    avtool()
+    mark = harness.log_mark()
+    code, text = harness.send(attachment_mail(payload, "file.bin"))
+    assert code == 550, text
+    assert "Virus found: Eicar" in text
+    harness.wait_for_log(r"verdict=infected: Eicar\S* action=reject reply=550", mark)
+    assert harness.mail_files() == []
+
+
+@pytest.mark.parametrize("recipients", [RCPTS[:1], RCPTS], ids=["1-rcpt", "3-rcpts"])
+def test_drop_accepts_and_delivers_nothing_no_bounce(avtool: Any, recipients: list[str]) -> None:
+    avtool('[policy]\ninfected = "drop"\n')
+    mark = harness.log_mark()
+    code, text = harness.send(attachment_mail(EICAR, "e.com"), recipients=recipients)
+    assert code == 250, text
+    harness.wait_completed(harness.queue_id(text), mark)
+    for user in ("avtest", "avtest2", "avtest3"):
+        assert harness.mail_files(user) == []  # no delivery, and no bounce to avtest@
+    harness.wait_for_log(r"action=drop reply=200", mark)
+
+
+def test_quarantine_keeps_a_copy_with_its_envelope(avtool: Any) -> None:
+    avtool('[policy]\ninfected = "quarantine"\n')
+    before = set(QUARANTINE.iterdir())
+    code, text = harness.send(attachment_mail(EICAR, "e.com", "quarantine me"), recipients=RCPTS)
+    assert code == 250, text
+    (entry,) = set(QUARANTINE.iterdir()) - before
+    info = json.loads((entry / "verdict.json").read_text())
+    assert sorted(info["recipients"]) == sorted(RCPTS)
+    assert info["sender"] == harness.ADDRESS
+    assert b"Subject: quarantine me" in (entry / "data").read_bytes()
+    assert (entry / "control.0").stat().st_mode & 0o777 == 0o600
+    harness.wait_completed(harness.queue_id(text))
+    assert harness.mail_files() == []
+
+
+def _clamd_answers() -> bool:
+    ping = ["clamdscan", "--ping", "1"]
+    return subprocess.run(ping, capture_output=True, check=False).returncode == 0
+
+
+def _clamd_pid() -> int:
+    """The system clamd (started by the installer as plain `clamd`; Debian sets no PidFile)."""
+    for proc in Path("/proc").glob("[0-9]*"):
+        try:
+            argv = (proc / "cmdline").read_bytes().rstrip(b"\0").split(b"\0")
+        except OSError:
+            continue
+        if argv and os.path.basename(argv[0]) == b"clamd" and "-c" not in map(bytes.decode, argv):
+            return int(proc.name)
+    raise AssertionError("no system clamd running")
+
+
+def test_clamd_down_defers_then_the_same_message_is_scanned(avtool: Any) -> None:
+    avtool()
+    message = attachment_mail(EICAR, "e.com", "retry me")
+    os.kill(_clamd_pid(), signal.SIGTERM)
+    assert harness.wait_for(lambda: not _clamd_answers(), 20)
+    try:
+        code, text = harness.send(message)
+        assert code == 432, text
+        assert harness.mail_files() == []
+    finally:
+        subprocess.run(["clamd"], check=True)
+        subprocess.run(["clamdscan", "--ping", "30:1"], check=True, capture_output=True)
+    code, text = harness.send(message)  # the sender retries
+    assert code == 550, text
+
+
+def test_killed_filter_fails_closed(avtool: Any) -> None:
+    avtool()
+    os.kill(int(PID_FILE.read_text()), signal.SIGKILL)
+    time.sleep(0.5)
+    code, text = harness.send(attachment_mail(EICAR, "e.com"))
+    assert code == 432, text
+    code, text = harness.send(harness.make_message("clean but no filter"))
+    assert code == 432, text  # nothing passes unfiltered
+    subprocess.run(["/usr/sbin/filterctl", "stop", "avtool"], check=False, capture_output=True)
+    SOCKET.unlink(missing_ok=True)
+
+
+def test_filterctl_stop_removes_socket_and_exits(avtool: Any) -> None:
+    avtool()
+    pid = int(PID_FILE.read_text())
+    mark = harness.log_mark()
+    harness.filterctl("stop", "avtool", timeout=10)
+    assert not SOCKET.exists()
+    assert harness.wait_for(lambda: not Path(f"/proc/{pid}").exists() or _zombie(pid), 15)
+    harness.wait_for_log(r"avtool: INFO stopped", mark)
+    assert not PID_FILE.exists()
+
+
+def _zombie(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
+    except (OSError, IndexError):
+        return True
