@@ -54,7 +54,9 @@ has_database() { compgen -G '/var/lib/clamav/*.c[lv]d' >/dev/null || compgen -G 
 ensure_database() {
   has_database && return 0
   say "no ClamAV database yet: running freshclam"
-  if timeout 300 freshclam --quiet 2>/dev/null && has_database; then return 0; fi
+  # offline, freshclam retries for 40 s before it gives up: ask DNS first
+  if getent hosts database.clamav.net >/dev/null 2>&1 &&
+     timeout 300 freshclam --quiet 2>/dev/null && has_database; then return 0; fi
   loud "freshclam could not download the ClamAV database (offline?). Using avtool's TEST
     signatures (EICAR and the ClamAV test file only): this clamd will NOT detect real viruses.
     Run freshclam once the network is reachable; freshclam's own service keeps it current."
