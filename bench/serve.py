@@ -1,4 +1,4 @@
-"""Daemon benchmark: `avtool serve` on its socket vs a raw FILDES loop, same corpus, same run."""
+"""Daemon benchmark: `avtool serve` on its socket vs a raw FILDES loop, same corpus, same run.
 
 One clamd (tests/clamd_harness.py, ``DisableCache yes``, MaxThreads 8) and the corpus of
 bench/corpus.py, each message given a Courier control file in a spool dir. Measured, with 1 and 4
@@ -97,9 +97,11 @@ def main(argv: list[str] | None = None) -> int:
         sock = str(server.unix_socket)
         config = (
             f'[clamd]\nbackends = ["{sock}"]\n\n[serve]\nspool_dir = "@SPOOL@"\n'
-            "\n[log]\nverbosity = 0\n"
+            "\n[log]\nverbosity = 1\n"
         )
-        daemon = start_daemon(config, workdir=work / "daemon")
+        # as Courier runs it (not --debug, which logs every step): fd 3 is passed, pid file set
+        extra = ["--set", f"serve.pid_file={work}/avtool.pid", "--set", f"serve.pipe={work}/p"]
+        daemon = start_daemon(config, workdir=work / "daemon", extra_args=extra)
         spooled = spool_copy(paths, daemon.spool.root)
         jobs = {data: (data, ctls) for data, ctls in spooled}
         data_paths = [data for data, _ in spooled]
@@ -122,9 +124,10 @@ def main(argv: list[str] | None = None) -> int:
         print(table(results))
         ratios = {}
         for clients in (1, 4):
-            ratio = best(results, "avtool serve (socket)", clients).rate / best(
-                results, "raw FILDES (notes 3)", clients
-            ).rate
+            ratio = (
+                best(results, "avtool serve (socket)", clients).rate
+                / best(results, "raw FILDES (notes 3)", clients).rate
+            )
             ratios[clients] = round(ratio, 3)
             verdict = "ok" if ratio >= 0.95 else "MISSED"
             print(f"serve / raw FILDES at {clients} client(s): {ratio:.3f} (>= 0.95) {verdict}")
