@@ -118,8 +118,13 @@ class Daemon:
 
 
 def start_daemon(
-    config_text: str, *, workdir: Path | None = None, extra_args: list[str] | None = None
+    config_text: str,
+    *,
+    workdir: Path | None = None,
+    extra_args: list[str] | None = None,
+    socket_path: Path | None = None,
 ) -> Daemon:
+    """Start the daemon; with ``socket_path`` the config places the socket (no --socket-dir)."""
     workdir = workdir or Path(tempfile.mkdtemp(prefix="avs", dir="/tmp"))
     spool_root = workdir / "spool"
     spool_root.mkdir(parents=True, exist_ok=True)
@@ -130,7 +135,9 @@ def start_daemon(
     stderr_path = workdir / "stderr.log"
     r3, w3 = os.pipe()
     started = time.monotonic()
-    cmd = [sys.executable, "-m", "avtool", "serve", "-f", str(conf), "--socket-dir", str(sockets)]
+    cmd = [sys.executable, "-m", "avtool", "serve", "-f", str(conf)]
+    if socket_path is None:
+        cmd += ["--socket-dir", str(sockets)]
     cmd += extra_args if extra_args is not None else ["--debug"]
     with open(stderr_path, "wb") as err:
         proc = subprocess.Popen(
@@ -148,7 +155,8 @@ def start_daemon(
     if not closed:
         proc.kill()
         raise RuntimeError(f"daemon never closed fd 3:\n{stderr_path.read_text()}")
-    daemon = Daemon(proc, sockets / "avtool", workdir, stderr_path, time.monotonic() - started)
+    where = socket_path or sockets / "avtool"
+    daemon = Daemon(proc, where, workdir, stderr_path, time.monotonic() - started)
     daemon.spool = Spool(spool_root)
     return daemon
 

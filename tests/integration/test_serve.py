@@ -9,6 +9,7 @@ import socket
 import stat
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -252,3 +253,46 @@ def test_many_concurrent_messages_all_get_the_right_verdict(daemon: Daemon) -> N
         replies = list(pool.map(lambda j: daemon.filter(*j[1]), jobs))
     for (infected, _), reply in zip(jobs, replies, strict=True):
         assert reply.startswith("550 " if infected else "200 "), reply
+
+
+def test_courier_socket_dirs_and_pid_file(clamd_server: Any, tmp_path: Path) -> None:
+    """As courierfilter starts it (not --debug): socket in <courier_dir>/<filter_dir>, a stale
+    one of the same name in the other dir removed, a pid file while it runs."""
+    state = Path(tempfile.mkdtemp(prefix="avc", dir="/tmp"))
+    (state / "filters").mkdir()
+    (state / "allfilters").mkdir()
+    (state / "allfilters" / "avtool").write_text("stale")
+    pid_file = state / "avtool.pid"
+    extra = f'courier_dir = "{state}"\nfilter_dir = "filters"\npid_file = "{pid_file}"\n'
+    d = start_daemon(
+        config_for(str(clamd_server.unix_socket), extra),
+        extra_args=[],
+        socket_path=state / "filters" / "avtool",
+    )
+    try:
+        assert stat.S_ISSOCK(os.stat(state / "filters" / "avtool").st_mode)
+        assert not (state / "allfilters" / "avtool").exists()
+        assert pid_file.read_text().strip() == str(d.proc.pid)
+        data, ctl = d.spool.message(mail())
+        assert d.filter(data, ctl) == "200 Ok\n"
+    finally:
+        assert d.stop() == 0
+    assert not pid_file.exists() and not (state / "filters" / "avtool").exists()
+
+
+@pytest.mark.parametrize("behaviour", ["hang", "garbage", "mid_reply"])
+def test_misbehaving_clamd_defers_within_the_deadline(behaviour: str) -> None:
+    from tests.fakes.clamd import FakeClamd
+
+    work = Path(tempfile.mkdtemp(prefix="avf", dir="/tmp"))
+    with FakeClamd(work / "fake.sock", behaviour) as fake:
+        conf = config_for(fake.address).replace("scan_timeout = 10.0", "scan_timeout = 1.0")
+        d = start_daemon(conf.replace("message_timeout = 20.0", "message_timeout = 2.0"))
+        try:
+            data, ctl = d.spool.message(mail())
+            started = time.monotonic()
+            reply = d.filter(data, ctl)
+            assert reply.startswith("432 "), reply
+            assert time.monotonic() - started < 4.0
+        finally:
+            assert d.stop() == 0
