@@ -13,7 +13,7 @@ import difflib
 import os
 import re
 import tomllib
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, TypeVar
@@ -69,18 +69,10 @@ class Config:
             if self.values[n] != other.values[n]
         ]
 
-    def to_toml(self) -> str:
-        """The values as a TOML file that resolves to this same Config."""
-        lines: list[str] = []
-        section = None
-        for k, value, _ in self.items():
-            head, name = k.name.split(".", 1)
-            if head != section:
-                lines.append(f"{chr(10) if section else ''}[{head}]")
-                section = head
-            lines.append(f"# {k.doc}")
-            lines.append(f"{name} = {k.kind.to_toml(value)}")
-        return "\n".join(lines) + "\n"
+    def to_toml(self, *, sources: bool = False) -> str:
+        """The values as a TOML file that resolves to this same Config; ``sources`` adds a
+        comment line per key with its kind, default and where the value came from."""
+        return _toml(self.items(), sources=sources)
 
     def override(self, k: Key[T], value: T, source: Source | None = None) -> Config:
         """A copy with one value replaced (doctor probes one backend at a time, for example)."""
@@ -91,18 +83,12 @@ class Config:
     @staticmethod
     def sample() -> str:
         """A commented config file: every key with its doc and default, all commented out."""
-        lines = [
-            "# avtool configuration (TOML). Every key is shown with its default, commented out:",
-            "# uncomment and change what you need. `avtool config` shows the effective values.",
-        ]
-        section = None
-        for name, k in KEYS.items():
-            head, short = name.split(".", 1)
-            if head != section:
-                lines += ["", f"[{head}]"]
-                section = head
-            lines += [f"# {k.doc}", f"#{short} = {k.kind.to_toml(k.default)}"]
-        return "\n".join(lines) + "\n"
+        head = (
+            "# avtool configuration (TOML). Every key is shown with its default, commented out:\n"
+            "# uncomment and change what you need. `avtool config` shows the effective values.\n"
+        )
+        defaults = ((k, k.default, Source("default")) for k in KEYS.values())
+        return head + "\n" + _toml(defaults, commented=True)
 
     @classmethod
     def defaults(cls) -> Config:
@@ -143,6 +129,26 @@ class Config:
         if problems:
             raise ConfigError(problems)
         return cfg
+
+
+def _toml(
+    entries: Iterable[tuple[Key[Any], Any, Source]],
+    *,
+    sources: bool = False,
+    commented: bool = False,
+) -> str:
+    lines: list[str] = []
+    section = None
+    for k, value, source in entries:
+        head, name = k.name.split(".", 1)
+        if head != section:
+            lines += ([""] if section else []) + [f"[{head}]"]
+            section = head
+        lines.append(f"# {k.doc}")
+        if sources:
+            lines.append(f"# {k.kind.label}, default {k.kind.to_toml(k.default)}, from {source}")
+        lines.append(f"{'#' if commented else ''}{name} = {k.kind.to_toml(value)}")
+    return "\n".join(lines) + "\n"
 
 
 def user_config_path() -> Path:

@@ -42,20 +42,10 @@ def config(
 def _as_toml(cfg: Config, verbose: bool) -> str:
     lines = [f"# avtool configuration; file: {cfg.path or 'none (defaults)'}"]
     lines += [f"# note: {note}" for note in cfg.notes]
-    section = None
-    for k, value, source in cfg.items():
-        head, name = k.name.split(".", 1)
-        if head != section:
-            lines.append(f"\n[{head}]")
-            section = head
-        default = k.kind.to_toml(k.default)
-        lines.append(f"# {k.doc}")
-        lines.append(f"# {k.kind.label}, default {default}, from {source}")
-        lines.append(f"{name} = {k.kind.to_toml(value)}")
+    text = "\n".join(lines) + "\n\n" + cfg.to_toml(sources=True)
     if verbose:
-        lines.append("")
-        lines += [f"# {line}" for line in _engine_facts(cfg)]
-    return "\n".join(lines) + "\n"
+        text += "\n" + "".join(f"# {line}\n" for line in _engine_facts(cfg))
+    return text
 
 
 def _engine_facts(cfg: Config) -> list[str]:
