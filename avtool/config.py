@@ -139,7 +139,12 @@ def _toml(
 ) -> str:
     lines: list[str] = []
     section = None
-    for k, value, source in entries:
+    # One table per section even when a section's keys are not adjacent in keys.py (keys are
+    # appended at its end): a TOML table declared twice does not parse.
+    by_section: dict[str, list[tuple[Key[Any], Any, Source]]] = {}
+    for entry in entries:
+        by_section.setdefault(entry[0].name.split(".", 1)[0], []).append(entry)
+    for k, value, source in (entry for group in by_section.values() for entry in group):
         head, name = k.name.split(".", 1)
         if head != section:
             lines += ([""] if section else []) + [f"[{head}]"]

@@ -247,3 +247,18 @@ CHECKS: list[Callable[[Config], str | None]] = [
     _connect_within_scan,
     _scan_within_message,
 ]
+
+
+# ---- avtool scan -------------------------------------------------------------------------------
+JOBS = key(
+    "scan.jobs",
+    Int(0, 256),
+    0,
+    "messages `avtool scan` has clamd scan at once; 0: clamd's MaxThreads, at most 2 per CPU",
+)
+LOCK_TIMEOUT = key(
+    "scan.lock_timeout",
+    Seconds(0.0, 600.0),
+    30.0,
+    "seconds `avtool scan --move-to` waits for an mbox locked by another program",
+)

@@ -9,6 +9,7 @@ import typer
 from avtool import __version__
 from avtool.cli import batch as batch_cmd
 from avtool.cli import config as config_cmd
+from avtool.cli import scan as scan_cmd
 from avtool.cli import serve as serve_cmd
 from avtool.errors import AvtoolError, ConfigError
 
@@ -41,6 +42,7 @@ def _root(
 app.command("config")(config_cmd.config)
 app.command("serve")(serve_cmd.serve)
 app.command("batch-test")(batch_cmd.batch_test)
+app.command("scan")(scan_cmd.scan)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -1,0 +1,216 @@
+"""Moving into the quarantine Maildir: flags kept per format, atomic renames, the copy path
+across filesystems, and every message in exactly one place when a step fails."""
+
+from __future__ import annotations
+
+import errno
+import os
+from pathlib import Path
+
+import pytest
+
+from avtool.mailbox import Message, Moved, OpenFile, Problem, move, open_quarantine, walk
+from avtool.mailbox import mbox as M
+from avtool.mailbox.maildir import Maildir, relocate
+from avtool.mailbox.message import printable, sender_and_subject
+from avtool.mailbox.mh import maildir_flags, sequences
+from tests.mailboxes import maildir, mbox_bytes, plain, snapshot
+
+
+def messages(*paths: Path) -> list[Message]:
+    return [m for m in walk([str(p) for p in paths]) if isinstance(m, Message)]
+
+
+def victims(found: list[Message]) -> list[tuple[Message, str]]:
+    out = []
+    for m in found:
+        digest = ""
+        if m.source is not None:
+            digest = M.digest(m.source.fd, m.offset, m.size)
+        out.append((m, digest))
+    return out
+
+
+def test_maildir_messages_keep_name_subdir_and_flags(tmp_path: Path) -> None:
+    md = maildir(
+        tmp_path / "Maildir",
+        [("new", "1.a.h", plain("new one")), ("cur", "2.b.h:2,FRS", plain("flagged"))],
+    )
+    q = open_quarantine(str(tmp_path / "q"))
+    events = list(move(q, victims(messages(md)), lock_timeout=1))
+    assert all(isinstance(e, Moved) for e in events)
+    assert sorted(os.listdir(tmp_path / "q" / "new")) == ["1.a.h"]
+    assert sorted(os.listdir(tmp_path / "q" / "cur")) == ["2.b.h:2,FRS"]
+    assert snapshot(md) == {}  # moved, not copied
+    assert oct(os.stat(tmp_path / "q").st_mode & 0o777) == "0o700"
+
+
+def test_name_taken_in_quarantine_gets_a_new_unique_name(tmp_path: Path) -> None:
+    md = maildir(tmp_path / "Maildir", [("cur", "1.a.h:2,S", plain("mine"))])
+    q = maildir(tmp_path / "q", [("cur", "1.a.h:2,S", plain("already there"))])
+    [event] = move(Maildir(str(q)), victims(messages(md)), lock_timeout=1)
+    assert isinstance(event, Moved) and not event.to.endswith("/1.a.h:2,S")
+    assert event.to.endswith(":2,S") and Path(event.to).read_bytes() == plain("mine")
+    assert (q / "cur" / "1.a.h:2,S").read_bytes() == plain("already there")
+
+
+def test_mh_flags_from_sequences(tmp_path: Path) -> None:
+    folder = tmp_path / "inbox"
+    folder.mkdir()
+    for n in (1, 2, 3):
+        (folder / str(n)).write_bytes(plain(f"mh {n}"))
+    (folder / ".mh_sequences").write_text("unseen: 2-3\nflagged: 1 3\nreplied: 1\n")
+    assert sequences(str(folder)) == {"unseen": {2, 3}, "flagged": {1, 3}, "replied": {1}}
+    assert [maildir_flags(k, sequences(str(folder))) for k in "123"] == ["SFR", "", "F"]
+    q = open_quarantine(str(tmp_path / "q"))
+    events = list(move(q, victims(messages(folder)), lock_timeout=1))
+    flags = sorted(os.path.basename(e.to).partition(":")[2] for e in events if isinstance(e, Moved))
+    assert flags == ["", "2,F", "2,FRS"]  # unseen and unflagged: new/, no info
+    assert len(os.listdir(tmp_path / "q" / "new")) == 1
+
+
+def test_mbox_messages_keep_status_as_flags(tmp_path: Path) -> None:
+    box = tmp_path / "bob"
+    box.write_bytes(mbox_bytes([plain("read"), plain("unread"), plain("old")], ["RO", "", "O"]))
+    q = open_quarantine(str(tmp_path / "q"))
+    found = messages(box)
+    events = list(move(q, victims(found), lock_timeout=1))
+    assert [type(e) for e in events] == [Moved, Moved, Moved]
+    names = {e.message.key: os.path.relpath(e.to, q.path) for e in events if isinstance(e, Moved)}
+    assert names["1"].startswith("cur/") and names["1"].endswith(":2,S")
+    assert names["2"].startswith("new/") and ":" not in names["2"]
+    assert names["3"].startswith("cur/") and names["3"].endswith(":2,")
+    assert box.read_bytes() == b""
+
+
+def test_stdin_is_never_moved(tmp_path: Path) -> None:
+    fd = os.open(tmp_path, os.O_RDONLY | os.O_TMPFILE | os.O_RDWR)
+    os.write(fd, plain("x"))
+    m = Message("-", "file", "", "-", 10, source=OpenFile(fd))
+    [event] = move(open_quarantine(str(tmp_path / "q")), [(m, "")], lock_timeout=1)
+    assert event == Problem("-", "not moved: standard input is not a mailbox", error=False)
+
+
+def test_across_filesystems_copies_fsyncs_and_unlinks(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    md = maildir(tmp_path / "Maildir", [("cur", "1.a.h:2,S", plain("far away"))])
+    src = md / "cur" / "1.a.h:2,S"
+    os.chmod(src, 0o640)
+    os.utime(src, (1_000_000_000, 1_000_000_000))
+    real_rename = os.rename
+
+    def rename(a: str, b: str) -> None:
+        if str(a) == str(src):  # only the direct move crosses "filesystems"
+            raise OSError(errno.EXDEV, "Invalid cross-device link")
+        real_rename(a, b)
+
+    monkeypatch.setattr(os, "rename", rename)
+    synced: list[int] = []
+    real_fsync = os.fsync
+    monkeypatch.setattr(os, "fsync", lambda fd: (synced.append(fd), real_fsync(fd))[1])
+    [event] = move(open_quarantine(str(tmp_path / "q")), victims(messages(md)), lock_timeout=1)
+    assert isinstance(event, Moved) and event.to == str(tmp_path / "q" / "cur" / "1.a.h:2,S")
+    moved = Path(event.to)
+    assert moved.read_bytes() == plain("far away") and not src.exists()
+    assert moved.stat().st_mode & 0o777 == 0o640 and moved.stat().st_mtime == 1_000_000_000
+    assert len(synced) >= 3  # the copy, the quarantine dir, the source dir
+    assert os.listdir(tmp_path / "q" / "tmp") == []
+
+
+def test_across_filesystems_failed_unlink_is_undone(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    md = maildir(tmp_path / "Maildir", [("cur", "1.a.h:2,S", plain("stays"))])
+    src = md / "cur" / "1.a.h:2,S"
+    monkeypatch.setattr(os, "rename", _exdev_for(src, os.rename))
+    real_unlink = os.unlink
+
+    def unlink(path: str) -> None:
+        if str(path) == str(src):
+            raise PermissionError(errno.EACCES, "Permission denied")
+        real_unlink(path)
+
+    monkeypatch.setattr(os, "unlink", unlink)
+    [event] = move(open_quarantine(str(tmp_path / "q")), victims(messages(md)), lock_timeout=1)
+    assert isinstance(event, Problem) and event.text == "not moved: permission denied"
+    assert src.read_bytes() == plain("stays")
+    assert snapshot(tmp_path / "q") == {}  # exactly one place
+
+
+def _exdev_for(src: Path, real: object) -> object:
+    def rename(a: str, b: str) -> None:
+        if str(a) == str(src):
+            raise OSError(errno.EXDEV, "Invalid cross-device link")
+        real(a, b)  # type: ignore[operator]
+
+    return rename
+
+
+def test_interrupted_batch_leaves_each_message_in_exactly_one_place(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    md = maildir(tmp_path / "Maildir", [("cur", f"{n}.a.h:2,S", plain(f"m{n}")) for n in range(5)])
+    before = {Path(p).name: data for p, data in snapshot(md).items()}
+    real_rename = os.rename
+    calls = {"n": 0}
+
+    def rename(a: str, b: str) -> None:
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise KeyboardInterrupt
+        real_rename(a, b)
+
+    monkeypatch.setattr(os, "rename", rename)
+    with pytest.raises(KeyboardInterrupt):
+        list(move(open_quarantine(str(tmp_path / "q")), victims(messages(md)), lock_timeout=1))
+    after = snapshot(md, tmp_path / "q")
+    assert sorted(Path(p).name for p in after) == sorted(before)  # each name exactly once
+    assert {Path(p).name: data for p, data in after.items()} == before
+    assert len(os.listdir(tmp_path / "q" / "cur")) == 2
+
+
+def test_renamed_by_a_reader_since_the_scan_is_found_again(tmp_path: Path) -> None:
+    md = maildir(tmp_path / "Maildir", [("new", "1.a.h", plain("x"))])
+    [m] = messages(md)
+    os.rename(md / "new" / "1.a.h", md / "cur" / "1.a.h:2,S")  # the reader opened it
+    again = relocate(m)
+    assert again is not None and again.path == str(md / "cur" / "1.a.h:2,S")
+    [event] = move(open_quarantine(str(tmp_path / "q")), [(m, "")], lock_timeout=1)
+    assert isinstance(event, Moved) and event.to.endswith("/cur/1.a.h:2,S")
+
+
+def test_gone_message_is_a_problem(tmp_path: Path) -> None:
+    md = maildir(tmp_path / "Maildir", [("new", "1.a.h", plain("x"))])
+    [m] = messages(md)
+    os.unlink(m.path)
+    [event] = move(open_quarantine(str(tmp_path / "q")), [(m, "")], lock_timeout=1)
+    assert event == Problem(m.where, "not moved: no such file or directory")
+
+
+def test_quarantine_that_is_a_file_is_refused(tmp_path: Path) -> None:
+    (tmp_path / "q").write_text("")
+    with pytest.raises(NotADirectoryError):
+        open_quarantine(str(tmp_path / "q"))
+
+
+# ---- header fields for the report ----------------------------------------------------------------
+@pytest.mark.parametrize(
+    ("head", "sender", "subject"),
+    [
+        (b"From: Alice <a@x>\nSubject: Hi\n\n", "Alice <a@x>", "Hi"),
+        (b"Subject: =?utf-8?q?caf=C3=A9?=\n\n", None, "café"),
+        (b"Subject: a\n  folded\n  line\n\n", None, "a folded line"),
+        (b"Subject: \x1b[31mred\x1b]0;title\x07\n\n", None, "?[31mred?]0;title?"),
+        (b"From: \xff\xfe <b@x>\n\n", "\ufffd\ufffd <b@x>", None),
+        (b"From: =?bogus?q?x?= <c@x>\n\n", "x <c@x>", None),  # unknown charset: lenient
+        (b"X-Other: y\n\n", None, None),
+    ],
+)
+def test_sender_and_subject(head: bytes, sender: str | None, subject: str | None) -> None:
+    assert sender_and_subject(head) == (sender, subject)
+
+
+def test_printable_cuts_long_text() -> None:
+    assert printable("x" * 500) == "x" * 199 + "…"
+    assert printable("a\u202eb") == "a?b"  # a bidi override would reorder the line
