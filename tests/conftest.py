@@ -63,3 +63,12 @@ def engine_config(clamd_server: ClamdServer) -> MakeConfig:
         return make_config(*(backends or (str(clamd_server.unix_socket),)), **(defaults | values))
 
     return make
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _remove_daemon_dirs() -> Iterator[None]:
+    """Daemons started by tests/integration/serve_support.py leave temp dirs: remove them."""
+    yield
+    from tests.integration.serve_support import cleanup_all
+
+    cleanup_all()

@@ -117,6 +117,21 @@ class Daemon:
         return self.proc.wait(timeout)
 
 
+_STARTED: list[Daemon] = []
+
+
+def cleanup_all() -> None:
+    """Kill daemons still running and remove the temp dirs start_daemon made (session end)."""
+    import shutil
+
+    for d in _STARTED:
+        if d.proc.poll() is None:
+            d.proc.kill()
+            d.proc.wait()
+        shutil.rmtree(d.workdir, ignore_errors=True)
+    _STARTED.clear()
+
+
 def start_daemon(
     config_text: str,
     *,
@@ -157,6 +172,7 @@ def start_daemon(
         raise RuntimeError(f"daemon never closed fd 3:\n{stderr_path.read_text()}")
     where = socket_path or sockets / "avtool"
     daemon = Daemon(proc, where, workdir, stderr_path, time.monotonic() - started)
+    _STARTED.append(daemon)
     daemon.spool = Spool(spool_root)
     return daemon
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import socket
 import stat
@@ -278,6 +279,7 @@ def test_courier_socket_dirs_and_pid_file(clamd_server: Any, tmp_path: Path) -> 
     finally:
         assert d.stop() == 0
     assert not pid_file.exists() and not (state / "filters" / "avtool").exists()
+    shutil.rmtree(state)
 
 
 @pytest.mark.parametrize("behaviour", ["hang", "garbage", "mid_reply"])
@@ -296,3 +298,4 @@ def test_misbehaving_clamd_defers_within_the_deadline(behaviour: str) -> None:
             assert time.monotonic() - started < 4.0
         finally:
             assert d.stop() == 0
+    shutil.rmtree(work)
