@@ -10,6 +10,7 @@ number of threads. Replies are returned as raw bytes; replies.py interprets them
 
 from __future__ import annotations
 
+import abc
 import contextlib
 import os
 import select
@@ -76,22 +77,23 @@ def recv_reply(s: socket.socket, deadline: float, *, until_eof: bool = False) ->
     return b"".join(chunks)
 
 
-class _Wire:
+class _Wire(abc.ABC):
     """The protocol, shared by the unix and TCP clients. Holds no socket between calls."""
 
     address: str
     connect_timeout: float
 
+    @abc.abstractmethod
     def _connect(self, timeout: float) -> socket.socket:
-        raise NotImplementedError
+        """A new connected socket (unix or TCP), within ``timeout`` seconds."""
 
     def _init_socket(self) -> None:
         # Every inherited clamd-package method goes through here and stores the socket on self,
         # which breaks with threads (notes 3: 38 of 800 calls lost). None of them may run.
         raise TypeError("use the avtool.engine.client methods, not the clamd package's")
 
-    def _close_socket(self) -> None:
-        pass  # nothing stored to close (the package calls it in ``finally``)
+    def _close_socket(self) -> None:  # noqa: B027 - deliberately empty, not abstract
+        """Nothing is stored to close (the clamd package calls this in ``finally``)."""
 
     def open(self, deadline: float) -> socket.socket:
         """A connected socket; the connect bounded by connect_timeout and the deadline."""
