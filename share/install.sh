@@ -88,6 +88,12 @@ install_filter() {
 }
 
 start_courier() {
+  # Debian's package ships no .dat files: without them 127.0.0.1 is no relay client and the
+  # local domains are not accepted (notes/courier.md §1)
+  [[ -e $etc/smtpaccess.dat ]] || makesmtpaccess
+  [[ -e $etc/esmtpacceptmailfor.dat ]] || makeacceptmailfor
+  [[ -e $etc/aliases.dat ]] || makealiases
+  [[ -e $etc/hosteddomains.dat ]] || makehosteddomains
   if [[ -d /run/systemd/system ]]; then
     systemctl start courier-authdaemon courierfilter courier-mta
     return 0
