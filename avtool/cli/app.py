@@ -11,6 +11,7 @@ from avtool.cli import batch as batch_cmd
 from avtool.cli import config as config_cmd
 from avtool.cli import scan as scan_cmd
 from avtool.cli import serve as serve_cmd
+from avtool.cli import sig as sig_cmd
 from avtool.errors import AvtoolError, ConfigError
 
 app = typer.Typer(
@@ -43,6 +44,7 @@ app.command("config")(config_cmd.config)
 app.command("serve")(serve_cmd.serve)
 app.command("batch-test")(batch_cmd.batch_test)
 app.command("scan")(scan_cmd.scan)
+app.command("sig", epilog=sig_cmd.paths_help())(sig_cmd.sig)
 
 
 def main(argv: list[str] | None = None) -> None:
