@@ -185,3 +185,31 @@ def test_reload_storm_under_load(daemon: Daemon) -> None:
     for (infected, _), reply in zip(jobs * rounds, replies, strict=True):
         assert reply.startswith("550 " if infected else "200 "), reply
     assert len(reloads) >= 8 and all(rc == 0 for rc in reloads), reloads
+
+
+def test_dash_l_sends_the_answer_to_syslog_mail(daemon: Daemon) -> None:
+    import socket
+
+    dev_log = Path("/dev/log")
+    if dev_log.exists():
+        pytest.skip("/dev/log has another listener")
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sink:
+        sink.bind(str(dev_log))
+        try:
+            result = sig(daemon, "-l", "reload", "config")
+            sink.settimeout(5)
+            record = sink.recv(4096).decode()
+        finally:
+            dev_log.unlink()
+    assert result.returncode == 0 and result.stdout == ""
+    assert record.startswith("<22>")  # facility mail (2) * 8 + severity info (6)
+    assert "avtool-sig" in record and "config: reloaded" in record
+
+
+def test_help_shows_the_paths() -> None:
+    from typer.testing import CliRunner
+
+    from avtool.cli.app import app
+
+    out = CliRunner().invoke(app, ["sig", "--help"], env={"COLUMNS": "200"}).output
+    assert "Config file: " in out and "Pid file: /" in out and "Answers pipe: /" in out
