@@ -102,6 +102,10 @@ class Pipeline:
             verb = "dropped" if decision.action == "drop" else "quarantined"
             note = f"{verb} by {self.name}: {decision.reason}"
             control.mark_delivered(envelope, decision.drop, note, time.time())
+        if decision.code >= 400 or (
+            decision.action in ("quarantine", "drop") and not decision.keep
+        ):
+            return  # nobody gets this copy: no header work
         rename = list(policy.OUR_FIELDS) if self.cfg[K.HEADER_RENAME] else []
         if decision.headers or (rename and message.has_fields(request.data_path, rename)):
             message.rewrite_headers(request.data_path, list(decision.headers), rename)
