@@ -60,8 +60,9 @@ def test_ready_socket_is_0660_and_stdin_eof_stops_cleanly(daemon: Daemon) -> Non
     assert "Traceback" not in daemon.log()
 
 
-def test_sigterm_stops_cleanly(daemon: Daemon) -> None:
-    daemon.proc.send_signal(signal.SIGTERM)
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGQUIT])
+def test_stop_signals_stop_cleanly(daemon: Daemon, signum: int) -> None:
+    daemon.proc.send_signal(signum)
     assert daemon.proc.wait(20) == 0
     assert not daemon.socket_path.exists()
 
