@@ -300,3 +300,24 @@ def test_misbehaving_clamd_defers_within_the_deadline(behaviour: str) -> None:
         finally:
             assert d.stop() == 0
     shutil.rmtree(work)
+
+
+def test_stop_unlinks_first_and_drains_messages_in_flight() -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    from tests.fakes.clamd import FakeClamd
+
+    work = Path(tempfile.mkdtemp(prefix="avf", dir="/tmp"))
+    with FakeClamd(work / "fake.sock", "hang") as fake:
+        conf = config_for(fake.address).replace("scan_timeout = 10.0", "scan_timeout = 1.5")
+        d = start_daemon(conf)
+        data, ctl = d.spool.message(mail())
+        with ThreadPoolExecutor(1) as pool:
+            pending = pool.submit(d.filter, data, ctl)
+            time.sleep(0.5)  # the scan is in flight, clamd silent
+            d.proc.stdin.close()  # type: ignore[union-attr]
+            time.sleep(0.3)
+            assert not d.socket_path.exists()  # unlinked before the drain
+            assert pending.result(10).startswith("432 ")  # answered, not cut off
+        assert d.proc.wait(10) == 0
+    shutil.rmtree(work)
