@@ -6,23 +6,14 @@ from __future__ import annotations
 
 import re
 import signal
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
 from tests.e2e.harness import wait_for
-from tests.integration.serve_support import EICAR, Daemon, config_for, mail, start_daemon
+from tests.integration.serve_support import EICAR, Daemon, mail
 
 pytestmark = pytest.mark.clamd
-
-
-@pytest.fixture
-def daemon(clamd_server: Any) -> Iterator[Daemon]:
-    d = start_daemon(config_for(str(clamd_server.unix_socket)))
-    yield d
-    if d.proc.poll() is None:
-        d.stop()
 
 
 def conf_path(d: Daemon) -> Any:

@@ -9,24 +9,15 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.integration.serve_support import EICAR, Daemon, config_for, mail, start_daemon
+from tests.integration.serve_support import EICAR, Daemon, mail
 
 pytestmark = pytest.mark.clamd
 REPO = Path(__file__).resolve().parents[2]
-
-
-@pytest.fixture
-def daemon(clamd_server: Any) -> Iterator[Daemon]:
-    d = start_daemon(config_for(str(clamd_server.unix_socket)))
-    yield d
-    if d.proc.poll() is None:
-        d.stop()
 
 
 def sig(d: Daemon, *args: str, pid: int | None = None, timeout: str = "10") -> Any:
