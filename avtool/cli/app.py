@@ -9,6 +9,7 @@ import typer
 from avtool import __version__
 from avtool.cli import batch as batch_cmd
 from avtool.cli import config as config_cmd
+from avtool.cli import run_get_ides as updates_cmd
 from avtool.cli import scan as scan_cmd
 from avtool.cli import serve as serve_cmd
 from avtool.cli import sig as sig_cmd
@@ -45,6 +46,7 @@ app.command("serve")(serve_cmd.serve)
 app.command("batch-test")(batch_cmd.batch_test)
 app.command("scan")(scan_cmd.scan)
 app.command("sig", epilog=sig_cmd.paths_help())(sig_cmd.sig)
+app.command("run-get-ides", help=updates_cmd.HELP)(updates_cmd.run_get_ides)
 
 
 def main(argv: list[str] | None = None) -> None:
