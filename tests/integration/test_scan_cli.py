@@ -40,6 +40,7 @@ BAR = ("━", "\r", "\x1b[")  # what a rich progress bar writes: bar glyphs, ret
 @pytest.fixture(autouse=True)
 def _isolated(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.delenv("AVTOOL_CONFIG", raising=False)
+    monkeypatch.setenv("COLUMNS", "400")  # rich cuts long error lines to the terminal width
     monkeypatch.setattr(C, "user_config_path", lambda: tmp_path / "none" / "avtool.conf")
     monkeypatch.setattr(C, "SYSTEM_CONFIG", tmp_path / "none" / "system.conf")
 
