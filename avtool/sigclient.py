@@ -1,212 +1,312 @@
 """``avtool sig``: signal the running filter and read its answer back over a named pipe.
 
-The pipe is created by this client (0620, group courier when run as root, so the daemon running
-as courier can write it), then the signal is sent, then the answer read until its ``END`` line
-(ipc.py), bounded by a timeout; the pipe is removed afterwards. One request at a time: a lock
-file next to the pipe (``flock``) is held for the whole request. A pipe with no lock holder was
-left by a client that died: it is stale, removed with a warning.
+The answers protocol is ipc.py's: the daemon opens the pipe for writing, writes plain text lines
+and a last ``END ok`` / ``END error`` line. This module is the client side; it prints nothing.
+
+The pipe, one request at a time, and stale pipes:
+
+- The pipe is made under a private name (``.NAME.PID.tmp``), opened for reading (non-blocking,
+  never through a symlink), **flock()ed**, given to the daemon's user, and only then hard-linked
+  to its real name. ``link()`` fails if the name exists, so two clients never share a pipe, and
+  a pipe is locked for as long as it carries its name: the client unlinks it before closing.
+- An existing pipe means another request, unless nobody holds its lock: the kernel drops a lock
+  when its holder dies, so a pipe whose lock can be taken was left by a client that was killed.
+  That one is removed with a warning and the request goes on. No age test is needed (an age
+  test would refuse for a while after a crash, or take over a slow request that is still alive).
+- Permissions (avfilter_sig's "minimal permissions"): 0600 and owned by the daemon's user when
+  run as root (the daemon writes as owner; a later client run as that user, e.g. freshclam's
+  sudo, can still lock and clean it); 0600 when run as the daemon's user; else 0620 with the
+  daemon's group. The daemon's ids come from /proc/PID/status, else group ``courier``.
+- The read end is open before the signal is sent, so the daemon's non-blocking open succeeds; a
+  write end of our own keeps reads from seeing EOF until the daemon has written. Once it has, that
+  end is closed, and EOF without an ``END`` line means the answer was cut short. The wait is
+  bounded by the timeout, and ends early if the daemon process goes away.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import errno
 import fcntl
 import grp
 import os
 import select
 import signal
+import stat
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 from avtool import keys as K
 from avtool.config import Config
 from avtool.errors import AvtoolError
 from avtool.ipc import DEBUG_PIPE, END_ERROR, END_OK, alive, read_pid
 
-SIGNALS = {
-    ("reload", None): signal.SIGHUP,
-    ("reload", "config"): signal.SIGUSR1,
-    ("reload", "virus"): signal.SIGUSR2,
-    ("stats", None): signal.SIGURG,
+RELOAD_SIGNALS: dict[str | None, signal.Signals] = {
+    None: signal.SIGHUP,  # config and virus database
+    "config": signal.SIGUSR1,
+    "virus": signal.SIGUSR2,
 }
+STATS_SIGNAL = signal.SIGURG  # ignored by default: harmless when sent to a wrong pid
+DAEMON_GROUP = "courier"  # when the daemon's ids cannot be read from /proc
+LIVENESS_S = 1.0  # how often the wait checks that the daemon still runs
+MAX_LINE = 1 << 20
+
+End = Literal["ok", "error", "eof", "timeout", "gone"]
+EXIT = {"ok": 0, "error": 1, "eof": 1, "timeout": 5, "gone": 3}
 
 
 class SigError(AvtoolError):
-    """A failed request; ``exit_code`` is the documented status (README, avtool sig)."""
+    """A request that could not be made; ``exit_code`` is the documented status."""
 
     def __init__(self, message: str, exit_code: int) -> None:
         super().__init__(message)
         self.exit_code = exit_code
 
 
-@dataclass(frozen=True)
+class NotRunning(SigError):
+    def __init__(self, message: str) -> None:
+        super().__init__(message, 3)
+
+
+class Busy(SigError):
+    def __init__(self, message: str) -> None:
+        super().__init__(message, 4)
+
+
+@dataclasses.dataclass(frozen=True)
 class Target:
     pid: int
     pipe: Path
 
 
-@dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True)
 class Answer:
-    lines: list[str]
-    ok: bool
+    """What the daemon wrote, and how the answer ended: ``ok``/``error`` (its END line), ``eof``
+    (closed without END), ``timeout``, or ``gone`` (the process ended while we waited)."""
+
+    lines: tuple[str, ...]
+    end: End
+    waited_s: float = 0.0
+
+    @property
+    def exit_code(self) -> int:
+        return EXIT[self.end]
+
+    def problem(self, where: Target, timeout: float) -> str | None:
+        """One line for the user when the answer is not complete, else None."""
+        if self.end == "eof":
+            return f"process {where.pid} closed the pipe before its END line: answer incomplete"
+        if self.end == "timeout":
+            return f"no answer from process {where.pid} within {timeout:g} s"
+        if self.end == "gone":
+            return f"the filter is not running: process {where.pid} ended before answering"
+        return None
 
 
 def target(cfg: Config, pid: int | None) -> Target:
     """Who to signal and where the answer comes: ``-p PID`` uses ./avtool_sig.pipe (serve
-    --debug writes there), otherwise the pid file and the configured pipe."""
+    --debug answers there), otherwise the pid file and the configured pipe."""
     if pid is None:
         found = read_pid(Path(cfg[K.PID_FILE]))
         if found is None:
-            raise SigError(f"avtool is not running: no pid in {cfg[K.PID_FILE]}", 3)
-        pid, pipe = found, Path(cfg[K.PIPE])
-    else:
-        pipe = Path(DEBUG_PIPE)
+            raise NotRunning(f"the filter is not running: no pid in {cfg[K.PID_FILE]}")
+        if not alive(found):
+            raise NotRunning(
+                f"the filter is not running: stale pid file {cfg[K.PID_FILE]} ({found})"
+            )
+        return Target(found, Path(cfg[K.PIPE]))
+    if pid <= 0:  # kill() would signal a whole process group
+        raise SigError(f"-p {pid}: not a process id", 2)
     if not alive(pid):
-        raise SigError(f"avtool is not running: no process {pid} (stale pid file?)", 3)
-    return Target(pid, pipe)
+        raise NotRunning(f"the filter is not running: no process {pid}")
+    return Target(pid, Path(DEBUG_PIPE))
 
 
 def request(where: Target, signum: int, timeout: float, warn: list[str]) -> Answer:
-    """Send ``signum`` and return the daemon's answer; SigError on busy, gone or timeout."""
-    with _locked(where.pipe, warn), _fifo(where.pipe) as fd:
+    """Make the pipe, send ``signum``, return the answer; SigError when it cannot be asked.
+    Warnings (a stale pipe removed) are appended to ``warn``."""
+    with _pipe(where, warn) as fds:
         try:
             os.kill(where.pid, signum)
         except ProcessLookupError:
-            raise SigError(f"avtool is not running: no process {where.pid}", 3) from None
+            raise NotRunning(f"the filter is not running: no process {where.pid}") from None
         except PermissionError:
             raise SigError(
-                f"not allowed to signal process {where.pid} (run as courier)", 2
+                f"not allowed to signal process {where.pid}: run as root or as its user", 2
             ) from None
-        return _read_answer(fd, timeout)
+        return _read_answer(fds, where.pid, timeout)
+
+
+# ---- the pipe ----------------------------------------------------------------------------------
+@dataclasses.dataclass
+class _Fds:
+    read: int
+    keep: int | None  # our write end, closed once the daemon writes
+
+    def release_keep(self) -> None:
+        if self.keep is not None:
+            os.close(self.keep)
+            self.keep = None
 
 
 @contextlib.contextmanager
-def _locked(pipe: Path, warn: list[str]) -> Iterator[None]:
-    lock_path = pipe.with_name(pipe.name + ".lock")
+def _pipe(where: Target, warn: list[str]) -> Iterator[_Fds]:
+    pipe = where.pipe
+    temp = pipe.with_name(f".{pipe.name}.{os.getpid()}.tmp")
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(temp)  # left by a killed client that had our pid
     try:
-        lock = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
+        os.mkfifo(temp, 0o600)
     except OSError as e:
-        raise SigError(f"{lock_path}: {e.strerror}", 2) from e
+        raise SigError(f"{pipe}: cannot create the answers pipe: {e.strerror}", 2) from e
+    fds = _Fds(-1, None)
     try:
+        fds.read = os.open(temp, os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW | os.O_CLOEXEC)
+        st = os.fstat(fds.read)
+        if not stat.S_ISFIFO(st.st_mode) or st.st_uid != os.geteuid():
+            raise SigError(f"{temp}: replaced while being created", 2)
+        fcntl.flock(fds.read, fcntl.LOCK_EX | fcntl.LOCK_NB)  # ours: nobody else has it yet
+        fds.keep = os.open(temp, os.O_WRONLY | os.O_NONBLOCK | os.O_NOFOLLOW | os.O_CLOEXEC)
+        _grant(fds.read, where.pid)
+        _install(temp, pipe, warn)
+        os.unlink(temp)
         try:
-            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise SigError(f"{pipe}: another avtool sig request is in progress", 4) from None
-        if os.path.lexists(pipe):
-            warn.append(f"{pipe}: removing a stale pipe (its client is gone)")
-            os.unlink(pipe)
-        yield
-    finally:
-        os.close(lock)
-
-
-@contextlib.contextmanager
-def _fifo(pipe: Path) -> Iterator[int]:
-    """The pipe, open for reading; a writer end of our own keeps reads blocking (not EOF)
-    until the daemon has written, so the END line, not EOF, ends the answer."""
-    os.mkfifo(pipe, 0o620)
-    try:
-        if os.geteuid() == 0:
-            with contextlib.suppress(KeyError, OSError):
-                os.chown(pipe, -1, grp.getgrnam("courier").gr_gid)
-        os.chmod(pipe, 0o620)  # the umask may have taken the group's write bit
-        fd = os.open(pipe, os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW)
-        keep = os.open(pipe, os.O_WRONLY | os.O_NONBLOCK)
-        try:
-            yield fd
+            yield fds
         finally:
-            os.close(keep)
-            os.close(fd)
+            _remove_if_ours(pipe, st)
     finally:
         with contextlib.suppress(FileNotFoundError):
-            os.unlink(pipe)
+            os.unlink(temp)
+        for fd in (fds.keep, fds.read):
+            if fd is not None and fd >= 0:
+                os.close(fd)
 
 
-def _read_answer(fd: int, timeout: float) -> Answer:
-    until = time.monotonic() + timeout
+def _grant(fd: int, pid: int) -> None:
+    """Let the daemon write the pipe, and nobody else more than needed (module docstring)."""
+    uid, gid = _process_ids(pid)
+    euid = os.geteuid()
+    if uid is not None and uid == euid:
+        os.fchmod(fd, 0o600)
+    elif uid is not None and euid == 0:
+        os.fchown(fd, uid, gid if gid is not None else -1)
+        os.fchmod(fd, 0o600)
+    else:
+        if gid is not None:
+            with contextlib.suppress(PermissionError):  # only to a group we are in
+                os.fchown(fd, -1, gid)
+        os.fchmod(fd, 0o620)
+
+
+def _process_ids(pid: int) -> tuple[int | None, int | None]:
+    """Effective uid and gid of ``pid`` (the daemon may have switched user after its start)."""
+    ids: dict[str, int] = {}
+    with contextlib.suppress(OSError, ValueError, IndexError):
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            key, _, rest = line.partition(":")
+            if key in ("Uid", "Gid"):
+                ids[key] = int(rest.split()[1])  # real, effective, saved, fs
+    if "Gid" not in ids:
+        with contextlib.suppress(KeyError):
+            ids["Gid"] = grp.getgrnam(DAEMON_GROUP).gr_gid
+    return ids.get("Uid"), ids.get("Gid")
+
+
+def _install(temp: Path, pipe: Path, warn: list[str]) -> None:
+    """Give the locked pipe its name; a stale pipe in the way is removed once, a live one is
+    another request (Busy)."""
+    for attempt in range(2):
+        try:
+            os.link(temp, pipe)
+            return
+        except FileExistsError:
+            if attempt == 0 and _remove_stale(pipe, warn):
+                continue
+            raise Busy(f"{pipe}: another avtool sig request is in progress") from None
+        except OSError as e:
+            raise SigError(f"{pipe}: cannot create the answers pipe: {e.strerror}", 2) from e
+
+
+def _remove_stale(pipe: Path, warn: list[str]) -> bool:
+    """True when ``pipe`` was stale (nobody holds its lock) and is now gone."""
+    try:
+        fd = os.open(pipe, os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return True  # its client just finished
+    except OSError as e:
+        if e.errno == errno.ELOOP:
+            raise Busy(f"{pipe} is a symlink, not an answers pipe: remove it") from None
+        raise Busy(
+            f"{pipe} exists and this user cannot check it ({e.strerror}): "
+            "if no avtool sig is running, remove it"
+        ) from None
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISFIFO(st.st_mode):
+            raise Busy(f"{pipe} exists and is not a pipe: remove it")
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return False  # its client is alive: busy
+        age = max(0.0, time.time() - st.st_mtime)
+        if _remove_if_ours(pipe, st):
+            warn.append(f"{pipe}: removed a stale pipe ({age:.0f} s old; its client is gone)")
+        return True
+    finally:
+        os.close(fd)
+
+
+def _remove_if_ours(pipe: Path, st: os.stat_result) -> bool:
+    """Unlink ``pipe`` only if it still is the inode ``st`` (a lock holder's own)."""
+    try:
+        now = os.lstat(pipe)
+    except FileNotFoundError:
+        return False
+    if (now.st_dev, now.st_ino) != (st.st_dev, st.st_ino):
+        return False
+    os.unlink(pipe)
+    return True
+
+
+# ---- the answer --------------------------------------------------------------------------------
+def _read_answer(fds: _Fds, pid: int, timeout: float) -> Answer:
+    fd = fds.read
+    started = time.monotonic()
+    until = started + timeout
     buf = b""
     lines: list[str] = []
+
+    def answer(end: End) -> Answer:
+        return Answer(tuple(lines), end, time.monotonic() - started)
+
     while True:
         left = until - time.monotonic()
         if left <= 0:
-            raise SigError(f"no answer within {timeout:g} s", 5)
-        ready, _, _ = select.select([fd], [], [], left)
+            return answer("timeout")
+        ready, _, _ = select.select([fd], [], [], min(left, LIVENESS_S))
         if not ready:
+            if not alive(pid):
+                return answer("gone")
             continue
         try:
             chunk = os.read(fd, 65536)
         except BlockingIOError:
             continue
+        if not chunk:
+            if buf:
+                lines.append(buf.decode(errors="replace"))
+            return answer("eof")
+        fds.release_keep()  # the daemon holds the pipe now: its close is our EOF
         buf += chunk
         while b"\n" in buf:
             raw, buf = buf.split(b"\n", 1)
             line = raw.decode(errors="replace")
             if line in (END_OK, END_ERROR):
-                return Answer(lines, line == END_OK)
+                return answer("ok" if line == END_OK else "error")
             lines.append(line)
-        if len(buf) > 1 << 20:
-            raise SigError("answer line too long", 1)
-
-
-def parse_stats(lines: list[str]) -> dict[str, object]:
-    """``name value`` lines and ``clamd ADDRESS k=v ...`` lines (reload.answer_stats)."""
-    stats: dict[str, object] = {}
-    clamds: list[dict[str, str]] = []
-    for line in lines:
-        name, _, rest = line.partition(" ")
-        if name == "clamd":
-            rest, _, version = rest.partition(" version=")  # the last field, may hold spaces
-            address, *pairs = rest.split(" ")
-            entry = {"address": address, "version": version}
-            for pair in pairs:
-                key, eq, value = pair.partition("=")
-                if eq:
-                    entry[key] = value
-            clamds.append(entry)
-        elif rest != "-":
-            stats[name] = _number(rest)
-        else:
-            stats[name] = None
-    stats["clamd"] = clamds
-    return stats
-
-
-def _number(text: str) -> object:
-    for kind in (int, float):
-        try:
-            return kind(text)
-        except ValueError:
-            continue
-    return text
-
-
-def prometheus(stats: dict[str, object]) -> str:
-    """The text exposition format, for node_exporter's textfile collector."""
-    out = [
-        "# HELP avtool_messages_total Messages by verdict or action since the daemon started.",
-        "# TYPE avtool_messages_total counter",
-    ]
-    for key in ("clean", "infected", "unchecked", "failed", "exempt", "errors"):
-        out.append(f'avtool_messages_total{{verdict="{key}"}} {stats.get(key, 0)}')
-    for key in ("accept", "pass", "reject", "drop", "quarantine", "defer", "deferred"):
-        out.append(f'avtool_messages_total{{action="{key}"}} {stats.get(key, 0)}')
-    out += ["# HELP avtool_scan_ms Scan time of recent messages.", "# TYPE avtool_scan_ms gauge"]
-    for q, key in (("0.5", "p50_ms"), ("0.99", "p99_ms")):
-        value = stats.get(key)
-        out.append(f'avtool_scan_ms{{quantile="{q}"}} {"NaN" if value is None else value}')
-    out += [
-        "# HELP avtool_clamd_errors_total Connection, timeout and protocol failures per clamd.",
-        "# TYPE avtool_clamd_errors_total counter",
-    ]
-    clamds = stats.get("clamd") or []
-    assert isinstance(clamds, list)  # noqa: S101 - parse_stats makes it a list
-    for c in clamds:
-        out.append(f'avtool_clamd_errors_total{{backend="{c["address"]}"}} {c.get("errors", 0)}')
-    out += [
-        "# HELP avtool_uptime_seconds Seconds since the daemon started.",
-        "# TYPE avtool_uptime_seconds gauge",
-        f"avtool_uptime_seconds {stats.get('uptime_s', 0)}",
-    ]
-    return "\n".join(out) + "\n"
+        if len(buf) > MAX_LINE:
+            lines.append(buf[:200].decode(errors="replace") + "...")
+            return answer("eof")

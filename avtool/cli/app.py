@@ -45,7 +45,7 @@ app.command("config")(config_cmd.config)
 app.command("serve")(serve_cmd.serve)
 app.command("batch-test")(batch_cmd.batch_test)
 app.command("scan")(scan_cmd.scan)
-app.command("sig", epilog=sig_cmd.paths_help())(sig_cmd.sig)
+app.command("sig", cls=sig_cmd.SigCommand)(sig_cmd.sig)
 app.command("run-get-ides", help=updates_cmd.HELP)(updates_cmd.run_get_ides)
 
 

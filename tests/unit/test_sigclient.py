@@ -1,0 +1,459 @@
+"""avtool sig's client side without a daemon: the pipe's lifecycle, locking and stale pipes, the
+answer protocol (the daemon side is played by ipc.Answer, the class the daemon uses), stats
+parsing and the Prometheus format; and the command line's usage errors and --help."""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import re
+import signal
+import stat
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from types import FrameType
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from typer.testing import CliRunner
+
+from avtool.cli.app import app
+from avtool.config import Config
+from avtool.ipc import END_ERROR, END_OK, Answer, open_fifo_for_writing
+from avtool.sigclient import Answer as SigAnswer
+from avtool.sigclient import (
+    Busy,
+    NotRunning,
+    SigError,
+    Target,
+    _Fds,
+    _read_answer,
+    _remove_if_ours,
+    request,
+    target,
+)
+from avtool.sigstats import Stats, parse_stats, prometheus
+
+# The fake daemon is this process: a handler for SIGUSR1 sets a flag (as serve's does), and a
+# thread answers over the pipe with the daemon's own ipc.Answer.
+SIGNAL = signal.SIGUSR1
+
+
+class FakeDaemon:
+    def __init__(self, pipe: Path) -> None:
+        self.pipe = pipe
+        self.asked = threading.Event()
+        self.seen: list[os.stat_result] = []
+        self.script: Callable[[Path], None] = lambda pipe: None
+
+    def handler(self, signum: int, frame: FrameType | None) -> None:
+        self.asked.set()
+
+    def run(self) -> None:
+        if not self.asked.wait(10):
+            return
+        self.seen.append(os.lstat(self.pipe))
+        self.script(self.pipe)
+
+
+@pytest.fixture
+def daemon(tmp_path: Path) -> Iterator[FakeDaemon]:
+    fake = FakeDaemon(tmp_path / "avtool.pipe")
+    old = signal.signal(SIGNAL, fake.handler)
+    thread = threading.Thread(target=fake.run, daemon=True)
+    thread.start()
+    try:
+        yield fake
+    finally:
+        fake.asked.set()
+        thread.join(10)
+        signal.signal(SIGNAL, old)
+
+
+def answers(*lines: str, ok: bool = True) -> Callable[[Path], None]:
+    def script(pipe: Path) -> None:
+        answer = Answer(pipe)
+        assert answer.to_pipe
+        for line in lines:
+            answer.line(line)
+        answer.finish(ok)
+
+    return script
+
+
+def ask(pipe: Path, timeout: float = 5.0, warn: list[str] | None = None) -> SigAnswer:
+    return request(Target(os.getpid(), pipe), SIGNAL, timeout, [] if warn is None else warn)
+
+
+def test_answer_ok_then_the_pipe_is_gone(daemon: FakeDaemon, tmp_path: Path) -> None:
+    daemon.script = answers("config: reloaded from x, 0 change(s)", "virus: ok")
+    answer = ask(daemon.pipe)
+    assert answer.end == "ok" and answer.exit_code == 0
+    assert answer.lines == ("config: reloaded from x, 0 change(s)", "virus: ok")
+    assert list(tmp_path.iterdir()) == []  # no pipe, no temp name left
+
+
+def test_the_pipe_is_a_fifo_only_its_owner_uses(daemon: FakeDaemon) -> None:
+    daemon.script = answers()
+    old = os.umask(0o077)  # the group bits are set explicitly, not left to the umask
+    try:
+        ask(daemon.pipe)
+    finally:
+        os.umask(old)
+    (seen,) = daemon.seen
+    assert stat.S_ISFIFO(seen.st_mode) and stat.S_IMODE(seen.st_mode) == 0o600
+    assert seen.st_uid == os.geteuid()  # the "daemon" is this process: same user
+
+
+def test_error_answer_exit_1(daemon: FakeDaemon) -> None:
+    daemon.script = answers("config: NOT reloaded, 1 error(s); the old one stays", ok=False)
+    answer = ask(daemon.pipe)
+    assert answer.end == "error" and answer.exit_code == 1
+    assert answer.lines == ("config: NOT reloaded, 1 error(s); the old one stays",)
+
+
+def test_eof_without_end_is_incomplete(daemon: FakeDaemon) -> None:
+    def cut_short(pipe: Path) -> None:
+        f = open_fifo_for_writing(pipe)
+        assert f is not None
+        f.write("virus: clamd /x: reloading\npartial")
+        f.close()  # as a daemon that dies mid-answer
+
+    daemon.script = cut_short
+    answer = ask(daemon.pipe)
+    assert answer.end == "eof" and answer.exit_code == 1
+    assert answer.lines == ("virus: clamd /x: reloading", "partial")
+
+
+def test_no_answer_times_out(daemon: FakeDaemon) -> None:
+    started = time.monotonic()
+    answer = ask(daemon.pipe, timeout=0.5)  # the fake is asked but never writes
+    assert answer.end == "timeout" and answer.exit_code == 5
+    assert 0.5 <= time.monotonic() - started < 2.0
+    assert not daemon.pipe.exists()
+
+
+def test_a_daemon_that_dies_ends_the_wait_early(tmp_path: Path) -> None:
+    sleeper = subprocess.Popen(["sleep", "30"])  # SIGHUP's default action ends it
+    try:
+        started = time.monotonic()
+        answer = request(Target(sleeper.pid, tmp_path / "p"), signal.SIGHUP, 20.0, [])
+        sleeper.wait(5)
+        assert answer.end == "gone" and answer.exit_code == 3
+        assert time.monotonic() - started < 5  # not the 20 s timeout
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to run a process as courier")
+def test_root_gives_the_pipe_to_the_daemons_user(tmp_path: Path) -> None:
+    import pwd
+
+    try:
+        courier = pwd.getpwnam("courier")
+    except KeyError:
+        pytest.skip("no user courier")
+    os.chmod(tmp_path, 0o755)  # noqa: S103 - the sleeper (courier) must reach the pipe
+    sleeper = subprocess.Popen(["sleep", "30"], user=courier.pw_uid, group=courier.pw_gid)
+    pipe, seen = tmp_path / "avtool.pipe", []
+
+    def watch() -> None:
+        for _ in range(200):
+            if pipe.exists():
+                seen.append(os.lstat(pipe))
+                return
+            time.sleep(0.01)
+
+    watcher = threading.Thread(target=watch)
+    watcher.start()
+    try:  # SIGURG: ignored by sleep, so the request waits for its timeout
+        answer = request(Target(sleeper.pid, pipe), signal.SIGURG, 0.5, [])
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+        watcher.join()
+    assert answer.end == "timeout"
+    (st_,) = seen
+    assert (st_.st_uid, st_.st_gid) == (courier.pw_uid, courier.pw_gid)
+    assert stat.S_IMODE(st_.st_mode) == 0o600
+
+
+def test_a_locked_pipe_is_busy_exit_4(daemon: FakeDaemon) -> None:
+    os.mkfifo(daemon.pipe, 0o600)
+    holder = os.open(daemon.pipe, os.O_RDONLY | os.O_NONBLOCK)
+    fcntl.flock(holder, fcntl.LOCK_EX)  # another request, alive
+    try:
+        with pytest.raises(Busy, match="in progress") as caught:
+            ask(daemon.pipe)
+        assert caught.value.exit_code == 4
+        assert stat.S_ISFIFO(os.lstat(daemon.pipe).st_mode)  # its pipe is left alone
+        assert not daemon.asked.is_set()  # and no signal was sent
+    finally:
+        os.close(holder)
+
+
+def test_a_second_request_while_one_waits_is_busy(daemon: FakeDaemon) -> None:
+    sleeper = subprocess.Popen(["sleep", "30"])  # ignores SIGURG: the first request waits
+    code = (
+        "import signal, sys\nfrom pathlib import Path\nfrom avtool.sigclient import Target, "
+        "request\nrequest(Target(int(sys.argv[1]), Path(sys.argv[2])), signal.SIGURG, 5.0, [])"
+    )
+    first = subprocess.Popen([sys.executable, "-c", code, str(sleeper.pid), str(daemon.pipe)])
+    try:
+        deadline = time.monotonic() + 10
+        while not daemon.pipe.exists():
+            assert time.monotonic() < deadline and first.poll() is None
+            time.sleep(0.01)
+        with pytest.raises(Busy):
+            ask(daemon.pipe)
+        assert first.poll() is None and daemon.pipe.exists()  # the first one goes on
+    finally:
+        for proc in (first, sleeper):
+            proc.kill()
+            proc.wait()
+
+
+def test_a_stale_pipe_is_removed_with_a_warning(daemon: FakeDaemon) -> None:
+    os.mkfifo(daemon.pipe, 0o600)  # left by a client that was killed: nobody holds its lock
+    stale_ino = os.lstat(daemon.pipe).st_ino
+    daemon.script = answers("config: reloaded")
+    warnings: list[str] = []
+    answer = ask(daemon.pipe, warn=warnings)
+    assert answer.end == "ok"
+    assert len(warnings) == 1 and "removed a stale pipe" in warnings[0]
+    assert daemon.seen[0].st_ino != stale_ino  # the answer came over a new pipe
+
+
+def test_cleanup_leaves_a_pipe_that_took_our_name(tmp_path: Path) -> None:
+    """The race guard: a client removes its pipe by name only while the name is still its inode."""
+    pipe = tmp_path / "avtool.pipe"
+    os.mkfifo(pipe)
+    ours = os.lstat(pipe)
+    pipe.rename(tmp_path / "old")  # kept alive, so the new fifo cannot reuse its inode number
+    os.mkfifo(pipe)
+    assert not _remove_if_ours(pipe, ours) and pipe.exists()
+    assert _remove_if_ours(tmp_path / "old", ours) and not (tmp_path / "old").exists()
+
+
+def test_a_symlink_in_place_of_the_pipe_is_not_followed(daemon: FakeDaemon, tmp_path: Path) -> None:
+    victim = tmp_path / "victim"
+    victim.write_text("precious\n")
+    daemon.pipe.symlink_to(victim)
+    with pytest.raises(Busy, match="symlink"):
+        ask(daemon.pipe)
+    assert victim.read_text() == "precious\n" and daemon.pipe.is_symlink()
+
+
+def test_a_regular_file_in_place_of_the_pipe_is_refused(daemon: FakeDaemon) -> None:
+    daemon.pipe.write_text("not a pipe\n")
+    with pytest.raises(Busy, match="not a pipe"):
+        ask(daemon.pipe)
+    assert daemon.pipe.read_text() == "not a pipe\n"
+
+
+def test_a_missing_pipe_dir_is_an_error_not_a_hang(tmp_path: Path) -> None:
+    with pytest.raises(SigError, match="cannot create the answers pipe") as caught:
+        request(Target(os.getpid(), tmp_path / "no" / "p"), SIGNAL, 5.0, [])
+    assert caught.value.exit_code == 2
+
+
+# ---- the answer stream, any chunking -----------------------------------------------------------
+line_text = st.text(
+    st.characters(blacklist_categories=("Cs",), blacklist_characters="\n\r"), max_size=40
+).filter(lambda s: s not in (END_OK, END_ERROR))
+
+
+@settings(max_examples=60, deadline=None)
+@given(lines=st.lists(line_text, max_size=8), cuts=st.lists(st.integers(0, 400), max_size=6))
+def test_lines_survive_any_chunking(lines: list[str], cuts: list[int]) -> None:
+    wire = "".join(f"{line}\n" for line in lines).encode() + END_OK.encode() + b"\n"
+    r, w = os.pipe()
+    try:
+        os.set_blocking(r, False)
+        edges = sorted({0, len(wire), *(c % (len(wire) + 1) for c in cuts)})
+        for a, b in zip(edges, edges[1:], strict=False):
+            os.write(w, wire[a:b])
+        answer = _read_answer(_Fds(r, None), os.getpid(), 2.0)
+    finally:
+        os.close(r)
+        os.close(w)
+    assert answer.end == "ok" and list(answer.lines) == lines
+
+
+# ---- who to signal -----------------------------------------------------------------------------
+def _dead_pid() -> int:
+    out = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                         capture_output=True, text=True, check=True)  # fmt: skip
+    return int(out.stdout)
+
+
+def _cfg(tmp_path: Path) -> Config:
+    overrides = {"serve.pid_file": str(tmp_path / "a.pid"), "serve.pipe": str(tmp_path / "a.p")}
+    return Config.resolve(env={}, overrides=overrides, role="daemon", path=tmp_path / "none")
+
+
+@pytest.fixture
+def cfg(tmp_path: Path) -> Config:
+    (tmp_path / "none").write_text("")
+    return _cfg(tmp_path)
+
+
+def test_target_from_the_pid_file(cfg: Config, tmp_path: Path) -> None:
+    (tmp_path / "a.pid").write_text(f"{os.getpid()}\n")
+    assert target(cfg, None) == Target(os.getpid(), tmp_path / "a.p")
+
+
+def test_target_no_pid_file_exit_3(cfg: Config) -> None:
+    with pytest.raises(NotRunning, match="no pid in") as caught:
+        target(cfg, None)
+    assert caught.value.exit_code == 3
+
+
+def test_target_stale_pid_file_exit_3(cfg: Config, tmp_path: Path) -> None:
+    (tmp_path / "a.pid").write_text(f"{_dead_pid()}\n")
+    with pytest.raises(NotRunning, match="stale pid file"):
+        target(cfg, None)
+
+
+def test_target_dash_p_uses_the_pipe_in_the_cwd(cfg: Config) -> None:
+    assert target(cfg, os.getpid()) == Target(os.getpid(), Path("avtool_sig.pipe"))
+    with pytest.raises(NotRunning, match="no process"):
+        target(cfg, _dead_pid())
+
+
+# ---- stats -------------------------------------------------------------------------------------
+STATS_LINES = (
+    "pid 4242",
+    "socket /var/lib/courier/allfilters/avtool",
+    "messages 10",
+    "clean 6",
+    "infected 2",
+    "unchecked 0",
+    "failed 1",
+    "exempt 0",
+    "accept 6",
+    "pass 0",
+    "reject 2",
+    "drop 0",
+    "quarantine 0",
+    "defer 1",
+    "deferred 2",
+    "timeouts 1",
+    "errors 0",
+    "p50_ms 1.5",
+    "p99_ms -",
+    "uptime_s 12.5",
+    "clamd /run/clamav/clamd.ctl reachable=yes scans=9 errors=1 db=27001 "
+    "version=ClamAV 1.4.6/27001/Tue Nov 25 08:00:00 2026",
+    "clamd 10.0.0.2:3310 reachable=no scans=0 errors=3 db=unknown version=-",
+    'clamd /tmp/we"ird\\path reachable=yes scans=0 errors=0 db=unknown version=ClamAV 1.4.6',
+)
+
+
+def test_parse_stats_types_every_field() -> None:
+    s = parse_stats(STATS_LINES)
+    assert (s.pid, s.socket) == (4242, "/var/lib/courier/allfilters/avtool")
+    assert s.counters["messages"] == 10 and s.counters["p50_ms"] == 1.5
+    assert s.counters["p99_ms"] is None and s.counters["uptime_s"] == 12.5
+    first, second, _ = s.backends
+    assert (first.reachable, first.scans, first.errors, first.db) == (True, 9, 1, 27001)
+    assert first.version == "ClamAV 1.4.6/27001/Tue Nov 25 08:00:00 2026"
+    assert (second.address, second.reachable, second.db, second.version) == (
+        "10.0.0.2:3310", False, None, None)  # fmt: skip
+    flat = s.as_dict()
+    assert flat["messages"] == 10 and flat["pid"] == 4242
+    assert flat["clamd"][0]["db"] == 27001  # type: ignore[index]
+
+
+SAMPLE = re.compile(r'^([a-z_]+)(\{[a-z]+="(?:[^"\\\n]|\\.)*"\})? (NaN|-?\d+(?:\.\d+)?)$')
+
+
+def test_prometheus_text_format() -> None:
+    text = prometheus(parse_stats(STATS_LINES))
+    assert text.endswith("\n")
+    declared: dict[str, str] = {}
+    samples: dict[str, float] = {}
+    for line in text.splitlines():
+        if line.startswith("# HELP "):
+            name = line.split()[2]
+            assert name not in declared, f"{name} declared twice"
+            declared[name] = ""
+        elif line.startswith("# TYPE "):
+            _, _, name, kind = line.split()
+            assert name in declared and kind in ("counter", "gauge")
+            declared[name] = kind
+        else:
+            m = SAMPLE.match(line)
+            assert m, f"not a sample line: {line!r}"
+            assert declared.get(m.group(1)), f"{m.group(1)}: sample before its # TYPE"
+            samples[m.group(1) + (m.group(2) or "")] = float(m.group(3))
+    verdicts = [v for k, v in samples.items() if k.startswith("avtool_messages_total{")]
+    assert sum(verdicts) == 10  # every message under exactly one verdict
+    assert samples['avtool_messages_total{verdict="timeout"}'] == 1
+    assert samples['avtool_actions_total{action="reject"}'] == 2
+    assert samples['avtool_scan_ms{quantile="0.5"}'] == 1.5
+    assert 'avtool_scan_ms{quantile="0.99"} NaN' in text
+    assert samples['avtool_clamd_errors_total{backend="10.0.0.2:3310"}'] == 3
+    assert samples['avtool_clamd_up{backend="10.0.0.2:3310"}'] == 0
+    assert 'avtool_clamd_up{backend="/tmp/we\\"ird\\\\path"} 1' in text
+    assert samples['avtool_clamd_db_version{backend="/run/clamav/clamd.ctl"}'] == 27001
+    assert not any(k.startswith('avtool_clamd_db_version{backend="10.') for k in samples)
+    assert samples["avtool_uptime_seconds"] == 12.5 and declared["avtool_uptime_seconds"] == "gauge"
+
+
+def test_prometheus_of_a_fresh_daemon() -> None:
+    text = prometheus(Stats(1, None, {"messages": 0, "p50_ms": None, "uptime_s": 0.1}))
+    assert 'avtool_messages_total{verdict="clean"} 0' in text
+    assert 'avtool_scan_ms{quantile="0.5"} NaN' in text
+    assert "avtool_clamd_up{" not in text
+
+
+# ---- the command line --------------------------------------------------------------------------
+runner = CliRunner()
+
+
+@pytest.mark.parametrize(
+    ("args", "says"),
+    [
+        (["sig", "stats", "virus"], "goes with reload only"),
+        (["sig", "reload", "--json"], "go with stats only"),
+        (["sig", "stats", "--json", "--prometheus"], "not both"),
+        (["sig", "-l", "stats"], "-l goes with reload only"),
+        (["sig", "-p", "0"], "greater than or equal to 1"),
+        (["sig", "-t", "0"], "greater than or equal to 0.1"),
+        (["sig", "reload", "everything"], "everything"),
+    ],
+)
+def test_usage_errors_exit_2(args: list[str], says: str) -> None:
+    result = runner.invoke(app, args, env={"COLUMNS": "200"})
+    assert result.exit_code == 2 and says in result.output
+    assert "Traceback" not in result.output
+
+
+def test_help_shows_the_paths_resolved_when_asked(tmp_path: Path) -> None:
+    conf = tmp_path / "avtool.conf"
+    conf.write_text(f'[serve]\npid_file = "{tmp_path}/x.pid"\npipe = "{tmp_path}/x.pipe"\n')
+    # app was imported long before this environment existed: the paths are computed at help
+    # time, not when the command was registered
+    result = runner.invoke(
+        app, ["sig", "--help"], env={"COLUMNS": "200", "AVTOOL_CONFIG": str(conf)}
+    )
+    assert result.exit_code == 0
+    assert f"Config file: {conf}" in result.output
+    assert f"Pid file: {tmp_path}/x.pid" in result.output
+    assert f"Answers pipe: {tmp_path}/x.pipe" in result.output
+    assert "Exit status: 0 ok; 1 the daemon reported an error" in result.output
+
+
+def test_help_with_a_broken_config_still_shows_paths(tmp_path: Path) -> None:
+    conf = tmp_path / "avtool.conf"
+    conf.write_text("[log]\nverbosity = 9\n")
+    result = runner.invoke(app, ["sig", "-h"], env={"COLUMNS": "200", "AVTOOL_CONFIG": str(conf)})
+    assert result.exit_code == 0 and "has 1 error(s)" in result.output
+    assert "Pid file: /run/courier/avtool.pid" in result.output
