@@ -19,15 +19,16 @@ def courier_session() -> Iterator[float]:
     reason = harness.unavailable()
     if reason is not None:
         pytest.skip(f"e2e: {reason}")
-    started = time.monotonic()
-    harness.courier("up")
-    took = time.monotonic() - started
-    try:
-        yield took
-    finally:
-        harness.courier("reset")
-        if os.environ.get("AVTOOL_E2E_KEEP") != "1":
-            harness.courier("down")
+    with harness.exclusive():
+        started = time.monotonic()
+        harness.courier("up")
+        took = time.monotonic() - started
+        try:
+            yield took
+        finally:
+            harness.courier("reset")
+            if os.environ.get("AVTOOL_E2E_KEEP") != "1":
+                harness.courier("down")
 
 
 @pytest.fixture

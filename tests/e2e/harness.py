@@ -8,6 +8,8 @@ user courier with ``/usr/bin/python3`` and an empty environment (pitfall 5).
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import os
 import pwd
 import re
@@ -15,7 +17,7 @@ import shutil
 import smtplib
 import subprocess
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -57,6 +59,42 @@ def unavailable() -> str | None:
     if not Path("/usr/bin/python3").exists() and shutil.which("apt-get") is None:
         return "/usr/bin/python3 is missing (filters run under it as user courier)"
     return None
+
+
+LOCK = Path(os.environ.get("AVTOOL_E2E_LOCK", "/run/lock/avtool-e2e-courier.lock"))
+
+
+@contextlib.contextmanager
+def exclusive(wait: float = 3600) -> Iterator[None]:
+    """Hold the machine-wide lock on the one Courier installation for a whole test session or
+    benchmark, so that two of them never reset each other's queue or filters. Re-entrant
+    within a process (the e2e conftest and a benchmark that imports it may both take it)."""
+    global _held
+    if _held:
+        yield
+        return
+    LOCK.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(LOCK, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    try:
+        deadline = time.monotonic() + wait
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"{LOCK}: another Courier test run holds it") from None
+                time.sleep(0.5)
+        _held = True
+        try:
+            yield
+        finally:
+            _held = False
+    finally:
+        os.close(fd)
+
+
+_held = False
 
 
 def courier(step: str, timeout: float = 900) -> str:
