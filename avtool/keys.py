@@ -28,9 +28,10 @@ BACKENDS = key(
 )
 BALANCE = key(
     "clamd.balance",
-    Choice(("ordered", "round-robin")),
+    Choice(("ordered", "round-robin", "least-busy")),
     "ordered",
-    "ordered: always the first healthy backend; round-robin: spread scans across all of them",
+    "ordered: the first healthy backend; round-robin: each in turn; "
+    "least-busy: fewest scans in flight",
 )
 CONNECT_TIMEOUT = key(
     "clamd.connect_timeout", Seconds(0.01, 60.0), 2.0, "seconds to wait for a connection to clamd"

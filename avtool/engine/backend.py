@@ -58,6 +58,7 @@ class Backend:
         self.errors = 0  # connection, timeout and protocol failures
         self.last_error: str | None = None
         self.failed_at: float | None = None  # time.monotonic() of the last failure
+        self.in_flight = 0  # scans sent and not yet answered or failed (balance least-busy)
         self._aside_until = 0.0
 
     def __repr__(self) -> str:
@@ -80,6 +81,16 @@ class Backend:
         with self._lock:
             self.scans += 1
             self._aside_until = 0.0
+
+    # ---- load -----------------------------------------------------------------------------------
+    def claim(self) -> None:
+        """One more scan in flight here; every claim() is paired with a release()."""
+        with self._lock:
+            self.in_flight += 1
+
+    def release(self) -> None:
+        with self._lock:
+            self.in_flight -= 1
 
     # ---- scanning -------------------------------------------------------------------------------
     def mode_for(self, transfer: str) -> Mode:

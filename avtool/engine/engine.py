@@ -18,6 +18,8 @@ from avtool.engine.verdict import Failed, Unchecked, Verdict
 
 log = logging.getLogger("avtool.engine")
 
+BALANCES = ("ordered", "round-robin", "least-busy")
+
 
 class Engine:
     """Scans messages on a list of clamd backends; safe to share between threads.
@@ -28,6 +30,10 @@ class Engine:
     access denied, no such file) is clamd's answer, not a failure: Failed at once, no failover,
     because another clamd would see the same file. Set-aside backends are still tried, oldest
     failure first, once every healthy one has failed: better a late verdict than none.
+
+    Balance, the first backend tried: ``ordered``, the first healthy one as configured;
+    ``round-robin``, each healthy one in turn; ``least-busy``, the healthy one with the fewest
+    scans in flight from this engine (ties in turn), so a slow or distant clamd gets fewer.
     """
 
     def __init__(
@@ -42,7 +48,7 @@ class Engine:
     ) -> None:
         if not backends:
             raise ValueError("an Engine needs at least one backend")
-        if balance not in ("ordered", "round-robin"):
+        if balance not in BALANCES:
             raise ValueError(f"unknown balance {balance!r}")
         for backend in backends:
             backend.mode_for(transfer)  # ValueError now rather than at the first scan
@@ -54,6 +60,9 @@ class Engine:
         self.retry_after = retry_after
         self._turn = itertools.count()
         self._turn_lock = threading.Lock()
+        # The first choice and counting the scan on it happen under one lock: two threads must
+        # not both see the same idle backend (least-busy).
+        self._choose_lock = threading.Lock()
 
     @classmethod
     def from_config(cls, cfg: Config) -> Engine:
@@ -95,39 +104,52 @@ class Engine:
             path = os.path.abspath(path)  # clamd does not resolve relative paths (notes 2)
 
         failures: list[str] = []
-        for backend in self._order(time.monotonic()):
-            now = time.monotonic()
-            if deadline is not None and now >= deadline:
-                break
-            limit = now + self.scan_timeout
-            cut_by_caller = deadline is not None and deadline < limit
-            try:
-                verdict = backend.scan_once(
-                    fd,
-                    mode=backend.mode_for(self.transfer),
-                    deadline=min(limit, deadline) if deadline is not None else limit,
-                    path=path,
-                    size=size,
-                )
-            except FileProblem as e:
-                return Failed(str(e))
-            except BackendFailure as e:
-                if e.timeout and cut_by_caller:
-                    # The caller's deadline ran out, not scan_timeout: no proof against clamd.
-                    return Failed(
-                        f"timeout: no verdict from clamd {backend.address} by the deadline"
+        order = self._choose(time.monotonic())
+        claimed: Backend | None = order[0]  # _choose counted it as in flight
+        try:
+            for backend in order:
+                now = time.monotonic()
+                if deadline is not None and now >= deadline:
+                    break
+                limit = now + self.scan_timeout
+                cut_by_caller = deadline is not None and deadline < limit
+                if claimed is None:
+                    backend.claim()
+                    claimed = backend
+                try:
+                    verdict = backend.scan_once(
+                        fd,
+                        mode=backend.mode_for(self.transfer),
+                        deadline=min(limit, deadline) if deadline is not None else limit,
+                        path=path,
+                        size=size,
                     )
-                backend.mark_failed(e.reason, self.retry_after)
-                log.warning(
-                    "clamd %s failed, set aside for %g s: %s",
-                    backend.address,
-                    self.retry_after,
-                    e.reason,
-                )
-                failures.append(f"{backend.address}: {e.reason}")
-                continue
-            backend.mark_answered()
-            return verdict
+                except FileProblem as e:
+                    return Failed(str(e))
+                except BackendFailure as e:
+                    if e.timeout and cut_by_caller:
+                        # The caller's deadline ran out, not scan_timeout: no proof against
+                        # clamd.
+                        return Failed(
+                            f"timeout: no verdict from clamd {backend.address} by the deadline"
+                        )
+                    backend.mark_failed(e.reason, self.retry_after)
+                    log.warning(
+                        "clamd %s failed, set aside for %g s: %s",
+                        backend.address,
+                        self.retry_after,
+                        e.reason,
+                    )
+                    failures.append(f"{backend.address}: {e.reason}")
+                    continue
+                finally:
+                    backend.release()
+                    claimed = None
+                backend.mark_answered()
+                return verdict
+        finally:
+            if claimed is not None:  # the deadline passed before it was tried
+                claimed.release()
         if deadline is not None and time.monotonic() >= deadline:
             tried = f" after {'; '.join(failures)}" if failures else ""
             return Failed(f"timeout: deadline passed{tried}")
@@ -144,15 +166,25 @@ class Engine:
         finally:
             os.close(fd)
 
+    def _choose(self, now: float) -> list[Backend]:
+        """``_order(now)``, with one scan counted in flight on the first backend."""
+        with self._choose_lock:
+            order = self._order(now)
+            order[0].claim()
+        return order
+
     def _order(self, now: float) -> list[Backend]:
-        """Backends to try, in order: healthy ones (rotated for round-robin), then the set-aside
-        ones, oldest failure first."""
+        """Backends to try, in order: healthy ones (rotated for round-robin and least-busy,
+        then for least-busy fewest in flight first), then the set-aside ones, oldest failure
+        first."""
         backends = self._backends
-        if self.balance == "round-robin" and len(backends) > 1:
+        if self.balance != "ordered" and len(backends) > 1:
             with self._turn_lock:  # itertools.count is not atomic across threads
                 start = next(self._turn) % len(backends)
             backends = backends[start:] + backends[:start]
         healthy = [b for b in backends if not b.set_aside(now)]
+        if self.balance == "least-busy":
+            healthy.sort(key=lambda b: b.in_flight)  # stable: ties keep their turn
         if len(healthy) == len(backends):
             return healthy  # the usual case
         aside = sorted((b for b in backends if b.set_aside(now)), key=lambda b: b.failed_at or 0.0)
