@@ -16,7 +16,12 @@
 # Install: root-owned, mode 0755, as /usr/local/lib/avtool/get_ides.sh (the path avtool knows).
 set -u
 PATH=/usr/sbin:/usr/bin:/sbin:/bin
-CONF=${AVTOOL_GET_IDES_CONF:-/etc/avtool/get_ides.conf}
+# maildrop runs filters under umask 077: files this writes must stay readable by clamd's user.
+umask 022
+CONF=/etc/avtool/get_ides.conf
+# Another settings file (tests) only when root runs this directly: through sudo, the caller
+# must not choose a file of shell code that root then runs (sudo drops the variable anyway).
+[ -z "${SUDO_UID:-}" ] && CONF=${AVTOOL_GET_IDES_CONF:-$CONF}
 UPDATE_COMMAND="freshclam --stdout --no-warnings"
 DB_DIR=/var/lib/clamav
 CHECK_COMMAND=""

@@ -146,6 +146,7 @@ install_avtool
 ensure_database
 start_clamd
 install_filter
+bash "$here/share/install-updates.sh"   # the update script for run-get-ides (no user yet)
 start_courier
 enable_filter
 say "checking: avtool config --check --daemon"

@@ -14,6 +14,7 @@ SCRIPT = Path(__file__).resolve().parents[2] / "share" / "get_ides.sh"
 def run(tmp_path: Path, conf: str, *args: str) -> subprocess.CompletedProcess[str]:
     (tmp_path / "conf").write_text(conf)
     env = dict(os.environ, AVTOOL_GET_IDES_CONF=str(tmp_path / "conf"))
+    env.pop("SUDO_UID", None)
     return subprocess.run(
         ["sh", str(SCRIPT), *args], input="announcement\n", capture_output=True, text=True,
         env=env, timeout=30, check=False,

@@ -1,0 +1,100 @@
+#!/usr/bin/env bash
+# Install mail-driven signature updates (avtool run-get-ides), as root; every step can be run
+# again.
+#
+#   bash share/install-updates.sh                 the update script only: share/get_ides.sh as
+#                                                 /usr/local/lib/avtool/get_ides.sh, root 0755
+#   bash share/install-updates.sh --user NAME     and the sudoers drop-in that lets mailbox user
+#                                                 NAME run that script as root, and nothing else
+#   ... --user NAME --mailbox                     and, when missing, user NAME (a system user),
+#                                                 its Maildir and a .mailfilter that xfilters
+#                                                 every message through avtool run-get-ides
+#
+# More options: --run-as USER (the script runs as USER, not root: `run-get-ides -D`),
+# --home DIR (NAME's home when created: /var/lib/avtool-updates), --avtool PATH (the avtool the
+# .mailfilter runs: /usr/local/bin/avtool). Then subscribe NAME's address to ClamAV's update
+# announcements, and have Courier deliver NAME's mail through maildrop (a .courier file that
+# says `| /usr/bin/maildrop`; --mailbox writes one when NAME has none).
+set -euo pipefail
+here=$(cd "$(dirname "$0")/.." && pwd)
+script=/usr/local/lib/avtool/get_ides.sh   # = avtool.updates.SCRIPT (a unit test checks)
+drop_in=/etc/sudoers.d/avtool-get-ides
+user="" run_as=root mailbox="" home=/var/lib/avtool-updates avtool=/usr/local/bin/avtool
+say() { printf 'avtool-install-updates: %s\n' "$*"; }
+die() { printf 'avtool-install-updates: %s\n' "$*" >&2; exit 1; }
+
+while (($#)); do
+  case $1 in
+    --user) user=${2:?--user needs a name}; shift 2 ;;
+    --run-as) run_as=${2:?--run-as needs a user}; shift 2 ;;
+    --home) home=${2:?--home needs a directory}; shift 2 ;;
+    --avtool) avtool=${2:?--avtool needs a path}; shift 2 ;;
+    --mailbox) mailbox=1; shift ;;
+    -h|--help) sed -n '2,17p' "$0" | cut -c3-; exit 0 ;;
+    *) die "unknown argument: $1 (see --help)" ;;
+  esac
+done
+[[ $(id -u) == 0 ]] || die "run me as root"
+name_ok() { [[ $1 =~ ^[a-z_][a-z0-9_-]{0,31}$ ]]; }
+[[ -z $user ]] || name_ok "$user" || die "not a user name: $user"
+name_ok "$run_as" || die "not a user name: $run_as"
+[[ -z $mailbox || -n $user ]] || die "--mailbox needs --user NAME"
+
+install_script() {
+  # Every directory on the way is root's and not writable by others, so nobody can swap the
+  # script under sudo's feet.
+  install -d -o root -g root -m 0755 /usr/local/lib/avtool
+  install -o root -g root -m 0755 "$here/share/get_ides.sh" "$script"
+  say "installed $script (root:root 0755)"
+}
+
+install_sudoers() {
+  local rule tmp group
+  command -v visudo >/dev/null || die "sudo is not installed (apt-get install sudo)"
+  rule="(root)"
+  if [[ $run_as != root ]]; then
+    group=$(id -gn "$run_as") || die "no such user: $run_as"
+    rule="($run_as : $group)"
+  fi
+  tmp=$(mktemp /etc/sudoers.d/.avtool-get-ides.XXXXXX)   # '.' names are ignored by sudo
+  sed -e "s/^User_Alias AVTOOL_UPDATERS = .*/User_Alias AVTOOL_UPDATERS = $user/" \
+      -e "s/^AVTOOL_UPDATERS ALL = (root)/AVTOOL_UPDATERS ALL = $rule/" \
+      "$here/share/sudoers.avtool-get-ides" > "$tmp"
+  chmod 0440 "$tmp"
+  if ! visudo -qcf "$tmp" >/dev/null; then
+    rm -f "$tmp"
+    die "visudo refused the drop-in (left unchanged: $drop_in)"
+  fi
+  mv -f "$tmp" "$drop_in"
+  say "installed $drop_in: $user may run $script as $run_as, nothing else (sudo -l -U $user)"
+}
+
+install_mailbox() {
+  if ! id "$user" >/dev/null 2>&1; then
+    useradd --system --create-home --home-dir "$home" --shell /usr/sbin/nologin "$user"
+    say "created the system user $user, home $home (userdel -r $user removes it)"
+  fi
+  local h; h=$(getent passwd "$user" | cut -d: -f6)
+  [[ -d $h/Maildir/new ]] || runuser -u "$user" -- maildirmake "$h/Maildir"
+  local d_opt=""
+  if [[ $run_as != root ]]; then d_opt="-D $(id -u "$run_as")/$(id -g "$run_as") "; fi
+  if [[ ! -e $h/.mailfilter ]]; then
+    runuser -u "$user" -- sh -c 'umask 077; cat > "$1"' sh "$h/.mailfilter" <<EOF
+# avtool: each ClamAV update announcement runs the signature update; the message is kept
+# here with its Subject tagged [OK] or [FAILED ...] and the update's output as its body.
+# maildrop runs xfilter commands with the user's login shell: a system user's is nologin.
+SHELL="/bin/sh"
+xfilter "$avtool run-get-ides $d_opt-t 600"
+to "\$HOME/Maildir/"
+EOF
+    say "wrote $h/.mailfilter"
+  fi
+  if [[ ! -e $h/.courier ]]; then
+    runuser -u "$user" -- sh -c 'umask 077; echo "| /usr/bin/maildrop" > "$1"' sh "$h/.courier"
+    say "wrote $h/.courier: Courier delivers $user's mail through maildrop"
+  fi
+}
+
+install_script
+if [[ -n $user ]]; then install_sudoers; fi
+if [[ -n $mailbox ]]; then install_mailbox; fi

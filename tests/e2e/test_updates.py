@@ -1,0 +1,252 @@
+"""Mail-driven updates, end to end with the real parts: share/install-updates.sh puts the script
+and the sudoers drop-in in place, a test user's maildrop xfilters an announcement through
+``avtool run-get-ides``, Debian's sudo runs the installed get_ides.sh as root, a stub freshclam
+(this machine is offline) adds a signature, clamscan checks the database, and ``avtool sig``
+makes a running ``avtool serve --debug`` reload its real clamd, which then knows the signature.
+
+Needs root, sudo, visudo and maildrop (tests/setup.sh installs them). The system files it
+touches (/usr/local/lib/avtool/get_ides.sh, /etc/sudoers.d/avtool-get-ides,
+/etc/avtool/get_ides.conf) are put back as they were afterwards, and the test user removed.
+"""
+
+from __future__ import annotations
+
+import email
+import email.policy
+import os
+import pwd
+import shutil
+import stat
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from avtool.updates import SCRIPT
+from tests.clamd_harness import ClamdServer
+from tests.integration.serve_support import Daemon, config_for, mail, start_daemon
+
+pytestmark = pytest.mark.e2e
+REPO = Path(__file__).resolve().parents[2]
+INSTALL = REPO / "share" / "install-updates.sh"
+USER = "avtupdate"
+HOME = Path("/var/lib/avtool-e2e/avtupdate")
+DROP_IN = Path("/etc/sudoers.d/avtool-get-ides")
+CONF = Path("/etc/avtool/get_ides.conf")
+STUB_DIR = Path("/var/lib/avtool-e2e/stub-bin")
+# What the stub freshclam adds: a body signature on a marker no message has by chance.
+MARKER = b"AVTOOL-E2E-NEW-SIGNATURE-7f3a"
+NEW_SIG = f"Avtool.E2E.NewSig:0:*:{MARKER.hex()}\n"
+
+
+def _missing() -> str | None:
+    if os.geteuid() != 0:
+        return "needs root (installs into /usr/local/lib and /etc/sudoers.d)"
+    for tool in ("sudo", "visudo", "maildrop", "maildirmake", "runuser", "clamscan"):
+        if shutil.which(tool) is None:
+            return f"{tool} is missing (tests/setup.sh installs it)"
+    return None
+
+
+@dataclass
+class Installed:
+    python: Path  # the Python that runs avtool, usable by the test user
+
+
+def _run(*cmd: str, **kw: object) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=120, check=False, **kw)  # type: ignore[call-overload, no-any-return]
+
+
+@pytest.fixture(scope="module")
+def installed() -> Iterator[Installed]:
+    if reason := _missing():
+        pytest.skip(reason)
+    saved = {p: p.read_bytes() for p in (SCRIPT, DROP_IN, CONF) if p.exists()}
+    # avtool as the test user can run it: this checkout's venv, when others can read it.
+    python = Path(sys.executable)
+    venv_avtool = python.parent / "avtool"
+    try:
+        done = _run(
+            "bash", str(INSTALL), "--user", USER, "--mailbox", "--home", str(HOME),
+            "--avtool", str(venv_avtool),
+        )  # fmt: skip
+        assert done.returncode == 0, done.stderr
+        probe = _run("runuser", "-u", USER, "--", str(python), "-c", "import avtool, typer")
+        if probe.returncode != 0:
+            pytest.skip(f"user {USER} cannot run this checkout's avtool: {probe.stderr.strip()}")
+        yield Installed(python)
+    finally:
+        for path in (SCRIPT, DROP_IN, CONF):
+            if path in saved:
+                path.write_bytes(saved[path])
+            else:
+                path.unlink(missing_ok=True)
+        _run("userdel", "-r", USER)
+        shutil.rmtree(HOME, ignore_errors=True)
+        shutil.rmtree(STUB_DIR, ignore_errors=True)
+
+
+def test_the_script_is_root_s_and_0755_nothing_setuid(installed: Installed) -> None:
+    st = SCRIPT.lstat()
+    assert stat.S_ISREG(st.st_mode) and (st.st_uid, st.st_gid) == (0, 0)
+    assert stat.S_IMODE(st.st_mode) == 0o755
+    assert SCRIPT.read_bytes() == (REPO / "share" / "get_ides.sh").read_bytes()
+    for directory in SCRIPT.parents:  # nobody but root can swap it
+        d = directory.stat()
+        assert d.st_uid == 0 and not d.st_mode & (stat.S_IWGRP | stat.S_IWOTH), directory
+    for path in (SCRIPT, DROP_IN):
+        assert not path.stat().st_mode & (stat.S_ISUID | stat.S_ISGID), path
+
+
+def test_the_drop_in_passes_visudo_and_is_0440(installed: Installed) -> None:
+    st = DROP_IN.stat()
+    assert (st.st_uid, stat.S_IMODE(st.st_mode)) == (0, 0o440)
+    assert _run("visudo", "-cf", str(DROP_IN)).returncode == 0
+    shipped = _run("visudo", "-cf", str(REPO / "share" / "sudoers.avtool-get-ides"))
+    assert shipped.returncode == 0, shipped.stdout + shipped.stderr
+    assert f"User_Alias AVTOOL_UPDATERS = {USER}\n" in DROP_IN.read_text()
+
+
+def test_the_mailbox_filters_through_run_get_ides(installed: Installed) -> None:
+    mailfilter = HOME / ".mailfilter"
+    st = mailfilter.stat()
+    assert st.st_uid == pwd.getpwnam(USER).pw_uid and stat.S_IMODE(st.st_mode) == 0o600
+    text = mailfilter.read_text()
+    assert 'SHELL="/bin/sh"' in text  # else maildrop runs xfilter with nologin
+    assert f'xfilter "{installed.python.parent / "avtool"} run-get-ides -t 600"' in text
+    assert (HOME / ".courier").read_text() == "| /usr/bin/maildrop\n"
+    assert (HOME / "Maildir" / "new").is_dir()
+
+
+def test_sudo_lists_only_the_script_for_the_mailbox_user(installed: Installed) -> None:
+    listing = _run("sudo", "-l", "-U", USER).stdout
+    rules = listing.split("may run the following commands", 1)[1].splitlines()[1:]
+    commands = " ".join(line.strip() for line in rules if line.strip())
+    assert commands == f'(root) NOPASSWD: {SCRIPT} "", {SCRIPT} new'
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["/bin/true"],
+        [str(SCRIPT), "--", "sh"],  # another argument than none or "new"
+        ["-u", "courier", str(SCRIPT)],  # another target user
+        ["-E", str(SCRIPT)],  # keep the caller's environment
+        ["sh", "-c", str(SCRIPT)],
+    ],
+)
+def test_the_mailbox_user_can_run_nothing_else(installed: Installed, argv: list[str]) -> None:
+    done = _run("runuser", "-u", USER, "--", "sudo", "-n", *argv)
+    assert done.returncode != 0, done.stdout
+
+
+def _announce(installed: Installed, subject: str) -> email.message.EmailMessage:
+    """Deliver one announcement to the test user with maildrop; the message it keeps."""
+    maildir = HOME / "Maildir"
+    for sub in ("new", "cur"):
+        for old in (maildir / sub).iterdir():
+            old.unlink()
+    announcement = (
+        f"From: clamav-virusdb@example.test\nTo: {USER}@example.test\nSubject: {subject}\n"
+        "\nClamAV database updated (daily: 27001).\n; rm -rf / $(reboot) `id`\n"
+    )
+    done = _run(
+        "runuser", "-u", USER, "--", "env", "-i", f"HOME={HOME}", "PATH=/usr/bin:/bin",
+        "maildrop", input=announcement,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    kept = list((maildir / "new").iterdir())
+    assert len(kept) == 1, kept
+    parsed = email.message_from_bytes(kept[0].read_bytes(), policy=email.policy.default)
+    assert isinstance(parsed, email.message.EmailMessage)
+    return parsed
+
+
+@pytest.fixture
+def scanner(installed: Installed) -> Iterator[tuple[ClamdServer, Daemon]]:
+    """A clamd of its own (its database is updated by the test) and serve --debug on it."""
+    directory = Path(tempfile.mkdtemp(prefix="avu", dir="/tmp"))
+    directory.chmod(0o755)
+    clamd = ClamdServer(directory).start()
+    daemon = start_daemon(config_for(str(clamd.unix_socket)))
+    try:
+        yield clamd, daemon
+    finally:
+        if daemon.proc.poll() is None:
+            daemon.stop()
+        clamd.stop()
+        shutil.rmtree(directory, ignore_errors=True)
+
+
+def _stub_freshclam(db_dir: Path, fail: bool = False) -> None:
+    STUB_DIR.mkdir(parents=True, exist_ok=True)
+    STUB_DIR.chmod(0o755)
+    stub = STUB_DIR / "freshclam"
+    body = "echo 'ERROR: Can not connect to the mirror' >&2; exit 1" if fail else (
+        f"printf '%s' '{NEW_SIG.strip()}' > '{db_dir}/e2e-update.ndb'\n"
+        "echo 'daily.cld updated (version: 27001, sigs: 1, f-level: 90, builder: stub)'"
+    )  # fmt: skip
+    stub.write_text(f"#!/bin/sh\n# stub freshclam for the offline test machine\n{body}\n")
+    stub.chmod(0o755)
+
+
+def _write_conf(clamd: ClamdServer, daemon: Daemon, python: Path) -> None:
+    reload = (
+        f"cd '{daemon.workdir}' && '{python}' -m avtool sig -f '{daemon.workdir}/avtool.conf' "
+        f"-p {daemon.proc.pid} -t 60 reload virus"
+    )
+    CONF.parent.mkdir(parents=True, exist_ok=True)
+    CONF.write_text(
+        f'PATH="{STUB_DIR}:$PATH"\nDB_DIR="{clamd.db_dir}"\nRELOAD_COMMAND="{reload}"\n'
+    )
+
+
+def _verdict(daemon: Daemon, until_rejected: float = 0.0) -> str:
+    """The daemon's reply to a message with the marker; with ``until_rejected``, asked again
+    for up to that many seconds: clamd activates a reloaded database in the background, and
+    with test signatures (no version number) `sig` cannot see the moment it does."""
+    deadline = time.monotonic() + until_rejected
+    while True:
+        data, ctls = daemon.spool.message(mail(body=b"Look: " + MARKER + b"\n"))
+        reply = daemon.filter(data, ctls)
+        if reply.startswith("5") or time.monotonic() >= deadline:
+            return reply
+        time.sleep(0.2)
+
+
+def test_an_announcement_updates_checks_and_reloads(
+    installed: Installed, scanner: tuple[ClamdServer, Daemon]
+) -> None:
+    clamd, daemon = scanner
+    _stub_freshclam(clamd.db_dir)
+    _write_conf(clamd, daemon, installed.python)
+    assert _verdict(daemon).startswith("200")  # the signature is not known yet
+
+    kept = _announce(installed, "ClamAV daily 27001")
+
+    assert kept["Subject"] == "[OK] ClamAV daily 27001"
+    body = kept.get_content()
+    assert "== updating" in body and "daily.cld updated (version: 27001" in body
+    assert "== checking that the database loads" in body
+    assert "virus:" in body  # avtool sig's answer: each clamd's reload
+    assert "subject:" not in body.lower()
+    assert kept["From"] == "clamav-virusdb@example.test"
+    verdict = _verdict(daemon, until_rejected=10)  # the running filter now knows it
+    assert verdict.startswith("5") and "Avtool.E2E.NewSig" in verdict
+
+
+def test_a_failed_update_is_still_delivered_tagged(
+    installed: Installed, scanner: tuple[ClamdServer, Daemon]
+) -> None:
+    clamd, daemon = scanner
+    _stub_freshclam(clamd.db_dir, fail=True)
+    _write_conf(clamd, daemon, installed.python)
+    kept = _announce(installed, "ClamAV daily 27002")
+    assert kept["Subject"] == "[FAILED update] ClamAV daily 27002"
+    assert "== updating" in kept.get_content()
+    assert _verdict(daemon).startswith("200")  # nothing was reloaded
