@@ -1,0 +1,447 @@
+"""Hostile input on the live filter socket: a real ``avtool serve --debug`` and a real clamd.
+
+Each case asserts the exact kind of answer (5xx for a request that can never work, 432 for one
+that a retry or a fix on this host may cure, a 432 timeout for a client that never finishes),
+and then that a clean and an EICAR message are still answered right. Timeouts are small
+(serve.read_timeout = 1 s) so that the whole file runs in seconds.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import select
+import selectors
+import socket
+import stat
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.integration.serve_support import (
+    EICAR,
+    Daemon,
+    config_for,
+    mail,
+    request_bytes,
+    start_daemon,
+)
+
+pytestmark = pytest.mark.clamd
+
+READ_TIMEOUT = 1.0
+VIRUS = "550 5.7.1 Virus found: Eicar-Test-Signature"
+BAD = "500 5.3.0 Malformed mail filter request: "
+RETRY = "432 4.3.0 Mail filter cannot read the message: "
+
+
+def hostile_config(clamd_socket: str, extra: str = "") -> str:
+    return config_for(clamd_socket, extra).replace(
+        "read_timeout = 2.0", f"read_timeout = {READ_TIMEOUT}"
+    )
+
+
+@pytest.fixture(scope="module")
+def daemon(clamd_server: Any) -> Iterator[Daemon]:
+    d = start_daemon(hostile_config(str(clamd_server.unix_socket)))
+    yield d
+    assert d.stop() == 0
+    assert "Traceback" not in d.log()
+
+
+def still_serving(d: Daemon) -> None:
+    """A clean and an infected message right after: both answered as they must be."""
+    assert d.filter(*d.spool.message(mail())) == "200 Ok\n"
+    assert d.filter(*d.spool.message(mail(attachment=EICAR))).startswith(VIRUS)
+
+
+def connect_when_accepted(path: Path, deadline: float) -> socket.socket:
+    """Connect, retrying while the listen backlog is full (EAGAIN on a unix socket)."""
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    s.settimeout(10)
+    while True:
+        try:
+            s.connect(str(path))
+            return s
+        except BlockingIOError:
+            if time.monotonic() > deadline:
+                s.close()
+                raise
+            time.sleep(0.01)
+
+
+def talk(
+    path: Path, raw: bytes, *, close_write: bool = False, timeout: float = 10.0
+) -> tuple[str, float]:
+    """Send ``raw`` (then, with ``close_write``, end our side); the reply and its delay."""
+    started = time.monotonic()
+    with connect_when_accepted(path, started + timeout) as s:
+        s.settimeout(timeout)
+        with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+            s.sendall(raw)
+            if close_write:
+                s.shutdown(socket.SHUT_WR)
+        chunks = []
+        with contextlib.suppress(ConnectionResetError):
+            while data := s.recv(65536):
+                chunks.append(data)
+    return b"".join(chunks).decode(), time.monotonic() - started
+
+
+# ---- requests that are wrong in themselves ---------------------------------------------------
+def spool_file(d: Daemon, name: str, data: bytes = b"x\n") -> Path:
+    directory = d.spool.root / "hostile"
+    directory.mkdir(exist_ok=True)
+    path = directory / name
+    with contextlib.suppress(FileNotFoundError):
+        path.unlink()
+    path.write_bytes(data)
+    return path
+
+
+def ctl(d: Daemon) -> Path:
+    return d.spool.message(mail())[1][0]
+
+
+def symlinked_data(d: Daemon) -> bytes:
+    data, ctls = d.spool.message(mail(attachment=EICAR))
+    link = data.with_name("Dlink")
+    link.symlink_to(data)
+    return request_bytes(link, ctls)
+
+
+def symlinked_control(d: Daemon) -> bytes:
+    data, ctls = d.spool.message(mail(attachment=EICAR))
+    link = ctls[0].with_name("Clink")
+    link.symlink_to(ctls[0])
+    return request_bytes(data, [link])
+
+
+def symlinked_directory(d: Daemon) -> bytes:
+    data, ctls = d.spool.message(mail(attachment=EICAR))
+    alias = d.spool.root / f"alias{d.spool.counter}"
+    alias.symlink_to(data.parent)
+    return request_bytes(alias / data.name, [alias / ctls[0].name])
+
+
+def symlink_out_of_the_spool(d: Daemon) -> bytes:
+    outside = d.workdir / "outside.eml"
+    outside.write_bytes(mail(attachment=EICAR))
+    link = d.spool.root / f"out{d.spool.counter}"
+    with contextlib.suppress(FileNotFoundError):
+        link.unlink()
+    link.symlink_to(outside)
+    return request_bytes(link, [ctl(d)])
+
+
+def fifo_data(d: Daemon) -> bytes:
+    path = d.spool.root / "hostile" / "fifo"
+    path.parent.mkdir(exist_ok=True)
+    with contextlib.suppress(FileNotFoundError):
+        path.unlink()
+    os.mkfifo(path)
+    return request_bytes(path, [ctl(d)])
+
+
+def device_data(d: Daemon) -> bytes:
+    path = d.spool.root / "hostile" / "null"
+    path.parent.mkdir(exist_ok=True)
+    with contextlib.suppress(FileNotFoundError):
+        path.unlink()
+    os.mknod(path, stat.S_IFCHR | 0o600, os.makedev(1, 3))  # /dev/null's numbers
+    return request_bytes(path, [ctl(d)])
+
+
+def directory_data(d: Daemon) -> bytes:
+    return request_bytes(d.spool.message(mail())[0].parent, [ctl(d)])
+
+
+def dotdot(d: Daemon) -> bytes:
+    data, ctls = d.spool.message(mail(attachment=EICAR))
+    sneaky = Path(f"{data.parent}/../{data.parent.name}/{data.name}")
+    return request_bytes(sneaky, ctls)
+
+
+def relative(d: Daemon) -> bytes:
+    data, ctls = d.spool.message(mail(attachment=EICAR))
+    return request_bytes(data.relative_to(d.workdir), [c.relative_to(d.workdir) for c in ctls])
+
+
+def outside(d: Daemon) -> bytes:
+    return request_bytes(Path("/etc/passwd"), [Path("/etc/shadow")])
+
+
+def control_outside(d: Daemon) -> bytes:
+    data, _ = d.spool.message(mail(attachment=EICAR))
+    return request_bytes(data, [Path("/etc/shadow")])
+
+
+def vanished(d: Daemon) -> bytes:
+    data, ctls = d.spool.message(mail(attachment=EICAR))
+    data.unlink()
+    return request_bytes(data, ctls)
+
+
+def nul_in_path(d: Daemon) -> bytes:
+    data, ctls = d.spool.message(mail(attachment=EICAR))
+    return os.fsencode(data) + b"\0\n" + os.fsencode(ctls[0]) + b"\n\n"
+
+
+def megabyte_line(d: Daemon) -> bytes:
+    return b"/" + b"a" * (1 << 20) + b"\n" + os.fsencode(ctl(d)) + b"\n\n"
+
+
+def megabyte_of_lines(d: Daemon) -> bytes:
+    data = os.fsencode(d.spool.message(mail())[0])
+    return data + b"\n" + (b"/" + b"c" * 4000 + b"\n") * 300 + b"\n"
+
+
+def crlf(d: Daemon) -> bytes:
+    return request_bytes(*d.spool.message(mail(attachment=EICAR))).replace(b"\n", b"\r\n")
+
+
+def not_utf8(d: Daemon) -> bytes:
+    return os.fsencode(d.spool.root) + b"/\xff\xfe\n" + os.fsencode(ctl(d)) + b"\n\n"
+
+
+def binary_control(d: Daemon) -> bytes:
+    data, ctls = d.spool.message(mail(attachment=EICAR))
+    ctls[0].write_bytes(b"\x89PNG\r\n\x1a\n" + bytes(range(1, 256)))
+    return request_bytes(data, ctls)
+
+
+def too_many_controls(d: Daemon) -> bytes:
+    data, ctls = d.spool.message(mail(attachment=EICAR))
+    return os.fsencode(data) + b"\n" + (os.fsencode(ctls[0]) + b"\n") * 1001 + b"\n"
+
+
+def same_file_twice(d: Daemon) -> bytes:
+    data, ctls = d.spool.message(mail(attachment=EICAR))
+    return request_bytes(data, [ctls[0], ctls[0]])
+
+
+def blank_first(d: Daemon) -> bytes:
+    return b"\n" + request_bytes(*d.spool.message(mail(attachment=EICAR)))
+
+
+def data_after_blank(d: Daemon) -> bytes:
+    # The reply comes after the first request; what follows on the connection is never read.
+    return request_bytes(*d.spool.message(mail(attachment=EICAR))) + b"/x\n/y\n\n"
+
+
+def no_blank_line(d: Daemon) -> bytes:
+    return request_bytes(*d.spool.message(mail()))[:-1]
+
+
+# (case, request builder, close our side after sending, expected reply start)
+CASES: list[tuple[str, Callable[[Daemon], bytes], bool, str]] = [
+    ("no-blank-line-then-eof", no_blank_line, True, "432 4.3.0 Incomplete"),
+    ("nothing-then-eof", lambda d: b"", True, "432 4.3.0 Incomplete"),
+    ("megabyte-line", megabyte_line, False, BAD + "line longer"),
+    ("megabyte-of-lines", megabyte_of_lines, False, BAD + "request longer"),
+    ("nul-in-path", nul_in_path, False, BAD + "NUL byte"),
+    ("crlf", crlf, False, BAD + "control character"),
+    ("not-utf8", not_utf8, False, BAD + "path is not UTF-8"),
+    ("blank-first-line", blank_first, False, BAD + "empty data"),
+    ("relative-paths", relative, False, RETRY + "relative"),
+    ("dotdot", dotdot, False, BAD + "path not normalised"),
+    ("outside-the-spool", outside, False, RETRY + "path outside"),
+    ("control-file-outside", control_outside, False, RETRY + "path outside"),
+    ("symlinked-data-file", symlinked_data, False, BAD + "not a regular file (symlink)"),
+    ("symlinked-control-file", symlinked_control, False, BAD + "not a regular file (symlink)"),
+    ("symlinked-directory", symlinked_directory, False, BAD + "a directory in the path"),
+    ("symlink-out-of-spool", symlink_out_of_the_spool, False, BAD + "not a regular file (symlink)"),
+    ("fifo-as-data-file", fifo_data, False, BAD + "not a regular file (fifo)"),
+    ("device-as-data-file", device_data, False, BAD + "not a regular file (character device)"),
+    ("directory-as-data-file", directory_data, False, BAD + "not a regular file (directory)"),
+    ("vanished-data-file", vanished, False, RETRY + "file vanished"),
+    ("binary-control-file", binary_control, False, "500 5.3.0 Unusable control file: binary junk"),
+    ("1001-control-files", too_many_controls, False, BAD + "more than 1000"),
+    ("same-file-twice", same_file_twice, False, BAD + "the same file"),
+    ("data-after-the-blank-line", data_after_blank, False, VIRUS),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("build", "close_write", "expected"), [c[1:] for c in CASES], ids=[c[0] for c in CASES]
+)
+def test_bad_request_gets_its_answer_and_the_daemon_goes_on(
+    daemon: Daemon, build: Callable[[Daemon], bytes], close_write: bool, expected: str
+) -> None:
+    if build is device_data and os.geteuid() != 0:
+        pytest.skip("mknod needs root")
+    reply, took = talk(daemon.socket_path, build(daemon), close_write=close_write)
+    assert reply.startswith(expected), reply
+    assert reply.count("\n") == 1 and reply.endswith("\n")
+    assert took < READ_TIMEOUT + 3.0  # answered, not left to time out
+    assert daemon.proc.poll() is None
+    still_serving(daemon)  # fmt: skip
+
+
+def test_no_blank_line_and_no_eof_times_out(daemon: Daemon) -> None:
+    """A request that never ends: 432 once serve.read_timeout has passed, then the close."""
+    raw = request_bytes(*daemon.spool.message(mail(attachment=EICAR)))[:-1]
+    reply, took = talk(daemon.socket_path, raw)
+    assert reply == "432 4.3.0 Timeout reading the filter request\n"
+    assert READ_TIMEOUT - 0.1 <= took < READ_TIMEOUT + 2.5
+    still_serving(daemon)
+
+
+def test_a_slow_drip_does_not_extend_the_read_timeout(daemon: Daemon) -> None:
+    started = time.monotonic()
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+        s.settimeout(10)
+        s.connect(str(daemon.socket_path))
+        with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+            for _ in range(int(READ_TIMEOUT * 10) + 20):  # one byte per 0.1 s, past the limit
+                s.send(b"/")
+                time.sleep(0.1)
+                readable, _, _ = select.select([s], [], [], 0)
+                if readable:
+                    break
+        reply = s.recv(200).decode()
+    assert reply == "432 4.3.0 Timeout reading the filter request\n"
+    assert time.monotonic() - started < READ_TIMEOUT + 2.5
+    still_serving(daemon)
+
+
+def test_a_thousand_control_files_are_read(daemon: Daemon) -> None:
+    """1,000 control files (the limit; Courier splits big recipient lists over several): all
+    read, and the reply names the virus; a clean one with as many passes."""
+    rcpts = [f"user{i}@example.test" for i in range(1000)]
+    data, ctls = daemon.spool.message(mail(attachment=EICAR), rcpts, controls=1000)
+    assert len(ctls) == 1000
+    reply, took = talk(daemon.socket_path, request_bytes(data, ctls))
+    assert reply.startswith(VIRUS), reply
+    data, ctls = daemon.spool.message(mail(), rcpts, controls=1000)
+    assert daemon.filter(data, ctls) == "200 Ok\n"
+    line = next(x for x in reversed(daemon.log().splitlines()) if "verdict=clean" in x)
+    assert "rcpts=1000" in line
+    still_serving(daemon)
+
+
+# ---- idle and many clients ------------------------------------------------------------------
+def test_idle_clients_do_not_hold_scan_slots(clamd_server: Any) -> None:
+    """serve.max_scans = 2 and five clients that connect and send nothing: a real message is
+    scanned at once, and each idle client gets its 432 when serve.read_timeout passes."""
+    d = start_daemon(hostile_config(str(clamd_server.unix_socket), "max_scans = 2\n"))
+    try:
+        idle = []
+        for _ in range(5):
+            s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            s.connect(str(d.socket_path))
+            idle.append(s)
+        time.sleep(0.2)  # every idle one accepted and waiting for its request
+        started = time.monotonic()
+        results: dict[str, str] = {}
+
+        def send(name: str, message: bytes) -> None:
+            results[name] = d.filter(*d.spool.message(message))
+
+        threads = [
+            threading.Thread(target=send, args=("clean", mail())),
+            threading.Thread(target=send, args=("virus", mail(attachment=EICAR))),
+        ]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(10)
+        took = time.monotonic() - started
+        assert results == {"clean": "200 Ok\n", "virus": results.get("virus", "")}
+        assert results["virus"].startswith(VIRUS)
+        assert took < READ_TIMEOUT * 0.8, took  # did not wait for an idle client's slot
+        for s in idle:
+            s.settimeout(READ_TIMEOUT + 3)
+            assert s.recv(200) == b"432 4.3.0 Timeout reading the filter request\n"
+            s.close()
+        still_serving(d)
+    finally:
+        assert d.stop() == 0
+
+
+def test_500_concurrent_connections(clamd_server: Any) -> None:
+    """500 connections open at once: 400 send a message (every tenth infected), 50 garbage, 50
+    nothing. Each gets its own right answer: 200 or 550, 500, or 432 after the read timeout
+    (or, for all, a 432 busy); a clean and an infected message sent meanwhile are answered."""
+    d = start_daemon(hostile_config(str(clamd_server.unix_socket), "max_scans = 2\n"))
+    kinds: list[str] = []
+    raw: list[bytes] = []
+    for i in range(500):
+        if i % 10 == 3:
+            kinds.append("garbage")
+            raw.append(b"\0garbage\n\n")
+        elif i % 10 == 7:
+            kinds.append("idle")
+            raw.append(b"")
+        else:
+            kinds.append("virus" if i % 10 == 0 else "clean")
+            message = mail(attachment=EICAR) if i % 10 == 0 else mail()
+            raw.append(request_bytes(*d.spool.message(message)))
+    expected = {
+        "clean": "200 Ok\n",
+        "virus": VIRUS,
+        "garbage": BAD + "NUL byte",
+        "idle": "432 4.3.0 Timeout reading the filter request\n",
+    }
+    side: dict[str, str] = {}
+    side_clean = d.spool.message(mail())
+    side_virus = d.spool.message(mail(attachment=EICAR))
+
+    def meanwhile() -> None:
+        time.sleep(0.5)
+        side["clean"] = talk(d.socket_path, request_bytes(*side_clean), timeout=30)[0]
+        side["virus"] = talk(d.socket_path, request_bytes(*side_virus), timeout=30)[0]
+
+    sel = selectors.DefaultSelector()
+    replies: dict[int, bytes] = {}
+    socks: list[socket.socket] = []
+    helper = threading.Thread(target=meanwhile)
+    started = time.monotonic()
+    try:
+        helper.start()
+        for i, data in enumerate(raw):
+            s = connect_when_accepted(d.socket_path, deadline=started + 30)
+            if data:
+                s.sendall(data)
+            s.setblocking(False)
+            sel.register(s, selectors.EVENT_READ, i)
+            socks.append(s)
+            replies[i] = b""
+        open_ = set(range(len(raw)))
+        deadline = time.monotonic() + 60
+        while open_ and time.monotonic() < deadline:
+            for key, _ in sel.select(timeout=1.0):
+                i = key.data
+                try:
+                    chunk = key.fileobj.recv(4096)  # type: ignore[union-attr]
+                except (BlockingIOError, ConnectionResetError):
+                    chunk = b""
+                if chunk:
+                    replies[i] += chunk
+                else:
+                    sel.unregister(key.fileobj)
+                    open_.discard(i)
+        took = time.monotonic() - started
+        helper.join(30)
+    finally:
+        for s in socks:
+            s.close()
+        sel.close()
+    assert not open_, f"{len(open_)} connections never closed"
+    busy = 0
+    for i, kind in enumerate(kinds):
+        reply = replies[i].decode()
+        if reply.startswith("432 4.3.2 Virus scanner busy"):
+            busy += 1
+            continue
+        assert reply.startswith(expected[kind]), (i, kind, reply)
+    assert busy == 0  # message_timeout 20 s: nothing should have waited that long
+    assert side["clean"] == "200 Ok\n" and side["virus"].startswith(VIRUS), side
+    assert took < 60
+    still_serving(d)
+    assert d.stop() == 0
+    assert "Traceback" not in d.log()
