@@ -250,3 +250,27 @@ def test_a_failed_update_is_still_delivered_tagged(
     assert kept["Subject"] == "[FAILED update] ClamAV daily 27002"
     assert "== updating" in kept.get_content()
     assert _verdict(daemon).startswith("200")  # nothing was reloaded
+
+
+def test_courier_delivers_an_announcement_through_maildrop(
+    installed: Installed, scanner: tuple[ClamdServer, Daemon], courier: None
+) -> None:
+    """The whole way a real announcement takes: SMTP into Courier, local delivery through the
+    .courier file that --mailbox wrote, maildrop, run-get-ides, sudo, the update."""
+    from tests.e2e import harness
+
+    clamd, daemon = scanner
+    _stub_freshclam(clamd.db_dir)
+    _write_conf(clamd, daemon, installed.python)
+    for sub in ("new", "cur"):
+        for old in (HOME / "Maildir" / sub).iterdir():
+            old.unlink()
+    message = harness.make_message(
+        "ClamAV daily 27003", "ClamAV database updated.\n", to=[f"{USER}@{harness.DOMAIN}"]
+    )
+    code, text = harness.send(message, recipients=[f"{USER}@{harness.DOMAIN}"])
+    assert code == 250, text
+    kept = harness.wait_for_mail(1, timeout=60, user=USER)
+    parsed = email.message_from_bytes(kept[0].read_bytes(), policy=email.policy.default)
+    assert parsed["Subject"] == "[OK] ClamAV daily 27003", harness.log_tail()
+    assert _verdict(daemon, until_rejected=10).startswith("5")
