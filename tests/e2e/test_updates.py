@@ -274,3 +274,27 @@ def test_courier_delivers_an_announcement_through_maildrop(
     parsed = email.message_from_bytes(kept[0].read_bytes(), policy=email.policy.default)
     assert parsed["Subject"] == "[OK] ClamAV daily 27003", harness.log_tail()
     assert _verdict(daemon, until_rejected=10).startswith("5")
+
+
+def test_run_as_another_user_with_dash_d(installed: Installed) -> None:
+    """--run-as clamav: the drop-in names (clamav : clamav), and run-get-ides -D runs the
+    script as that user (the settings make the update step print who it runs as)."""
+    try:
+        done = _run("bash", str(INSTALL), "--user", USER, "--run-as", "clamav")
+        assert done.returncode == 0, done.stderr
+        listing = _run("sudo", "-l", "-U", USER).stdout
+        assert f'(clamav : clamav) NOPASSWD: {SCRIPT} "", {SCRIPT} new' in listing
+        CONF.parent.mkdir(parents=True, exist_ok=True)
+        CONF.write_text('UPDATE_COMMAND="id -un"\nCHECK_COMMAND=true\nRELOAD_COMMAND=true\n')
+        clamav = pwd.getpwnam("clamav")
+        out = _run(
+            "runuser", "-u", USER, "--", str(installed.python), "-m", "avtool", "run-get-ides",
+            "-D", f"{clamav.pw_uid}/{clamav.pw_gid}", input="Subject: db\n\nupdated\n",
+        )  # fmt: skip
+        assert out.returncode == 0, out.stderr
+        assert "Subject: [OK] db\n" in out.stdout and "\nclamav\n" in out.stdout
+        as_root = _run("runuser", "-u", USER, "--", "sudo", "-n", "-u", "root", str(SCRIPT))
+        assert as_root.returncode != 0  # root is no longer allowed
+    finally:
+        restored = _run("bash", str(INSTALL), "--user", USER)
+        assert restored.returncode == 0, restored.stderr
