@@ -66,7 +66,7 @@ RUNNER = PEER_ROOT / "run_pythonfilter.py"
 PEER = ("courier-pythonfilter==3.0.6", "pyclamd==0.4.0")
 AVTOOL, PYFILTER = "avtool serve", "pythonfilter clamav"
 
-RUNNER_SOURCE = '''"""Run courier-pythonfilter's script with its paths moved (written by bench/peers.py).
+RUNNER_SOURCE = '''"""Run courier-pythonfilter's script, its paths moved (bench/peers.py wrote it).
 
     run_pythonfilter.py CONFDIR [STATEDIR]
 
