@@ -22,15 +22,37 @@ END_ERROR = "END error"
 DEBUG_PIPE = "avtool_sig.pipe"  # with serve --debug and sig -p: in the current directory
 
 
+def unsafe_dir(path: Path) -> str | None:
+    """Why the directory holding ``path`` is no place for a pid file or the answers pipe, or
+    None. Others must not be able to write it: in a dir that anyone may write (world-writable,
+    sticky or not: /tmp) or that another user owns, they could put a file, link or fifo of
+    their own under the name between our checks and our use. Group-writable is the admin's
+    choice (Debian's /run/courier is root:courier 0775)."""
+    parent = path.parent
+    try:
+        st = os.stat(parent)
+    except OSError:
+        return None  # creating the file fails then, with its own error
+    if st.st_mode & stat.S_IWOTH:
+        return f"{parent} is writable by every user (mode {stat.S_IMODE(st.st_mode):04o})"
+    if st.st_uid not in (0, os.geteuid()):
+        return f"{parent} belongs to another user (uid {st.st_uid})"
+    return None
+
+
 class PidFile:
     """A pid file created with O_EXCL|O_NOFOLLOW: never through a symlink, never over a live
-    daemon's file. A stale one (its process gone) is replaced."""
+    daemon's file, never in a directory that others can write (``unsafe_dir``). A stale one
+    (its process gone) is replaced."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
         self.created = False
 
     def create(self) -> None:
+        problem = unsafe_dir(self.path)
+        if problem is not None:
+            raise DaemonError(f"{self.path}: refusing to write the pid file: {problem}")
         for _ in range(2):
             try:
                 fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644)
@@ -110,7 +132,9 @@ class Answer:
 
 def open_fifo_for_writing(path: Path) -> TextIO | None:
     """Open an existing fifo that a reader holds open; None when there is none. Never follows a
-    symlink and never writes to anything but a fifo."""
+    symlink, never writes to anything but a fifo, nor to one in a dir others can write."""
+    if unsafe_dir(path) is not None:
+        return None
     try:
         fd = os.open(path, os.O_WRONLY | os.O_NONBLOCK | os.O_NOFOLLOW)
     except OSError as e:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import shutil
 import time
 from dataclasses import dataclass
@@ -115,11 +116,13 @@ class Pipeline:
     ) -> None:
         """Keep data file, control files and verdict in a 0700 dir of 0600 files."""
         root = Path(self.cfg[K.QUARANTINE_DIR])
-        root.mkdir(mode=0o700, parents=True, exist_ok=True)
+        if not root.is_dir():
+            _private_dirs(root)
         stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime())
         ident = (envelope.message_id or Path(request.data_path).name).replace("/", "_")
         target = root / f"{stamp}-{ident}"
-        target.mkdir(mode=0o700)
+        os.mkdir(target, 0o700)
+        os.chmod(target, 0o700)  # whatever the umask: 0700 even under umask 0277
         try:
             _copy_private(request.data_path, target / "data")
             for i, path in enumerate(request.control_paths):
@@ -134,7 +137,7 @@ class Pipeline:
                 "backend": verdict.backend,
                 "time": stamp,
             }
-            fd = os.open(target / "verdict.json", os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            fd = _create_private(target / "verdict.json")
             with os.fdopen(fd, "w") as f:
                 json.dump(info, f, indent=1)
                 f.flush()
@@ -150,8 +153,9 @@ class Pipeline:
         verdict = d.reason if d else _reply_text(outcome.reply)
         fields = [
             f"id={env.message_id if env and env.message_id else '-'}",
-            f"from=<{env.sender if env else ''}>",
+            f"from=<{_printable(env.sender) if env else ''}>",
             f"rcpts={len(env.recipients) if env else 0}",
+            f"to={_addresses(env) if env else '-'}",
             f"verdict={verdict}",
             f"action={'would ' if dry_run else ''}{action}",
             f"reply={outcome.reply.code}",
@@ -166,14 +170,51 @@ class Pipeline:
             log.info("%s", " ".join(fields))
 
 
+LOG_RECIPIENTS = 10  # at most this many addresses in a log line, then "+N"
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
+def _printable(text: str) -> str:
+    """No control characters in a log line: a CR or an ESC in an address cannot fake a line."""
+    return _CONTROL.sub("?", text)
+
+
+def _addresses(envelope: Envelope) -> str:
+    shown = [f"<{_printable(r.address)}>" for r in envelope.recipients[:LOG_RECIPIENTS]]
+    more = len(envelope.recipients) - len(shown)
+    return ",".join(shown) + (f",+{more}" if more > 0 else "")
+
+
 def _reply_text(reply: Reply) -> str:
     text = reply.text if isinstance(reply.text, str) else " ".join(reply.text)
     return text.replace(" ", "_")[:200]
 
 
+def _private_dirs(path: Path) -> None:
+    """Create ``path`` and its missing parents, each 0700 whatever the umask (Path.mkdir with
+    parents=True makes the parents 0777 & ~umask: world-writable under umask 0)."""
+    missing = [path, *(p for p in path.parents if not p.exists())]
+    for directory in reversed(missing):
+        try:
+            os.mkdir(directory, 0o700)
+        except FileExistsError:
+            continue  # made meanwhile (another scan): not ours to change
+        os.chmod(directory, 0o700)
+
+
+def _create_private(path: Path) -> int:
+    """A new file, 0600 whatever the umask, never through a symlink."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    os.fchmod(fd, 0o600)
+    return fd
+
+
 def _copy_private(src: str, dst: Path) -> None:
-    fd = os.open(dst, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
-    with os.fdopen(fd, "wb") as out, open(src, "rb") as data:
+    """Copy a spool file: opened as the scan opens it (no symlink, regular files only), so a
+    link swapped in since the checks cannot make us copy a file from outside the spool."""
+    src_fd = protocol.open_data(src)
+    fd = _create_private(dst)
+    with os.fdopen(fd, "wb") as out, os.fdopen(src_fd, "rb") as data:
         shutil.copyfileobj(data, out, 1 << 20)
         out.flush()
         os.fsync(out.fileno())

@@ -42,7 +42,7 @@ from typing import Literal
 from avtool import keys as K
 from avtool.config import Config
 from avtool.errors import AvtoolError
-from avtool.ipc import DEBUG_PIPE, END_ERROR, END_OK, alive, read_pid
+from avtool.ipc import DEBUG_PIPE, END_ERROR, END_OK, alive, read_pid, unsafe_dir
 
 RELOAD_SIGNALS: dict[str | None, signal.Signals] = {
     None: signal.SIGHUP,  # config and virus database
@@ -155,6 +155,9 @@ class _Fds:
 @contextlib.contextmanager
 def _pipe(where: Target, warn: list[str]) -> Iterator[_Fds]:
     pipe = where.pipe
+    problem = unsafe_dir(pipe)
+    if problem is not None:
+        raise SigError(f"{pipe}: refusing to create the answers pipe: {problem}", 2)
     temp = pipe.with_name(f".{pipe.name}.{os.getpid()}.tmp")
     with contextlib.suppress(FileNotFoundError):
         os.unlink(temp)  # left by a killed client that had our pid
