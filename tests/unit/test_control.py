@@ -6,6 +6,7 @@ OBSERVED is the dump in notes/courier.md section 3 (Courier 1.0.16, one SMTP mes
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
 import pytest
@@ -369,3 +370,75 @@ def test_marked_recipients_read_back_as_done(
         lines = Path(path).read_bytes().splitlines()
         s_records = [line.split()[0] for line in lines if line.startswith(b"S")]
         assert len(s_records) == len(set(s_records))
+
+
+# Lines of a control file as Courier could have left it: any record letter, any value (8-bit,
+# CR, spaces), recipients among them, earlier I/S/F records, and perhaps a cut last line.
+_values = st.binary(max_size=30).filter(lambda b: b"\n" not in b and b"\0" not in b)
+_record = st.tuples(st.sampled_from(list(b"sfMuieOtWEpINRSFAZ09")), _values).map(
+    lambda kv: bytes([kv[0]]) + kv[1]
+)
+_recipient = _values.map(lambda v: b"r" + v + b"\nR\nN")
+_DROP_MARKS = re.compile(rb"(?:I(\d+) R 250 Ok - [\x20-\x7e]*\nS(\d+) (\d+)\n)*")
+
+
+@st.composite
+def control_files(draw: st.DrawFn) -> bytes:
+    lines = draw(st.lists(_record | _recipient, max_size=12))
+    lines.insert(draw(st.integers(0, len(lines))), draw(_recipient))  # at least one
+    raw = b"\n".join(lines)
+    return raw if draw(st.booleans()) else raw + b"\n"
+
+
+@settings(max_examples=300, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(control_files(), st.text(max_size=60), st.floats(0, 2**33), st.data())
+def test_drop_marks_on_any_file_stay_valid_records(
+    tmp_path: Path, raw: bytes, note: str, now: float, data: st.DataObject
+) -> None:
+    """Whatever the file held before and whatever the note says: the file gains only whole
+    ``I<n> R 250 Ok - <printable note>`` / ``S<n> <time>`` pairs (after a newline if its last
+    line was cut), read back by the reader as exactly the marked recipients done; nothing
+    before is changed, no other recipient and no other record is touched."""
+    path = write(tmp_path, "ctl", raw)
+    try:
+        before = read_envelope([path])
+    except ControlError as e:
+        assert e.reply.code == 500  # e.g. an r value that made a line look like binary junk
+        return
+    chosen = data.draw(st.sets(st.sampled_from(before.recipients)))
+    mark_delivered(before, chosen, note, now)
+    after_raw = Path(path).read_bytes()
+    assert after_raw.startswith(raw)
+    added = after_raw[len(raw) :]
+    if added and not raw.endswith(b"\n") and raw:
+        assert added.startswith(b"\n")
+        added = added[1:]
+    m = _DROP_MARKS.fullmatch(added)
+    assert m is not None, added
+    pairs = re.findall(rb"I(\d+) R 250 Ok - [^\n]*\nS(\d+) (\d+)\n", added)
+    assert all(i == s and int(t) == int(now) for i, s, t in pairs)
+    newly = {int(i) for i, _, _ in pairs}
+    assert newly == {r.index for r in chosen if not r.done}
+    after = read_envelope([path])
+    assert [r.address for r in after.recipients] == [r.address for r in before.recipients]
+    assert [r.done for r in after.recipients] == [r.done or r in chosen for r in before.recipients]
+    assert (after.sender, after.message_id, after.auth_user, after.source) == (
+        before.sender,
+        before.message_id,
+        before.auth_user,
+        before.source,
+    )
+
+
+@settings(max_examples=300, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.binary(max_size=300), st.text(max_size=20))
+def test_marking_any_readable_file_raises_nothing_and_reads_back_done(
+    tmp_path: Path, raw: bytes, note: str
+) -> None:
+    path = write(tmp_path, "anyfile", raw)
+    try:
+        env = read_envelope([path])
+    except ControlError:
+        return
+    mark_delivered(env, env.recipients, note, 1795564136.0)
+    assert read_envelope([path]).pending == ()

@@ -8,6 +8,8 @@ import stat
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, event, given, settings
+from hypothesis import strategies as st
 
 from avtool.courier import protocol
 from avtool.courier.protocol import ProtocolError, Request, check_paths, open_data
@@ -196,3 +198,70 @@ def test_an_unreadable_file_is_deferred(spool: Path, monkeypatch: pytest.MonkeyP
 def test_spool_dir_must_be_absolute(spool: Path) -> None:
     with pytest.raises(ValueError):
         check_paths(req(spool), "var/lib/courier/tmp")
+
+
+# --- properties: any request over a tree with every kind of trap ---------------------------
+
+
+@pytest.fixture(scope="module")
+def trap_tree(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """A spool holding regular files, a subdir, symlinks to inside and outside, a symlinked
+    dir, a fifo; and a dir outside it. Built once: the properties only read it."""
+    base = tmp_path_factory.mktemp("traps")
+    spool, outside = base / "tmp", base / "outside"
+    (spool / "d").mkdir(parents=True)
+    outside.mkdir()
+    (outside / "secret").write_bytes(b"secret\n")
+    for name in ("D1", "C1", "d/D2", "d/C2"):
+        (spool / name).write_bytes(b"s\nrx@example.test\nR\nN\n")
+    (spool / "in-link").symlink_to(spool / "D1")
+    (spool / "out-link").symlink_to(outside / "secret")
+    (spool / "dir-link").symlink_to(outside)
+    (spool / "d" / "up-link").symlink_to("../../outside/secret")
+    os.mkfifo(spool / "fifo")
+    return spool, outside
+
+
+SEGMENTS = st.sampled_from(
+    ["D1", "C1", "d", "D2", "C2", "in-link", "out-link", "dir-link", "up-link", "fifo",
+     "secret", "outside", "tmp", "..", ".", "", "nope", "x" * 300, "é", " "]
+)  # fmt: skip
+
+
+@st.composite
+def trap_paths(draw: st.DrawFn, spool: str) -> str:
+    if draw(st.booleans()):
+        return spool + "/" + draw(st.sampled_from(["D1", "C1", "d/D2", "d/C2"]))
+    parts = draw(st.lists(SEGMENTS, min_size=1, max_size=5))
+    prefix = draw(st.sampled_from([spool + "/", spool + "//", spool + "/../", "/", "", spool]))
+    return prefix + "/".join(parts)
+
+
+@settings(max_examples=400, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.data())
+def test_no_path_escapes_the_checks(trap_tree: tuple[Path, Path], data: st.DataObject) -> None:
+    """Whatever the request names, only ProtocolError (432 or 5xx) escapes check_paths and
+    open_data; what passes is a regular file whose real path is in the spool, reached through
+    real directories only, and open_data gives a descriptor of that very file."""
+    spool, _ = trap_tree
+    paths = data.draw(st.lists(trap_paths(str(spool)), min_size=2, max_size=4))
+    request = Request(paths[0], tuple(paths[1:]))
+    try:
+        check_paths(request, str(spool))
+    except ProtocolError as e:
+        assert e.reply.code in (432, 500)
+        event(f"refused {e.reply.code}")
+        return
+    event("passed")
+    for path in paths:
+        real = os.path.realpath(path)
+        assert real == path and real.startswith(f"{spool}/"), path
+        assert stat.S_ISREG(os.lstat(path).st_mode)
+    try:
+        fd = open_data(request.data_path)
+    except ProtocolError as e:  # pragma: no cover - the tree does not change
+        raise AssertionError(f"passed the checks, then failed to open: {e}") from e
+    try:
+        assert os.path.samestat(os.fstat(fd), os.stat(request.data_path))
+    finally:
+        os.close(fd)
