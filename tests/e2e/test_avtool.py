@@ -9,10 +9,13 @@ rejected, dropped or quarantined.
 from __future__ import annotations
 
 import base64
+import grp
 import io
 import json
 import os
+import pwd
 import signal
+import stat
 import subprocess
 import time
 import zipfile
@@ -93,6 +96,25 @@ def test_installer_checked_everything_and_showed_both_mails(installed: str) -> N
     assert "clean mail: 250" in installed and "delivered to" in installed
     assert "EICAR mail: rejected: 550" in installed
     assert "FAIL" not in installed
+
+
+def test_socket_is_courier_s_0660_and_the_daemon_runs_as_courier(avtool: Any) -> None:
+    """Security review: only Courier (user or group courier) may talk to the filter."""
+    avtool()
+    courier_uid, courier_gid = pwd.getpwnam("courier").pw_uid, grp.getgrnam("courier").gr_gid
+    st = os.lstat(SOCKET)
+    assert stat.S_ISSOCK(st.st_mode) and stat.S_IMODE(st.st_mode) == 0o660
+    assert (st.st_uid, st.st_gid) == (courier_uid, courier_gid)
+    pid = int(PID_FILE.read_text())
+    ids = {
+        key: int(rest.split()[1])  # effective id
+        for key, _, rest in (
+            x.partition(":") for x in Path(f"/proc/{pid}/status").read_text().splitlines()
+        )
+        if key in ("Uid", "Gid")
+    }
+    assert ids == {"Uid": courier_uid, "Gid": courier_gid}
+    assert not os.stat(PID_FILE.parent).st_mode & stat.S_IWOTH
 
 
 def test_clean_mail_is_delivered_with_header(avtool: Any) -> None:
