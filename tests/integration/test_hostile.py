@@ -138,22 +138,23 @@ def symlink_out_of_the_spool(d: Daemon) -> bytes:
     return request_bytes(link, [ctl(d)])
 
 
-def fifo_data(d: Daemon) -> bytes:
-    path = d.spool.root / "hostile" / "fifo"
+def special_file(d: Daemon, name: str, make: Callable[[Path], None]) -> bytes:
+    """A request whose data file is ``name`` in the spool, made by ``make``."""
+    path = d.spool.root / "hostile" / name
     path.parent.mkdir(exist_ok=True)
     with contextlib.suppress(FileNotFoundError):
         path.unlink()
-    os.mkfifo(path)
+    make(path)
     return request_bytes(path, [ctl(d)])
+
+
+def fifo_data(d: Daemon) -> bytes:
+    return special_file(d, "fifo", os.mkfifo)
 
 
 def device_data(d: Daemon) -> bytes:
-    path = d.spool.root / "hostile" / "null"
-    path.parent.mkdir(exist_ok=True)
-    with contextlib.suppress(FileNotFoundError):
-        path.unlink()
-    os.mknod(path, stat.S_IFCHR | 0o600, os.makedev(1, 3))  # /dev/null's numbers
-    return request_bytes(path, [ctl(d)])
+    # /dev/null's numbers: opening it would be harmless, but it must not be opened at all
+    return special_file(d, "null", lambda p: os.mknod(p, stat.S_IFCHR | 0o600, os.makedev(1, 3)))
 
 
 def directory_data(d: Daemon) -> bytes:

@@ -1,6 +1,7 @@
 """The security review, one test (or table) per point, on a real daemon and a real clamd.
 
-- pid file and answers pipe: never through a symlink, never in a dir that others can write;
+- pid file and answers pipe: never through a symlink (the pid file's symlink case is in
+  tests/unit/test_ipc.py), never in a dir that others can write;
 - the daemon opens nothing outside the spool (inotify on a dir outside it; /proc/PID/fd);
 - quarantine: dirs 0700, files 0600, whatever the umask;
 - logs: sender, recipients, verdict and virus names, never the body;
@@ -102,18 +103,6 @@ def test_pid_file_written_in_a_dir_only_we_write(private_dir: Path, kind: str) -
     assert where.read_text() == f"{os.getpid()}\n"
     pid.remove()
     assert not where.exists()
-
-
-def test_pid_file_never_written_through_a_symlink(private_dir: Path) -> None:
-    victim = private_dir / "victim"
-    victim.write_text("precious\n")
-    where = private_dir / "avtool.pid"
-    where.symlink_to(victim)
-    pid = PidFile(where)
-    pid.create()
-    assert victim.read_text() == "precious\n"
-    assert not where.is_symlink() and where.read_text() == f"{os.getpid()}\n"
-    pid.remove()
 
 
 def courier_state(base: Path) -> Path:
