@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import select
 import selectors
 import socket
@@ -21,6 +22,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import event, given, settings
+from hypothesis import strategies as st
 
 from tests.integration.serve_support import (
     EICAR,
@@ -446,3 +449,40 @@ def test_500_concurrent_connections(clamd_server: Any) -> None:
     still_serving(d)
     assert d.stop() == 0
     assert "Traceback" not in d.log()
+
+
+# ---- random requests on the live socket -----------------------------------------------------
+JUNK = [b"\n", b"\n\n", b"\0", b"\r\n", b"/..", b"//", b"\xff", b"x" * 5000, b" "]
+
+
+@st.composite
+def live_requests(draw: st.DrawFn, whole: list[bytes]) -> bytes:
+    """A real request (real spool paths), as it is or with junk put in, or cut anywhere; or
+    lines of real requests mixed with junk."""
+    if draw(st.booleans()):
+        raw = draw(st.sampled_from(whole))
+        at = draw(st.integers(0, len(raw)))
+        how = draw(st.sampled_from(["as is", "insert", "cut"]))
+        if how == "insert":
+            raw = raw[:at] + draw(st.sampled_from(JUNK) | st.binary(max_size=20)) + raw[at:]
+        return raw[:at] if how == "cut" else raw
+    lines = [line + b"\n" for raw in whole for line in raw.split(b"\n") if line]
+    pieces = st.sampled_from(lines + JUNK) | st.binary(max_size=40)
+    return b"".join(draw(st.lists(pieces, max_size=8)))
+
+
+def test_random_requests_each_get_one_reply_line(daemon: Daemon) -> None:
+    whole = [request_bytes(*daemon.spool.message(m)) for m in (mail(), mail(attachment=EICAR))]
+    reply_line = re.compile(r"(200 Ok|550 5\.7\.1 [ -~]*|4\d\d [ -~]*|5\d\d [ -~]*)\n")
+
+    @settings(max_examples=60, deadline=None, derandomize=True)
+    @given(live_requests(whole))
+    def check(raw: bytes) -> None:
+        reply, took = talk(daemon.socket_path, raw, close_write=True)
+        assert reply_line.fullmatch(reply), (raw[:200], reply)
+        event(reply[:3])
+        assert took < READ_TIMEOUT + 3.0
+
+    check()
+    assert daemon.proc.poll() is None
+    still_serving(daemon)
