@@ -155,7 +155,8 @@ class _Fds:
 @contextlib.contextmanager
 def _pipe(where: Target, warn: list[str]) -> Iterator[_Fds]:
     pipe = where.pipe
-    problem = unsafe_dir(pipe)
+    daemon_uid = _process_ids(where.pid)[0]
+    problem = unsafe_dir(pipe, () if daemon_uid is None else (daemon_uid,))
     if problem is not None:
         raise SigError(f"{pipe}: refusing to create the answers pipe: {problem}", 2)
     temp = pipe.with_name(f".{pipe.name}.{os.getpid()}.tmp")

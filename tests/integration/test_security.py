@@ -217,6 +217,25 @@ def test_sig_refuses_to_create_its_pipe_in_a_dir_others_can_write(
     assert list(pipe.parent.iterdir()) == []  # no fifo, no temp name left
 
 
+@pytest.mark.skipif(os.geteuid() != 0, reason="runs a process as nobody")
+def test_sig_accepts_a_pipe_dir_owned_by_the_daemon_s_user(private_dir: Path) -> None:
+    """root asking a daemon that runs as another user (courier): a dir of that user is fine,
+    the same dir is refused for a process of yet another user (ours: root's own sleep)."""
+    pipe = shared_dir(private_dir, "other") / "avtool.pipe"  # nobody's, 0755
+    as_nobody = subprocess.Popen(["sleep", "30"], user="nobody")
+    as_root = subprocess.Popen(["sleep", "30"])
+    try:
+        answer = request(Target(as_nobody.pid, pipe), signal.SIGURG, 0.3, [])
+        assert answer.end == "timeout"  # asked: sleep ignores SIGURG and never answers
+        assert list(pipe.parent.iterdir()) == []
+        with pytest.raises(SigError, match="belongs to another user"):
+            request(Target(as_root.pid, pipe), signal.SIGURG, 0.3, [])
+    finally:
+        for proc in (as_nobody, as_root):
+            proc.kill()
+            proc.wait()
+
+
 def test_sig_p_from_a_world_writable_cwd_is_refused(daemon: Daemon, private_dir: Path) -> None:
     cwd = shared_dir(private_dir, "sticky")
     result = subprocess.run(
