@@ -2,8 +2,10 @@
 
 Lifecycle (courierfilter(8); notes/courier.md §3): resolve config -> ping clamd (warn only) ->
 pid file -> bind ``.NAME`` -> listen -> chmod 0660 -> rename to ``NAME`` -> unlink ``NAME`` in
-the other socket dir -> close fd 3 -> serve until stdin EOF, SIGTERM or SIGQUIT -> unlink the
-socket first -> drain messages in flight within serve.drain_timeout -> remove pid file -> exit 0.
+the other socket dir -> close fd 3 -> serve until stdin EOF, SIGTERM or SIGQUIT -> refuse new
+connections first (shutdown; the socket file stays, so Courier answers 432 and never lets mail
+through unfiltered) -> drain messages in flight within serve.drain_timeout -> remove pid file
+(and, with --debug only, the socket) -> exit 0.
 
 Concurrency: a fixed set of threads blocks in accept() on the listening socket, each serving one
 connection at a time (the kernel hands each connection to one of them); a semaphore bounds the
@@ -208,12 +210,13 @@ class FilterServer:
 
     def stop(self) -> None:
         self.stopping.set()
-        if self.socket_path is not None:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(self.socket_path)  # first: Courier then gets 432, never mail unfiltered
         if self.listener is not None:
             with contextlib.suppress(OSError):
-                self.listener.shutdown(socket.SHUT_RDWR)  # wakes every thread blocked in accept
+                # First: from now on a connection is refused, and Courier answers 432. The socket
+                # file stays while the filter is linked in active/: with no socket at all Courier
+                # accepts mail UNFILTERED (notes/courier.md §3; bench/faults.py stdin-drain saw
+                # it). It also wakes every thread blocked in accept.
+                self.listener.shutdown(socket.SHUT_RDWR)
         if self.busy:
             log.info("draining %d message(s)", self.busy)
         deadline = time.monotonic() + self.cfg[K.DRAIN_TIMEOUT]
@@ -223,6 +226,11 @@ class FilterServer:
             log.warning("drain deadline passed with %d message(s) in flight", self.busy)
         if self.listener is not None:
             self.listener.close()
+        if self.socket_path is not None and self.options.debug:
+            # By hand (tavfilter): tidy up. Under courierfilter the dead socket keeps failing closed
+            # (432) until the filter is started again; filterctl stop removes it.
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self.socket_path)
         self.reloader.stop()
         if self.pid_file is not None:
             self.pid_file.remove()

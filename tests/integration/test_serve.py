@@ -279,7 +279,13 @@ def test_courier_socket_dirs_and_pid_file(clamd_server: Any, tmp_path: Path) -> 
         assert d.filter(data, ctl) == "200 Ok\n"
     finally:
         assert d.stop() == 0
-    assert not pid_file.exists() and not (state / "filters" / "avtool").exists()
+    assert not pid_file.exists()
+    # Under courierfilter the socket stays, refusing: Courier answers 432. Without it Courier
+    # would pass mail unfiltered (notes/courier.md §3); filterctl stop removes it.
+    left = state / "filters" / "avtool"
+    assert stat.S_ISSOCK(os.stat(left).st_mode)
+    with socket.socket(socket.AF_UNIX) as s, pytest.raises(ConnectionRefusedError):
+        s.connect(str(left))
     shutil.rmtree(state)
 
 
@@ -302,7 +308,7 @@ def test_misbehaving_clamd_defers_within_the_deadline(behaviour: str) -> None:
     shutil.rmtree(work)
 
 
-def test_stop_unlinks_first_and_drains_messages_in_flight() -> None:
+def test_stop_refuses_first_and_drains_messages_in_flight() -> None:
     from concurrent.futures import ThreadPoolExecutor
 
     from tests.fakes.clamd import FakeClamd
@@ -317,7 +323,11 @@ def test_stop_unlinks_first_and_drains_messages_in_flight() -> None:
             time.sleep(0.5)  # the scan is in flight, clamd silent
             d.proc.stdin.close()  # type: ignore[union-attr]
             time.sleep(0.3)
-            assert not d.socket_path.exists()  # unlinked before the drain
+            # refused before the drain, the socket kept (no socket: Courier passes mail unfiltered)
+            assert d.socket_path.exists()
+            with pytest.raises(ConnectionRefusedError):
+                d.ask(b"")
             assert pending.result(10).startswith("432 ")  # answered, not cut off
         assert d.proc.wait(10) == 0
+        assert not d.socket_path.exists()  # --debug tidies up at the end
     shutil.rmtree(work)
