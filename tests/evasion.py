@@ -235,6 +235,81 @@ def single_part_no_multipart(payload: bytes) -> bytes:
     )
 
 
+def folded_content_type(payload: bytes) -> bytes:
+    """The boundary parameter on a folded continuation line (RFC 5322 folding)."""
+    return message([TEXT, attachment(payload)]).replace(
+        b'multipart/mixed; boundary="b1"', b'multipart/mixed;\n\tboundary="b1"', 1
+    )
+
+
+def rfc2231_boundary(payload: bytes) -> bytes:
+    """The boundary split into RFC 2231 continuations: boundary*0="b"; boundary*1="1"."""
+    return message([TEXT, attachment(payload)]).replace(
+        b'boundary="b1"', b'boundary*0="b"; boundary*1="1"', 1
+    )
+
+
+def upper_case_headers(payload: bytes) -> bytes:
+    """CONTENT-TYPE and CONTENT-TRANSFER-ENCODING: field names are case-insensitive."""
+    part = attachment(payload).replace(b"Content-Transfer-Encoding", b"CONTENT-TRANSFER-ENCODING")
+    return message([TEXT, part.replace(b"Content-Type", b"CONTENT-TYPE")])
+
+
+def crlf_line_endings(payload: bytes) -> bytes:
+    """CRLF everywhere, as on the wire."""
+    return message([TEXT, attachment(payload)]).replace(b"\n", b"\r\n")
+
+
+def base64_no_padding(payload: bytes) -> bytes:
+    """Base64 with its trailing '=' padding cut off."""
+    body = base64.b64encode(payload).rstrip(b"=") + b"\n"
+    return message([TEXT, attachment(payload, body=body)])
+
+
+def base64_junk_after(payload: bytes) -> bytes:
+    """Characters outside the base64 alphabet after the data (RFC 2045 6.8: ignore them)."""
+    body = b64(payload) + b"!!!! not base64 **** ~~~~\n"
+    return message([TEXT, attachment(payload, body=body)])
+
+
+def fake_close_in_preamble(payload: bytes) -> bytes:
+    """A closing delimiter line in the preamble, before the first part."""
+    msg = message([TEXT, attachment(payload)])
+    return msg.replace(b"This is a multi-part message in MIME format.\n", b"--b1--\n", 1)
+
+
+def rfc2231_filename(payload: bytes) -> bytes:
+    """A double-extension name in RFC 2231 encoding: invoice.pdf.exe."""
+    part = attachment(payload).replace(
+        b'filename="file.bin"', b"filename*=UTF-8''invoice%2Epdf%2Eexe"
+    )
+    return message([TEXT, part])
+
+
+def two_cte_headers(payload: bytes) -> bytes:
+    """Content-Transfer-Encoding given twice: 7bit, then base64."""
+    part = attachment(payload).replace(
+        b"Content-Transfer-Encoding: base64",
+        b"Content-Transfer-Encoding: 7bit\nContent-Transfer-Encoding: base64",
+    )
+    return message([TEXT, part])
+
+
+def cte_without_content_type(payload: bytes) -> bytes:
+    """A part with an encoding but no Content-Type (so text/plain by default)."""
+    return message([TEXT, b"Content-Transfer-Encoding: base64\n\n" + b64(payload)])
+
+
+def message_partial(payload: bytes) -> bytes:
+    """The whole message as fragment 1 of 1 of a message/partial (RFC 2046 5.2.2)."""
+    inner = message([TEXT, attachment(payload)])
+    return (
+        HEAD
+        + b'Content-Type: message/partial; id="frag@example.com"; number=1; total=1\n\n'
+        + (inner)
+    )
+
+
 CASES: dict[str, Builder] = {
     f.__name__: f
     for f in (
@@ -257,6 +332,17 @@ CASES: dict[str, Builder] = {
         misleading_text,
         misleading_zip_as_pdf,
         single_part_no_multipart,
+        folded_content_type,
+        rfc2231_boundary,
+        upper_case_headers,
+        crlf_line_endings,
+        base64_no_padding,
+        base64_junk_after,
+        fake_close_in_preamble,
+        rfc2231_filename,
+        two_cte_headers,
+        cte_without_content_type,
+        message_partial,
     )
 }
 
