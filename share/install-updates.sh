@@ -71,6 +71,7 @@ install_sudoers() {
 
 install_mailbox() {
   if ! id "$user" >/dev/null 2>&1; then
+    install -d -m 0755 "$(dirname "$home")"   # useradd makes the home, not its parents
     useradd --system --create-home --home-dir "$home" --shell /usr/sbin/nologin "$user"
     say "created the system user $user, home $home (userdel -r $user removes it)"
   fi

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import functools
 import ipaddress
 import os
 import re
@@ -35,7 +36,7 @@ from avtool.errors import AvtoolError
 
 MAX_CONTROL_BYTES = 16 << 20  # the observed ones: about 250 bytes plus ~30 per recipient
 
-_KEY = re.compile(rb"[A-Za-z0-9]")
+_KEYS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789")
 _INDEX = re.compile(r"(\d{1,9})(?: |$)")
 _UNSAFE = re.compile(r"[^\x20-\x7e]")
 _FLAGS = os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC
@@ -113,12 +114,15 @@ def _parse(raw: bytes, path: str) -> _Parsed:
     if b"\0" in raw:
         raise _broken("NUL byte in the control file", path)
     parsed = _Parsed(newline=raw.endswith(b"\n") or not raw)
-    for line in raw.split(b"\n"):
+    # One decode for the whole file: "\n" is never part of a UTF-8 sequence, so the lines
+    # are the same as if each were decoded alone.
+    for line in raw.decode("utf-8", "replace").split("\n"):
         if not line:
             continue  # the end of the file, or an empty line Courier never writes: harmless
-        if not _KEY.fullmatch(line[:1]):
+        key = line[0]
+        if key not in _KEYS:
             raise _broken("binary junk in the control file", path)
-        key, value = chr(line[0]), line[1:].decode("utf-8", "replace")
+        value = line[1:]
         if key == "r":
             parsed.recipients.append([value, "", ""])
         elif key in "RN" and parsed.recipients:
@@ -204,6 +208,7 @@ def read_envelope(control_paths: Iterable[str], *, max_bytes: int = MAX_CONTROL_
     )
 
 
+@functools.lru_cache(maxsize=1024)  # the same clients send again and again
 def _ip(text: str) -> str | None:
     try:
         address = ipaddress.ip_address(text.strip())

@@ -17,6 +17,8 @@ Handles LF and CRLF files, folded fields, 8-bit bytes, and a message that is all
 from __future__ import annotations
 
 import contextlib
+import functools
+import io
 import os
 import re
 import shutil
@@ -83,22 +85,27 @@ def _header(src: BinaryIO) -> Iterator[tuple[bytes, bytes | None]]:
         at_start = line.endswith(b"\n")
 
 
-def _names(names: Iterable[str]) -> set[bytes]:
+def _names(names: Iterable[str]) -> frozenset[bytes]:
+    return _names_of(tuple(names))
+
+
+@functools.lru_cache(maxsize=64)  # the same few names for every message
+def _names_of(names: tuple[str, ...]) -> frozenset[bytes]:
     out = set()
     for name in names:
         if not _NAME.fullmatch(name):
             raise ValueError(f"not a header field name: {name!r}")
         out.add(name.lower().encode("ascii"))
-    return out
+    return frozenset(out)
 
 
-def _open(path: str) -> BinaryIO:
+def _open(path: str) -> io.BufferedReader:
     fd = os.open(path, _FLAGS)
     if not stat.S_ISREG(os.fstat(fd).st_mode):
         os.close(fd)
         raise MessageError(f"not a regular file: {path}")
     os.set_blocking(fd, True)
-    return open(fd, "rb", buffering=READ_LINE)  # noqa: SIM115 - returned to a with block
+    return io.BufferedReader(io.FileIO(fd, "rb"), buffer_size=READ_LINE)
 
 
 def has_fields(path: str, names: Iterable[str]) -> bool:
@@ -108,6 +115,18 @@ def has_fields(path: str, names: Iterable[str]) -> bool:
     if not wanted:
         return False
     with _open(path) as src:
+        # Fast answer for nearly every message: a header that fits in the first read and
+        # nowhere contains a wanted name (as bytes, any case) cannot have such a field.
+        head = src.peek(READ_LINE)[:READ_LINE]
+        end = head.find(b"\n\n")
+        if end < 0:
+            end = head.find(b"\n\r\n")
+        if end < 0 and len(head) >= os.fstat(src.fileno()).st_size:
+            end = len(head)  # all header
+        if end >= 0:
+            header = head[:end].lower()
+            if not any(name in header for name in wanted):
+                return False
         return any(name in wanted for _, name in _header(src))
 
 

@@ -256,8 +256,9 @@ def check_paths(request: Request, spool_dir: str) -> None:
         _check_form(path, spool)
     if len(set(paths)) != len(paths):
         raise malformed("the same file named twice")
+    seen: set[str] = set()  # directories checked: data and control files share theirs
     for path in paths:
-        _check_file(path, spool)
+        _check_file(path, spool, seen)
 
 
 def _check_form(path: str, spool: str) -> None:
@@ -269,15 +270,18 @@ def _check_form(path: str, spool: str) -> None:
         raise transient("path outside the spool directory", f": {path!r} (not below {spool})")
 
 
-def _check_file(path: str, spool: str) -> None:
+def _check_file(path: str, spool: str, seen: set[str]) -> None:
     # Directories between the spool and the file must be real directories: a symlinked
     # tmp/NNN would let lstat of the last part look fine while pointing anywhere.
     parts = path[len(spool.rstrip("/")) + 1 :].split("/")
     current = spool
     for part in parts[:-1]:
         current = posixpath.join(current, part)
+        if current in seen:
+            continue
         if not stat.S_ISDIR(_lstat(current).st_mode):
             raise malformed("a directory in the path is not a directory", f": {current!r}")
+        seen.add(current)
     mode = _lstat(path).st_mode
     if not stat.S_ISREG(mode):
         raise malformed(f"not a regular file ({_kind(mode)})", f": {path!r}")

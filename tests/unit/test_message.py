@@ -302,3 +302,25 @@ def test_same_as_an_in_memory_oracle(
     assert out == b"X-Virus-Status: Clean\n" + oracle(
         content, {b"x-virus-status", b"x-virus-scanned"}
     )
+
+
+_LINES = st.sampled_from(
+    [b"Subject: x\n", b"X-Virus-Status: Clean\n", b"x-virus-STATUS : y\n", b" folded\n",
+     b"\tX-Virus-Status: in a fold\n", b"\n", b"\r\n", b"Body X-Virus-Status: z\n",
+     b"X-Other: X-Virus-Status\n", b"A" * 70 + b"\n", b"no colon\n"]
+)  # fmt: skip
+
+
+@settings(max_examples=300, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(lines=st.lists(_LINES, max_size=40), pad=st.integers(0, 70_000))
+def test_has_fields_fast_answer_agrees_with_the_full_read(
+    tmp_path: Path, lines: list[bytes], pad: int
+) -> None:
+    """The quick look at the first read only ever says "no" when the line by line read does."""
+    content = b"".join(lines[:20]) + b"Y" * pad + b"\n" + b"".join(lines[20:])
+    path = tmp_path / "msg"
+    path.write_bytes(content)
+    with message._open(str(path)) as src:
+        wanted = message._names(["X-Virus-Status"])
+        full = any(name in wanted for _, name in message._header(src))
+    assert has_fields(str(path), ["X-Virus-Status"]) is full
