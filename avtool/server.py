@@ -42,10 +42,15 @@ from avtool.errors import UsageError
 from avtool.ipc import DEBUG_PIPE, PidFile
 from avtool.pipeline import Pipeline
 from avtool.reload import Reloader
+from avtool.slowread import SlowReaders
 from avtool.stats import Stats
 
 log = logging.getLogger("avtool")
 COURIERFILTER_FD = 3
+# Courier sends its request as it connects: wait this long in a reader thread, then hand the
+# connection to the slow readers (slowread.py), which hold up to SLOW_LIMIT of them.
+FIRST_READ = 0.2
+SLOW_LIMIT = 512
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGQUIT, signal.SIGINT)
 RELOAD_SIGNALS = {
     signal.SIGHUP: (True, True),
@@ -94,6 +99,7 @@ class FilterServer:
         self.socket_path: Path | None = None
         self.threads: list[threading.Thread] = []
         self.busy = 0  # connections being served, for the drain log
+        self.slow: SlowReaders | None = None  # started with the readers
         self.busy_lock = threading.Lock()
         self.wake_r, self.wake_w = os.pipe()
         self.old_handlers: dict[int, object] = {}
@@ -128,6 +134,7 @@ class FilterServer:
                 self.pid_file.remove()
             raise
         self._install_signals()
+        self.slow = SlowReaders(self._answer_slow, _answer_early_and_close, SLOW_LIMIT)
         for i in range(self.readers):
             thread = threading.Thread(target=self._accept_loop, name=f"conn-{i}", daemon=True)
             thread.start()
@@ -217,12 +224,16 @@ class FilterServer:
                 # accepts mail UNFILTERED (notes/courier.md §3; bench/faults.py stdin-drain saw
                 # it). It also wakes every thread blocked in accept.
                 self.listener.shutdown(socket.SHUT_RDWR)
+        if self.slow is not None:
+            self.slow.stop()  # requests still being read: 432, Courier tries again
         if self.busy:
             log.info("draining %d message(s)", self.busy)
         deadline = time.monotonic() + self.cfg[K.DRAIN_TIMEOUT]
         for thread in self.threads:
             thread.join(max(0.0, deadline - time.monotonic()))
-        if any(t.is_alive() for t in self.threads):
+        while self.busy and time.monotonic() < deadline:  # requests the slow readers finished
+            time.sleep(0.05)
+        if self.busy or any(t.is_alive() for t in self.threads):
             log.warning("drain deadline passed with %d message(s) in flight", self.busy)
         if self.listener is not None:
             self.listener.close()
@@ -252,36 +263,67 @@ class FilterServer:
                 continue
             with self.busy_lock:
                 self.busy += 1
+            handed_over = False
             try:
-                with conn:
-                    self._serve(conn)
+                handed_over = self._serve(conn)
             except Exception:  # noqa: BLE001 - one connection must never kill a reader thread
                 log.exception("connection failed")
             finally:
+                if not handed_over:
+                    conn.close()
                 with self.busy_lock:
                     self.busy -= 1
 
-    def _serve(self, conn: socket.socket) -> None:
-        deadline = time.monotonic() + self.cfg[K.MESSAGE_TIMEOUT]
+    def _serve(self, conn: socket.socket) -> bool:
+        """Read the request and answer it; True if the connection went to the slow readers
+        (the request did not come within FIRST_READ: slowread.py), which then own it."""
+        now = time.monotonic()
+        deadline = now + self.cfg[K.MESSAGE_TIMEOUT]
+        until = now + self.cfg[K.READ_TIMEOUT]
+        parser = RequestReader()
         try:
-            request = _read_request(conn, self.cfg[K.READ_TIMEOUT])
+            try:
+                request = _read_request(conn, parser, min(until, now + FIRST_READ))
+            except TimeoutError:
+                slow = self.slow
+                late = time.monotonic() >= until
+                if slow is not None and not late and slow.add(conn, parser, until, deadline):
+                    return True
+                request = _read_request(conn, parser, until)  # full: read it here
         except TimeoutError:
             log.warning("no complete request within serve.read_timeout")
             _answer_early(conn, Reply(432, "4.3.0 Timeout reading the filter request"))
-            return
+            return False
         except protocol.ProtocolError as e:
             log.warning("bad request: %s", e)
             _answer_early(conn, e.reply)
-            return
+            return False
         except OSError as e:
             log.warning("client went away: %s", e)
-            return
+            return False
+        self._answer(conn, request, deadline)
+        return False
+
+    def _answer(self, conn: socket.socket, request: Request, deadline: float) -> None:
         reply = self._scan_in_slot(request, deadline)
         try:
             conn.settimeout(10.0)
             conn.sendall(protocol.format_reply(reply))
         except OSError as e:
             log.warning("could not reply to Courier: %s", e)
+
+    def _answer_slow(self, conn: socket.socket, request: Request, deadline: float) -> None:
+        """A request the slow readers finished, in a thread of its own (counted for drain)."""
+        with self.busy_lock:
+            self.busy += 1
+        try:
+            with conn:
+                self._answer(conn, request, deadline)
+        except Exception:  # noqa: BLE001
+            log.exception("connection failed")
+        finally:
+            with self.busy_lock:
+                self.busy -= 1
 
     def _scan_in_slot(self, request: Request, deadline: float) -> Reply:
         """Wait for a scan slot and scan, all within the message deadline; past it, 432."""
@@ -305,10 +347,9 @@ def _watchable(fd: int) -> bool:
     return stat.S_ISFIFO(mode) or stat.S_ISSOCK(mode) or stat.S_ISCHR(mode)
 
 
-def _read_request(conn: socket.socket, timeout: float) -> Request:
-    """The whole request within ``timeout`` seconds in all (a slow drip does not extend it)."""
-    parser = RequestReader()
-    until = time.monotonic() + timeout
+def _read_request(conn: socket.socket, parser: RequestReader, until: float) -> Request:
+    """The whole request by ``until`` (time.monotonic()): a slow drip does not extend it.
+    TimeoutError leaves what came so far in ``parser``."""
     while True:
         left = until - time.monotonic()
         if left <= 0:
@@ -322,6 +363,11 @@ def _read_request(conn: socket.socket, timeout: float) -> Request:
         request = parser.feed(chunk)
         if request is not None:
             return request
+
+
+def _answer_early_and_close(conn: socket.socket, reply: Reply) -> None:
+    with conn:
+        _answer_early(conn, reply)
 
 
 def _answer_early(conn: socket.socket, reply: Reply) -> None:

@@ -366,6 +366,50 @@ def test_idle_clients_do_not_hold_scan_slots(clamd_server: Any) -> None:
         assert d.stop() == 0
 
 
+def test_idle_clients_beyond_the_reader_threads_do_not_delay_mail(clamd_server: Any) -> None:
+    """16 reader threads (serve.max_connections) and 48 clients that connect and send
+    nothing, with a 30 s read timeout: a clean and an infected message are still answered
+    while every idle client waits. The idle ones are handed to the slow readers (one selector
+    thread) after FIRST_READ; each reader thread is free again for real mail."""
+    conf = hostile_config(str(clamd_server.unix_socket), "max_connections = 16\n", 30.0)
+    d = start_daemon(conf)
+    idle = []
+    try:
+        for _ in range(48):
+            s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            s.connect(str(d.socket_path))
+            idle.append(s)
+        clean = d.spool.message(mail())
+        virus = d.spool.message(mail(attachment=EICAR))
+        assert talk(d.socket_path, request_bytes(*clean), timeout=20)[0] == "200 Ok\n"
+        assert talk(d.socket_path, request_bytes(*virus), timeout=20)[0].startswith(VIRUS)
+        waiting, _, _ = select.select(idle, [], [], 0)
+        assert waiting == []  # every idle client is still waiting for its timeout
+        assert "no complete request" not in d.log()
+    finally:
+        for s in idle:
+            s.close()
+        assert d.stop() == 0
+    assert "Traceback" not in d.log()
+
+
+@pytest.mark.parametrize("infected", [False, True])
+def test_a_request_in_two_late_parts_is_read_by_the_slow_readers(
+    daemon: Daemon, infected: bool
+) -> None:
+    """Half the request, a pause past FIRST_READ (the reader thread hands the connection
+    over), then the rest: scanned and answered as if it had come at once."""
+    raw = request_bytes(*daemon.spool.message(mail(attachment=EICAR if infected else None)))
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+        s.settimeout(20)
+        s.connect(str(daemon.socket_path))
+        s.sendall(raw[: len(raw) // 2])
+        time.sleep(0.6)
+        s.sendall(raw[len(raw) // 2 :])
+        reply = s.recv(1000).decode()
+    assert reply.startswith(VIRUS) if infected else reply == "200 Ok\n"
+
+
 def test_500_concurrent_connections(clamd_server: Any) -> None:
     """500 connections open at once: 400 send a message (every tenth infected), 50 garbage, 50
     nothing. Each gets its own right answer: 200 or 550, 500, or 432 after the read timeout
