@@ -23,10 +23,11 @@ from avtool.courier import control, message, protocol
 from avtool.courier.control import Envelope
 from avtool.courier.protocol import Reply, Request
 from avtool.engine import Engine
-from avtool.engine.verdict import Verdict
+from avtool.engine.verdict import Clean, Unchecked, Verdict
 from avtool.errors import AvtoolError
 
 log = logging.getLogger("avtool")
+PARTIAL = "message/partial: a fragment, clamd cannot scan it"
 
 
 @dataclass(frozen=True)
@@ -81,6 +82,8 @@ class Pipeline:
         finally:
             os.close(fd)
 
+        if isinstance(verdict, Clean) and message.is_partial(request.data_path):
+            verdict = Unchecked(PARTIAL, verdict.backend)
         decision = policy.decide(verdict, envelope, self.cfg)
         if dry_run:
             return Outcome(Reply(200, "Ok"), decision, envelope, verdict, size, scan_ms)

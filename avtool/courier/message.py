@@ -108,6 +108,19 @@ def _open(path: str) -> io.BufferedReader:
     return io.BufferedReader(io.FileIO(fd, "rb"), buffer_size=READ_LINE)
 
 
+def _quick_header(src: io.BufferedReader) -> bytes | None:
+    """The header (lower case, maybe with some body after it) when it lies whole within the
+    first read, else None. A quick "no" for nearly every message: a header that nowhere
+    contains a name or a word cannot have the field that needs it."""
+    head = src.peek(READ_LINE)[:READ_LINE]
+    end = head.find(b"\n\n")
+    if end < 0:
+        end = head.find(b"\n\r\n")
+    if end < 0 and len(head) >= os.fstat(src.fileno()).st_size:
+        end = len(head)  # all header
+    return head[:end].lower() if end >= 0 else None
+
+
 def has_fields(path: str, names: Iterable[str]) -> bool:
     """Whether the header of the message at ``path`` has a field with one of ``names``
     (case-insensitive). Reads the header only."""
@@ -115,19 +128,32 @@ def has_fields(path: str, names: Iterable[str]) -> bool:
     if not wanted:
         return False
     with _open(path) as src:
-        # Fast answer for nearly every message: a header that fits in the first read and
-        # nowhere contains a wanted name (as bytes, any case) cannot have such a field.
-        head = src.peek(READ_LINE)[:READ_LINE]
-        end = head.find(b"\n\n")
-        if end < 0:
-            end = head.find(b"\n\r\n")
-        if end < 0 and len(head) >= os.fstat(src.fileno()).st_size:
-            end = len(head)  # all header
-        if end >= 0:
-            header = head[:end].lower()
-            if not any(name in header for name in wanted):
-                return False
+        header = _quick_header(src)
+        if header is not None and not any(name in header for name in wanted):
+            return False
         return any(name in wanted for _, name in _header(src))
+
+
+def is_partial(path: str) -> bool:
+    """Whether the message at ``path`` is a fragment: top-level ``Content-Type:
+    message/partial`` (RFC 2046 5.2.2). clamd answers clean for one without looking inside
+    (tests/integration/test_evasion.py); only the reassembled message could be scanned."""
+    with _open(path) as src:
+        header = _quick_header(src)
+        if header is not None and b"partial" not in header:
+            return False  # not even the word
+        value: list[bytes] = []
+        for line, name in _header(src):
+            if name is not None or line in (b"\n", b"\r\n"):
+                if value:
+                    break  # the field ended: the first Content-Type counts
+                if name == b"content-type":
+                    value.append(line.split(b":", 1)[1])
+            elif value:
+                value.append(line)  # a continuation of it
+    text = b" ".join(v.strip() for v in value).lower()
+    text = re.sub(rb"\([^()]*\)", b"", text)  # RFC 5322 comments
+    return text.split(b";", 1)[0].replace(b" ", b"").replace(b"\t", b"") == b"message/partial"
 
 
 def _eol(src: BinaryIO) -> bytes:

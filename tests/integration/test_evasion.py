@@ -31,7 +31,8 @@ pytestmark = pytest.mark.clamd
 # message cannot be scanned" and answers clean, even for one fragment (number=1; total=1)
 # holding a whole message. clamd's ScanPartialMessages (default no, as in Debian's clamd.conf)
 # turns on "RFC1341 handling", but the case was still clean with it in a trial on ClamAV
-# 1.4.6. Fragments spread over several messages can be caught by no per-message filter.
+# 1.4.6. Fragments spread over several messages can be caught by no per-message filter, so
+# avtool makes a fragment "unchecked" and policy.unchecked decides (the last test here).
 CLAMD_MISSES = {
     "yenc_body": "clamd decodes yEnc only with Content-Transfer-Encoding: x-yencode",
     "yenc_text_part": "clamd decodes yEnc only with Content-Transfer-Encoding: x-yencode",
@@ -112,3 +113,20 @@ def test_yenc_is_decodable_as_built() -> None:
         else:
             out.append((byte - 42) % 256)
     assert bytes(out) == evasion.EICAR + bytes(range(256))
+
+
+def test_a_fragment_counts_as_unchecked(clamd_server: Any) -> None:
+    """clamd answers clean for message/partial without looking: avtool calls it unchecked, so
+    policy.unchecked decides (here reject), whatever the fragment holds."""
+    conf = config_for(str(clamd_server.unix_socket), '\n[policy]\nunchecked = "reject"\n')
+    d = start_daemon(conf)
+    try:
+        for payload in (evasion.EICAR, evasion.HARMLESS):
+            reply = d.filter(*d.spool.message(evasion.message_partial(payload)))
+            assert reply.startswith("550 5.7.1 Message could not be scanned: message/partial")
+        assert d.filter(*d.spool.message(evasion.CASES["cte_odd_case"](evasion.HARMLESS))) == (
+            "200 Ok\n"
+        )
+    finally:
+        assert d.stop() == 0
+    assert "verdict=unchecked: message/partial" in d.log()
