@@ -2,10 +2,10 @@
 
 One run: N messages by SMTP to Courier on 127.0.0.1:2525 (tests/e2e/harness.py), S concurrent
 senders at a steady total rate, a fraction of them infected, while one fault happens at the
-midpoint and is healed ``hold`` seconds later. The senders behave like real MTAs: a 4xx (or a
-broken connection) is retried with backoff, a bounded number of times. Then the queue drains and
-every message is accounted for by its token (subject and body) against the Maildir, the
-quarantine dir and the last SMTP reply:
+midpoint and is healed ``hold`` seconds later. The senders behave like an MTA's queue: new mail
+keeps flowing while a message answered 4xx (or cut off) waits for its retry, with backoff, a
+bounded number of times. Then Courier's queue drains and every message is accounted for by its
+token (in the Subject) against the Maildir, the quarantine dir and the last SMTP reply:
 
     delivered    in the Maildir                       (clean mail)
     rejected     550 at DATA                          (policy.reject: ClamAV-Test-File)
@@ -15,6 +15,13 @@ quarantine dir and the last SMTP reply:
 
 The invariant: no infected message is delivered; no clean message is lost (or refused); every
 message ends as its policy says, at once or after 4xx retries. Anything else is a violation.
+
+Faults (FAULTS): clamd killed and restarted; clamd SIGSTOPped past the scan deadline, then
+SIGCONT; clamd replaced by a fake that answers garbage; two backends, the first killed; the
+filter SIGKILLed and restarted (``courierfilter stop`` + ``start``; ``filter-kill-filterctl``
+restarts it with ``filterctl stop`` + ``start`` instead, and shows Courier's own moment without a
+socket, when mail passes unfiltered: reported apart); stdin closed mid-run (``courierfilter
+stop``: the daemon drains); a reload every 100 ms; the quarantine's small tmpfs full.
 
 The filter is avtool as share/install.sh installs it (the /opt/avtool venv, run by Courier as
 user courier), under its own filter name ``avfaults`` with its own config file, so the installed
