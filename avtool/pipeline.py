@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from avtool import keys as K
-from avtool import policy
+from avtool import logs, policy
 from avtool.config import Config
 from avtool.courier import control, message, protocol
 from avtool.courier.control import Envelope
@@ -79,16 +79,17 @@ class Pipeline:
             started = time.monotonic()
             verdict = self.engine.scan(fd, path=request.data_path, deadline=deadline)
             scan_ms = (time.monotonic() - started) * 1000
+            quick = message.peek_header(fd) if isinstance(verdict, Clean) else None
         finally:
             os.close(fd)
 
-        if isinstance(verdict, Clean) and message.is_partial(request.data_path):
+        if isinstance(verdict, Clean) and message.is_partial(request.data_path, quick=quick):
             verdict = Unchecked(PARTIAL, verdict.backend)
         decision = policy.decide(verdict, envelope, self.cfg)
         if dry_run:
             return Outcome(Reply(200, "Ok"), decision, envelope, verdict, size, scan_ms)
         try:
-            self._apply(decision, request, envelope, verdict)
+            self._apply(decision, request, envelope, verdict, quick)
         except (OSError, AvtoolError) as e:
             log.error("cannot %s %s: %s", decision.action, request.data_path, e)
             reply = Reply(432, f"4.3.0 avtool could not {decision.action} the message")
@@ -98,7 +99,12 @@ class Pipeline:
         )
 
     def _apply(
-        self, decision: policy.Decision, request: Request, envelope: Envelope, verdict: Verdict
+        self,
+        decision: policy.Decision,
+        request: Request,
+        envelope: Envelope,
+        verdict: Verdict,
+        quick: bytes | None = None,
     ) -> None:
         if decision.action == "quarantine":
             self._quarantine(request, envelope, verdict, decision)
@@ -111,7 +117,9 @@ class Pipeline:
         ):
             return  # nobody gets this copy: no header work
         rename = list(policy.OUR_FIELDS) if self.cfg[K.HEADER_RENAME] else []
-        if decision.headers or (rename and message.has_fields(request.data_path, rename)):
+        if decision.headers or (
+            rename and message.has_fields(request.data_path, rename, quick=quick)
+        ):
             message.rewrite_headers(request.data_path, list(decision.headers), rename)
 
     def _quarantine(
@@ -165,12 +173,13 @@ class Pipeline:
             f"bytes={outcome.size}",
             f"ms={outcome.scan_ms:.1f}",
         ]
+        text = " ".join(fields)
         if d and d.fail_open:
-            log.error("FAIL-OPEN accepted unscanned mail: %s", " ".join(fields))
+            logs.line(log, logging.ERROR, f"FAIL-OPEN accepted unscanned mail: {text}")
         elif outcome.reply.code >= 400 and d is None:
-            log.warning("%s", " ".join(fields))
+            logs.line(log, logging.WARNING, text)
         else:
-            log.info("%s", " ".join(fields))
+            logs.line(log, logging.INFO, text)
 
 
 LOG_RECIPIENTS = 10  # at most this many addresses in a log line, then "+N"

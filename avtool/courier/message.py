@@ -108,24 +108,34 @@ def _open(path: str) -> io.BufferedReader:
     return io.BufferedReader(io.FileIO(fd, "rb"), buffer_size=READ_LINE)
 
 
-def _quick_header(src: io.BufferedReader) -> bytes | None:
-    """The header (lower case, maybe with some body after it) when it lies whole within the
-    first read, else None. A quick "no" for nearly every message: a header that nowhere
-    contains a name or a word cannot have the field that needs it."""
-    head = src.peek(READ_LINE)[:READ_LINE]
+def quick_header(head: bytes, size: int) -> bytes | None:
+    """The header in lower case (maybe with some body after it) when it lies whole within
+    ``head``, the first bytes of a message of ``size`` bytes; else None. For a quick "no": a
+    header that nowhere contains a field's name, or a word, cannot have the field."""
     end = head.find(b"\n\n")
     if end < 0:
         end = head.find(b"\n\r\n")
-    if end < 0 and len(head) >= os.fstat(src.fileno()).st_size:
+    if end < 0 and len(head) >= size:
         end = len(head)  # all header
     return head[:end].lower() if end >= 0 else None
 
 
-def has_fields(path: str, names: Iterable[str]) -> bool:
+def peek_header(fd: int) -> bytes | None:
+    """quick_header of the file open on ``fd`` (one pread, the offset left alone)."""
+    return quick_header(os.pread(fd, READ_LINE, 0), os.fstat(fd).st_size)
+
+
+def _quick_header(src: io.BufferedReader) -> bytes | None:
+    return quick_header(src.peek(READ_LINE)[:READ_LINE], os.fstat(src.fileno()).st_size)
+
+
+def has_fields(path: str, names: Iterable[str], *, quick: bytes | None = None) -> bool:
     """Whether the header of the message at ``path`` has a field with one of ``names``
-    (case-insensitive). Reads the header only."""
+    (case-insensitive). Reads the header only; ``quick`` (quick_header) may spare the open."""
     wanted = _names(names)
     if not wanted:
+        return False
+    if quick is not None and not any(name in quick for name in wanted):
         return False
     with _open(path) as src:
         header = _quick_header(src)
@@ -134,10 +144,12 @@ def has_fields(path: str, names: Iterable[str]) -> bool:
         return any(name in wanted for _, name in _header(src))
 
 
-def is_partial(path: str) -> bool:
+def is_partial(path: str, *, quick: bytes | None = None) -> bool:
     """Whether the message at ``path`` is a fragment: top-level ``Content-Type:
     message/partial`` (RFC 2046 5.2.2). clamd answers clean for one without looking inside
     (tests/integration/test_evasion.py); only the reassembled message could be scanned."""
+    if quick is not None and b"partial" not in quick:
+        return False
     with _open(path) as src:
         header = _quick_header(src)
         if header is not None and b"partial" not in header:
