@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import io
 import logging
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import pytest
 
@@ -12,34 +12,33 @@ from avtool import logs
 
 
 @pytest.fixture
-def stderr(monkeypatch: pytest.MonkeyPatch) -> Iterator[io.StringIO]:
-    buf = io.StringIO()
-    monkeypatch.setattr("sys.stderr", buf)
+def stderr(capsys: pytest.CaptureFixture[str]) -> Iterator[Callable[[], str]]:
+    """What went to sys.stderr (setup() takes the one pytest has in place for the test)."""
     root = logging.getLogger("avtool")
     saved = (root.handlers[:], root.level, root.propagate, logs._direct)
-    yield buf
+    yield lambda: capsys.readouterr().err
     root.handlers[:], root.level, root.propagate, logs._direct = saved
 
 
-def test_line_writes_what_the_logger_would(stderr: io.StringIO) -> None:
+def test_line_writes_what_the_logger_would(stderr: Callable[[], str]) -> None:
     logs.setup(1)
     log = logging.getLogger("avtool")
     log.info("%s", "id=1 verdict=clean")
     logs.line(log, logging.INFO, "id=1 verdict=clean")
     logs.line(log, logging.WARNING, "id=2 action=defer")
     logs.line(log, logging.DEBUG, "not at verbosity 1")
-    assert stderr.getvalue().splitlines() == [
+    assert stderr().splitlines() == [
         "avtool: INFO id=1 verdict=clean",
         "avtool: INFO id=1 verdict=clean",
         "avtool: WARNING id=2 action=defer",
     ]
 
 
-def test_line_respects_another_handler(stderr: io.StringIO) -> None:
+def test_line_respects_another_handler(stderr: Callable[[], str]) -> None:
     logs.setup(1)
     log = logging.getLogger("avtool")
     other = io.StringIO()
     extra = logging.StreamHandler(other)
     log.addHandler(extra)
     logs.line(log, logging.INFO, "hello")
-    assert other.getvalue() == "hello\n" and "hello" in stderr.getvalue()
+    assert other.getvalue() == "hello\n" and "hello" in stderr()
