@@ -76,6 +76,7 @@ install_mailbox() {
     say "created the system user $user, home $home (userdel -r $user removes it)"
   fi
   local h; h=$(getent passwd "$user" | cut -d: -f6)
+  [[ -d $h ]] || install -d -o "$user" -g "$(id -gn "$user")" -m 0700 "$h"
   [[ -d $h/Maildir/new ]] || runuser -u "$user" -- maildirmake "$h/Maildir"
   local d_opt=""
   if [[ $run_as != root ]]; then d_opt="-D $(id -u "$run_as")/$(id -g "$run_as") "; fi

@@ -67,6 +67,8 @@ def installed() -> Iterator[Installed]:
     if reason := _missing():
         pytest.skip(reason)
     saved = {p: p.read_bytes() for p in (SCRIPT, DROP_IN, CONF) if p.exists()}
+    _run("userdel", "-r", USER)  # left by an interrupted run: start from nothing
+    shutil.rmtree(HOME, ignore_errors=True)
     # avtool as the test user can run it: this checkout's venv, when others can read it.
     python = Path(sys.executable)
     venv_avtool = python.parent / "avtool"
