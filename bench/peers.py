@@ -245,8 +245,10 @@ def courier_rounds(
     (conf / "avtool.conf").chmod(0o644)
     peer_conf(conf / "pythonfilter", sock)
     wrappers = {
+        # this tree's avtool (a copy user courier can read), on the installed venv's packages
         "avbench": "#!/bin/sh\n"
-        f"exec /opt/avtool/bin/avtool serve -f {conf}/avtool.conf --name avbench\n",
+        f"PYTHONPATH={harness.filter_lib()} exec /opt/avtool/bin/python -m avtool serve "
+        f"-f {conf}/avtool.conf --name avbench\n",
         "pythonfilter": f"#!/bin/sh\nexec {VENV}/bin/python {RUNNER} {conf}/pythonfilter\n",
     }
     rows: list[dict[str, object]] = []
