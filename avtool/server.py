@@ -295,7 +295,10 @@ class FilterServer:
             _answer_early(conn, Reply(432, "4.3.0 Timeout reading the filter request"))
             return False
         except protocol.ProtocolError as e:
-            log.warning("bad request: %s", e)
+            if parser.received:
+                log.warning("bad request: %s", e)
+            else:  # connected and closed: a check that the socket answers (the doctor's)
+                log.debug("a connection closed before sending anything")
             _answer_early(conn, e.reply)
             return False
         except OSError as e:

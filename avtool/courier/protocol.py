@@ -136,6 +136,11 @@ class RequestReader:
         self._rest = bytearray()
 
     @property
+    def received(self) -> int:
+        """Bytes fed so far (up to the end of the request)."""
+        return self._consumed + len(self._buf)
+
+    @property
     def remainder(self) -> bytes:
         """Bytes fed after the blank line that ended the request."""
         return bytes(self._rest)

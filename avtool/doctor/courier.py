@@ -38,16 +38,35 @@ def check_courier(cfg: Config, name: str = "avtool") -> Iterator[Finding]:
         yield Finding("fail", f"filter {name} is not enabled", f"filterctl start {name}")
     directory = Path(cfg[K.COURIER_DIR]) / cfg[K.FILTER_DIR]
     sock = directory / name
-    if _is_socket(sock):
-        yield Finding("ok", f"filter socket {sock} is in place")
-    else:
+    restart = "courierfilter stop; courierfilter start"
+    if not _is_socket(sock):
         yield Finding(
             "fail",
             f"no filter socket {sock}: mail is accepted UNFILTERED while the filter is enabled",
-            f"filterctl stop {name}; filterctl start {name} (or courierfilter restart)",
+            restart,
         )
+    elif (problem := _no_listener(sock)) is not None:
+        yield Finding(
+            "fail",
+            f"filter socket {sock} is dead ({problem}): Courier answers 432 to every message",
+            f"{restart} (filterctl stop + start would leave a moment with no socket)",
+        )
+    else:
+        yield Finding("ok", f"filter socket {sock} is in place and answers")
     yield from _enablefiltering()
     yield from _courier_reaches_clamd(cfg)
+
+
+def _no_listener(path: Path) -> str | None:
+    """Why nobody accepts on the socket, or None. Connects and closes without a request: the
+    daemon logs that at debug level only."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+        s.settimeout(2.0)
+        try:
+            s.connect(str(path))
+        except OSError as e:
+            return e.strerror or type(e).__name__
+    return None
 
 
 def _is_socket(path: Path) -> bool:

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import shutil
+import socket
 import subprocess
+import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +16,7 @@ from typer.testing import CliRunner
 from avtool.cli.app import app
 from avtool.config import Config
 from avtool.doctor import courier as doctor_courier
+from tests.integration.serve_support import config_for, start_daemon
 
 pytestmark = pytest.mark.clamd
 
@@ -83,3 +88,39 @@ def test_courier_checks_find_a_disabled_filter(
     sock = f"no filter socket {state}/allfilters/avtool"
     assert found[sock].status == "fail"
     assert any("does not name esmtp" in w and f.status == "fail" for w, f in found.items())
+
+
+def test_courier_checks_find_a_dead_and_a_live_filter_socket(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, clamd_server: Any
+) -> None:
+    """A socket file nobody listens on (a crashed filter) is a failure: Courier answers 432 to
+    all mail. The live daemon's socket answers; probing it logs no warning."""
+    filters, active = tmp_path / "filters", tmp_path / "active"
+    for d in (filters, active):
+        d.mkdir()
+    (filters / "avtool").write_text("#!/bin/sh\n")
+    (filters / "avtool").chmod(0o755)
+    monkeypatch.setattr(doctor_courier, "FILTERS", filters)
+    monkeypatch.setattr(doctor_courier, "ACTIVE", active)
+    dead = tmp_path / "state" / "allfilters"
+    dead.mkdir(parents=True)
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+        s.bind(str(dead / "avtool"))  # bound, never listening: what a killed daemon leaves
+    cfg = Config.resolve(env={}, overrides={"serve.courier_dir": str(tmp_path / "state")})
+    found = [f for f in doctor_courier.check_courier(cfg) if "filter socket" in f.what]
+    assert [f.status for f in found] == ["fail"] and "is dead" in found[0].what
+    assert found[0].fix.startswith("courierfilter stop; courierfilter start")
+
+    live = Path(tempfile.mkdtemp(prefix="avd", dir="/tmp"))
+    (live / "allfilters").mkdir()
+    conf = config_for(str(clamd_server.unix_socket), f'courier_dir = "{live}"\n')
+    daemon = start_daemon(conf, socket_path=live / "allfilters" / "avtool")
+    try:
+        cfg = Config.resolve(env={}, overrides={"serve.courier_dir": str(live)})
+        found = [f for f in doctor_courier.check_courier(cfg) if "filter socket" in f.what]
+        assert [f.status for f in found] == ["ok"] and "answers" in found[0].what
+        time.sleep(0.3)
+    finally:
+        assert daemon.stop() == 0
+        shutil.rmtree(live, ignore_errors=True)
+    assert "WARNING" not in daemon.log()
