@@ -38,6 +38,10 @@ USER = "avtupdate"
 HOME = Path("/var/lib/avtool-e2e/avtupdate")
 DROP_IN = Path("/etc/sudoers.d/avtool-get-ides")
 CONF = Path("/etc/avtool/get_ides.conf")
+# sudo mails root about each refused command (the tests below make several); on the test
+# Courier that mail bounces to the sender, the update mailbox, whose maildrop would then run
+# updates of its own in the middle of a test. A real postmaster reads them instead.
+NO_MAIL = Path("/etc/sudoers.d/zz-avtool-e2e-no-mail")
 STUB_DIR = Path("/var/lib/avtool-e2e/stub-bin")
 # What the stub freshclam adds: a body signature on a marker no message has by chance.
 MARKER = b"AVTOOL-E2E-NEW-SIGNATURE-7f3a"
@@ -81,8 +85,12 @@ def installed() -> Iterator[Installed]:
         probe = _run("runuser", "-u", USER, "--", str(python), "-c", "import avtool, typer")
         if probe.returncode != 0:
             pytest.skip(f"user {USER} cannot run this checkout's avtool: {probe.stderr.strip()}")
+        NO_MAIL.write_text(f"Defaults:{USER} !mail_badpass, !mail_no_user, !mail_no_perms\n")
+        NO_MAIL.chmod(0o440)
+        assert _run("visudo", "-cf", str(NO_MAIL)).returncode == 0
         yield Installed(python)
     finally:
+        NO_MAIL.unlink(missing_ok=True)
         for path in (SCRIPT, DROP_IN, CONF):
             if path in saved:
                 path.write_bytes(saved[path])
@@ -163,7 +171,7 @@ def _announce(installed: Installed, subject: str) -> email.message.EmailMessage:
     )  # fmt: skip
     assert done.returncode == 0, done.stderr
     kept = list((maildir / "new").iterdir())
-    assert len(kept) == 1, kept
+    assert len(kept) == 1, [p.read_bytes()[:600] for p in kept]
     parsed = email.message_from_bytes(kept[0].read_bytes(), policy=email.policy.default)
     assert isinstance(parsed, email.message.EmailMessage)
     return parsed
