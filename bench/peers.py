@@ -38,7 +38,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import select
 import shutil
 import socket
 import statistics
@@ -58,7 +57,7 @@ from bench.corpus import generate  # noqa: E402
 from bench.engine import Result, best, clamd_alone, machine, run, table  # noqa: E402
 from bench.serve import proc_cpu_s, proc_hwm_mb, spool_copy  # noqa: E402
 from tests.clamd_harness import ClamdServer  # noqa: E402
-from tests.integration.serve_support import request_bytes, start_daemon  # noqa: E402
+from tests.integration.serve_support import request_bytes, spawn_fd3, start_daemon  # noqa: E402
 
 PEER_ROOT = Path("/var/lib/avtool-bench")
 VENV = PEER_ROOT / "pythonfilter-venv"
@@ -119,23 +118,7 @@ def peer_conf(confdir: Path, clamd_socket: str) -> Path:
 
 def start_with_fd3(cmd: list[str], log: Path, timeout: float = 30.0) -> subprocess.Popen[bytes]:
     """Start ``cmd`` as courierfilter does: stdin a pipe, fd 3 a pipe it closes when ready."""
-    r3, w3 = os.pipe()
-    with open(log, "wb") as err:
-        proc = subprocess.Popen(
-            ["/bin/sh", "-c", f'exec "$@" 3>&{w3} {w3}>&-', "sh", *cmd],
-            stdin=subprocess.PIPE,
-            stdout=err,
-            stderr=err,
-            pass_fds=(w3,),
-        )
-    os.close(w3)
-    ready, _, _ = select.select([r3], [], [], timeout)
-    closed = bool(ready) and os.read(r3, 1) == b""
-    os.close(r3)
-    if not closed:
-        proc.kill()
-        raise RuntimeError(f"{cmd[0]} never closed fd 3:\n{log.read_text(errors='replace')}")
-    return proc
+    return spawn_fd3(cmd, log, timeout=timeout)[0]
 
 
 def stop(proc: subprocess.Popen[bytes]) -> int:

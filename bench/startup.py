@@ -15,8 +15,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import select
 import shutil
 import statistics
 import subprocess
@@ -30,6 +28,7 @@ sys.path.insert(0, str(REPO))
 
 from bench.engine import machine  # noqa: E402
 from tests.clamd_harness import ClamdServer  # noqa: E402
+from tests.integration.serve_support import spawn_fd3  # noqa: E402
 
 TARGET_MS = 300.0
 PY = str(REPO / ".venv" / "bin" / "python")
@@ -60,34 +59,17 @@ def config(work: Path, clamd_socket: str) -> Path:
 
 def start_once(cmd: list[str], env: dict[str, str], log: Path, timeout: float = 20.0) -> float:
     """Seconds from exec to fd 3 closed; the daemon is then stopped by stdin EOF."""
-    r3, w3 = os.pipe()
-    with open(log, "wb") as err:
-        t0 = time.perf_counter()
-        proc = subprocess.Popen(
-            ["/bin/sh", "-c", f'exec "$@" 3>&{w3} {w3}>&-', "sh", *cmd],
-            stdin=subprocess.PIPE,
-            stdout=err,
-            stderr=err,
-            pass_fds=(w3,),
-            env=env,
-        )
-    os.close(w3)
+    proc, seconds = spawn_fd3(cmd, log, env=env, timeout=timeout)
+    assert proc.stdin is not None
+    proc.stdin.close()  # courierfilter's stop
     try:
-        ready, _, _ = select.select([r3], [], [], timeout)
-        closed = bool(ready) and os.read(r3, 1) == b""
-        seconds = time.perf_counter() - t0
-    finally:
-        os.close(r3)
-        assert proc.stdin is not None
-        proc.stdin.close()  # courierfilter's stop
-        try:
-            proc.wait(20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-    if not closed or proc.returncode != 0:
+        proc.wait(20)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+    if proc.returncode != 0:
         tail = log.read_text(errors="replace")[-2000:]
-        raise RuntimeError(f"fd 3 closed: {closed}, exit {proc.returncode}:\n{tail}")
+        raise RuntimeError(f"exit {proc.returncode}:\n{tail}")
     return seconds
 
 

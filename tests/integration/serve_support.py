@@ -132,6 +132,44 @@ def cleanup_all() -> None:
     _STARTED.clear()
 
 
+def spawn_fd3(
+    cmd: list[str],
+    log: Path,
+    *,
+    cwd: Path | None = None,
+    env: dict[str, str] | None = None,
+    timeout: float = 20.0,
+) -> tuple[subprocess.Popen[bytes], float]:
+    """Start ``cmd`` as courierfilter does (stdin a pipe, fd 3 a pipe it closes when ready,
+    stdout and stderr to ``log``); the process and the seconds until fd 3 closed. Kills it
+    and raises RuntimeError with the log when fd 3 is not closed within ``timeout``."""
+    r3, w3 = os.pipe()
+    started = time.perf_counter()
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(
+            # bash: dash takes only one-digit descriptors in a redirection
+            ["bash", "-c", f'exec "$@" 3>&{w3} {w3}>&-', "bash", *cmd],
+            stdin=subprocess.PIPE,
+            stdout=out,
+            stderr=out,
+            pass_fds=(w3,),
+            cwd=cwd,
+            env=env,
+        )
+    os.close(w3)
+    try:
+        ready, _, _ = select.select([r3], [], [], timeout)
+        closed = bool(ready) and os.read(r3, 1) == b""
+        seconds = time.perf_counter() - started
+    finally:
+        os.close(r3)
+    if not closed:
+        proc.kill()
+        proc.wait()
+        raise RuntimeError(f"{cmd[0]} never closed fd 3:\n{log.read_text(errors='replace')}")
+    return proc, seconds
+
+
 def start_daemon(
     config_text: str,
     *,
@@ -148,30 +186,13 @@ def start_daemon(
     conf = workdir / "avtool.conf"
     conf.write_text(config_text.replace("@SPOOL@", str(spool_root)))
     stderr_path = workdir / "stderr.log"
-    r3, w3 = os.pipe()
-    started = time.monotonic()
     cmd = [sys.executable, "-m", "avtool", "serve", "-f", str(conf)]
     if socket_path is None:
         cmd += ["--socket-dir", str(sockets)]
     cmd += extra_args if extra_args is not None else ["--debug"]
-    with open(stderr_path, "wb") as err:
-        proc = subprocess.Popen(
-            ["bash", "-c", f'exec "$@" 3>&{w3} {w3}>&-', "bash", *cmd],
-            stdin=subprocess.PIPE,
-            stdout=err,
-            stderr=err,
-            pass_fds=(w3,),
-            cwd=workdir,
-        )
-    os.close(w3)
-    ready, _, _ = select.select([r3], [], [], 20.0)
-    closed = bool(ready) and os.read(r3, 1) == b""
-    os.close(r3)
-    if not closed:
-        proc.kill()
-        raise RuntimeError(f"daemon never closed fd 3:\n{stderr_path.read_text()}")
+    proc, ready_s = spawn_fd3(cmd, stderr_path, cwd=workdir)
     where = socket_path or sockets / "avtool"
-    daemon = Daemon(proc, where, workdir, stderr_path, time.monotonic() - started)
+    daemon = Daemon(proc, where, workdir, stderr_path, ready_s)
     _STARTED.append(daemon)
     daemon.spool = Spool(spool_root)
     return daemon

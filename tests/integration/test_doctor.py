@@ -118,7 +118,7 @@ def test_courier_checks_find_a_dead_and_a_live_filter_socket(
     try:
         cfg = Config.resolve(env={}, overrides={"serve.courier_dir": str(live)})
         found = [f for f in doctor_courier.check_courier(cfg) if "filter socket" in f.what]
-        assert [f.status for f in found] == ["ok"] and "answers" in found[0].what
+        assert [f.status for f in found] == ["ok"] and "answers" in found[0].what, daemon.log()
         time.sleep(0.3)
     finally:
         assert daemon.stop() == 0
