@@ -86,13 +86,20 @@ install_mailbox() {
 # here with its Subject tagged [OK] or [FAILED ...] and the update's output as its body.
 # maildrop runs xfilter commands with the user's login shell: a system user's is nologin.
 SHELL="/bin/sh"
-xfilter "$avtool run-get-ides $d_opt-t 600"
+# A bounce (empty envelope sender; maildrop says MAILER-DAEMON) is never an announcement:
+# kept here, no update run.
+if (\$FROM ne "" && \$FROM ne "MAILER-DAEMON")
+{
+  xfilter "$avtool run-get-ides $d_opt-t 600"
+}
 to "\$HOME/Maildir/"
 EOF
     say "wrote $h/.mailfilter"
   fi
   if [[ ! -e $h/.courier ]]; then
-    runuser -u "$user" -- sh -c 'umask 077; echo "| /usr/bin/maildrop" > "$1"' sh "$h/.courier"
+    # -f: the envelope sender, empty for a bounce (maildrop would otherwise say the user)
+    runuser -u "$user" -- sh -c 'umask 077; echo "| /usr/bin/maildrop -f \"\$SENDER\"" > "$1"' \
+      sh "$h/.courier"
     say "wrote $h/.courier: Courier delivers $user's mail through maildrop"
   fi
 }

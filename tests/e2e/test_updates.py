@@ -128,8 +128,9 @@ def test_the_mailbox_filters_through_run_get_ides(installed: Installed) -> None:
     assert st.st_uid == pwd.getpwnam(USER).pw_uid and stat.S_IMODE(st.st_mode) == 0o600
     text = mailfilter.read_text()
     assert 'SHELL="/bin/sh"' in text  # else maildrop runs xfilter with nologin
-    assert f'xfilter "{installed.python.parent / "avtool"} run-get-ides -t 600"' in text
-    assert (HOME / ".courier").read_text() == "| /usr/bin/maildrop\n"
+    assert f'  xfilter "{installed.python.parent / "avtool"} run-get-ides -t 600"' in text
+    assert 'if ($FROM ne "" && $FROM ne "MAILER-DAEMON")' in text  # not for a bounce
+    assert (HOME / ".courier").read_text() == '| /usr/bin/maildrop -f "$SENDER"\n'
     assert (HOME / "Maildir" / "new").is_dir()
 
 
@@ -167,7 +168,7 @@ def _announce(installed: Installed, subject: str) -> email.message.EmailMessage:
     )
     done = _run(
         "runuser", "-u", USER, "--", "env", "-i", f"HOME={HOME}", "PATH=/usr/bin:/bin",
-        "maildrop", input=announcement,
+        "maildrop", "-f", "clamav-virusdb@example.test", input=announcement,
     )  # fmt: skip
     assert done.returncode == 0, done.stderr
     kept = list((maildir / "new").iterdir())
@@ -308,3 +309,27 @@ def test_run_as_another_user_with_dash_d(installed: Installed) -> None:
     finally:
         restored = _run("bash", str(INSTALL), "--user", USER)
         assert restored.returncode == 0, restored.stderr
+
+
+def test_a_bounce_is_kept_without_an_update(
+    installed: Installed, scanner: tuple[ClamdServer, Daemon], courier: None
+) -> None:
+    """Mail with an empty envelope sender (a bounce) reaches the mailbox untouched: no update
+    runs, no tag."""
+    from tests.e2e import harness
+
+    clamd, daemon = scanner
+    _stub_freshclam(clamd.db_dir)
+    _write_conf(clamd, daemon, installed.python)
+    for sub in ("new", "cur"):
+        for old in (HOME / "Maildir" / sub).iterdir():
+            old.unlink()
+    rcpt = f"{USER}@{harness.DOMAIN}"
+    code, text = harness.send(
+        harness.make_message("Undelivered mail", to=[rcpt]), sender="", recipients=[rcpt]
+    )
+    assert code == 250, text
+    kept = harness.wait_for_mail(1, timeout=60, user=USER)
+    parsed = email.message_from_bytes(kept[0].read_bytes(), policy=email.policy.default)
+    assert parsed["Subject"] == "Undelivered mail"
+    assert not (clamd.db_dir / "e2e-update.ndb").exists()  # freshclam never ran
