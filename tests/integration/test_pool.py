@@ -139,9 +139,10 @@ def test_engine_retries_every_scan_in_flight_on_a_clamd_that_dies(
     assert problems == []  # nothing lost: every message has its right verdict
     assert alive.scans + dying.scans == MESSAGES and alive.errors == 0
     assert sum(answered.values()) == MESSAGES
-    # Both took work before the kill; the dead one's scans in flight failed and were retried.
-    assert dying.scans > 0 and in_flight_at_kill[0] >= 1
-    assert dying.errors >= in_flight_at_kill[0]
+    # Both took work before the kill; the dead one failed (a scan counted in flight at the kill
+    # may have had its answer already), and what failed was retried: no problem above.
+    assert dying.scans > 0 and dying.errors >= 1
+    assert dying.errors <= in_flight_at_kill[0] + 4  # then set aside: no more than 4 threads
     assert dying.set_aside() and alive.in_flight == dying.in_flight == 0
 
 
