@@ -88,7 +88,8 @@ class Reloader:
             info = backend.describe()
             answer.line(
                 f"clamd {backend.address} reachable={'yes' if info.reachable else 'no'} "
-                f"scans={backend.scans} errors={backend.errors} "
+                f"scans={backend.scans} errors={backend.errors} in_flight={backend.in_flight} "
+                f"aside={'yes' if backend.set_aside() else 'no'} "
                 f"db={_db(info.db_version)} version={info.version or '-'}"
             )
         answer.finish(True)

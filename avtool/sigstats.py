@@ -16,6 +16,8 @@ class Backend:
     errors: int
     db: int | None
     version: str | None
+    in_flight: int = 0  # scans sent and not yet answered
+    aside: bool = False  # set aside after a failure (retry_after): tried last
 
 
 @dataclasses.dataclass(frozen=True)
@@ -66,6 +68,8 @@ def _backend(rest: str) -> Backend:
         errors=int(fields.get("errors", "0") or 0),
         db=int(db) if db.isdigit() else None,
         version=None if version in ("", "-") else version,
+        in_flight=int(fields.get("in_flight", "0") or 0),
+        aside=fields.get("aside") == "yes",
     )
 
 
@@ -146,6 +150,18 @@ def prometheus(stats: Stats) -> str:
         "counter",
         "Connection, timeout and protocol failures per clamd.",
         [(lb, b.errors) for lb, b in per],
+    )
+    family(
+        "avtool_clamd_in_flight",
+        "gauge",
+        "Scans sent to each clamd and not yet answered.",
+        [(lb, b.in_flight) for lb, b in per],
+    )
+    family(
+        "avtool_clamd_set_aside",
+        "gauge",
+        "1 if the clamd is set aside after a failure (tried only when the others fail).",
+        [(lb, int(b.aside)) for lb, b in per],
     )
     family(
         "avtool_clamd_db_version",

@@ -216,12 +216,15 @@ def _stats_table(stats: Stats) -> None:
     console.print(table)
     if stats.backends:
         backends = Table(title="clamd")
-        for column in ("address", "reachable", "scans", "errors", "database", "version"):
+        columns = ("address", "reachable", "aside", "in flight", "scans", "errors", "database")
+        for column in (*columns, "version"):
             backends.add_column(column)
         for b in stats.backends:
             backends.add_row(
                 b.address,
                 "yes" if b.reachable else "no",
+                "yes" if b.aside else "no",
+                str(b.in_flight),
                 str(b.scans),
                 str(b.errors),
                 "-" if b.db is None else str(b.db),

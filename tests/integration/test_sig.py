@@ -23,7 +23,7 @@ from typing import Any
 
 import pytest
 
-from tests.integration.serve_support import EICAR, Daemon, mail
+from tests.integration.serve_support import EICAR, Daemon, config_for, mail, start_daemon
 
 pytestmark = pytest.mark.clamd
 REPO = Path(__file__).resolve().parents[2]
@@ -143,6 +143,7 @@ def test_stats_json_prometheus_table_and_status(daemon: Daemon) -> None:
     assert isinstance(stats["p50_ms"], float) and stats["uptime_s"] > 0
     (clamd,) = stats["clamd"]
     assert clamd["reachable"] is True and clamd["scans"] == 2 and clamd["errors"] == 0
+    assert clamd["in_flight"] == 0 and clamd["aside"] is False  # nothing scanning now
     assert clamd["version"].startswith("ClamAV ")
 
     prom = sig(daemon, "stats", "--prometheus").stdout
@@ -328,3 +329,30 @@ def test_dash_l_sends_the_answer_to_syslog_mail(daemon: Daemon, tmp_path: Path) 
     assert failed.returncode == 1 and failed.stdout == ""
     assert all(r.startswith("<19>") for r in failed_records), failed_records
     assert "NOT reloaded" in failed_records[0] and "policy.infected" in failed_records[1]
+
+
+def test_stats_show_a_backend_set_aside(clamd_server: Any, tmp_path: Path) -> None:
+    """Two backends, the first one dead: after a message, stats show it set aside with its
+    error, and the live one with the scan."""
+    dead = str(tmp_path / "no-clamd.sock")
+    conf = (
+        config_for(str(clamd_server.unix_socket))
+        .replace(
+            f'backends = ["{clamd_server.unix_socket}"]',
+            f'backends = ["{dead}", "{clamd_server.unix_socket}"]\nretry_after = 600.0',
+        )
+        .replace("retry_after = 1.0\n", "")
+    )
+    d = start_daemon(conf)
+    try:
+        data, ctls = d.spool.message(mail())
+        assert d.filter(data, ctls) == "200 Ok\n"
+        result = sig(d, "stats", "--json")
+        assert result.returncode == 0, result.stderr
+        first, second = json.loads(result.stdout)["clamd"]
+        assert (first["address"], first["aside"], first["errors"]) == (dead, True, 1)
+        assert (second["aside"], second["scans"], second["in_flight"]) == (False, 1, 0)
+        prom = sig(d, "stats", "--prometheus").stdout
+        assert f'avtool_clamd_set_aside{{backend="{dead}"}} 1' in prom
+    finally:
+        assert d.stop() == 0

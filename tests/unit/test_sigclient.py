@@ -351,7 +351,7 @@ STATS_LINES = (
     "uptime_s 12.5",
     "clamd /run/clamav/clamd.ctl reachable=yes scans=9 errors=1 db=27001 "
     "version=ClamAV 1.4.6/27001/Tue Nov 25 08:00:00 2026",
-    "clamd 10.0.0.2:3310 reachable=no scans=0 errors=3 db=unknown version=-",
+    "clamd 10.0.0.2:3310 reachable=no scans=0 errors=3 in_flight=2 aside=yes db=unknown version=-",
     'clamd /tmp/we"ird\\path reachable=yes scans=0 errors=0 db=unknown version=ClamAV 1.4.6',
 )
 
@@ -366,6 +366,8 @@ def test_parse_stats_types_every_field() -> None:
     assert first.version == "ClamAV 1.4.6/27001/Tue Nov 25 08:00:00 2026"
     assert (second.address, second.reachable, second.db, second.version) == (
         "10.0.0.2:3310", False, None, None)  # fmt: skip
+    assert (second.in_flight, second.aside) == (2, True)
+    assert (first.in_flight, first.aside) == (0, False)  # an older daemon's line: defaults
     flat = s.as_dict()
     assert flat["messages"] == 10 and flat["pid"] == 4242
     assert flat["clamd"][0]["db"] == 27001  # type: ignore[index]
@@ -401,6 +403,9 @@ def test_prometheus_text_format() -> None:
     assert 'avtool_scan_ms{quantile="0.99"} NaN' in text
     assert samples['avtool_clamd_errors_total{backend="10.0.0.2:3310"}'] == 3
     assert samples['avtool_clamd_up{backend="10.0.0.2:3310"}'] == 0
+    assert samples['avtool_clamd_in_flight{backend="10.0.0.2:3310"}'] == 2
+    assert samples['avtool_clamd_set_aside{backend="10.0.0.2:3310"}'] == 1
+    assert samples['avtool_clamd_set_aside{backend="/run/clamav/clamd.ctl"}'] == 0
     assert 'avtool_clamd_up{backend="/tmp/we\\"ird\\\\path"} 1' in text
     assert samples['avtool_clamd_db_version{backend="/run/clamav/clamd.ctl"}'] == 27001
     assert not any(k.startswith('avtool_clamd_db_version{backend="10.') for k in samples)
