@@ -40,9 +40,8 @@ def line(logger: logging.Logger, level: int, text: str) -> None:
     if not logger.isEnabledFor(level):
         return
     direct = _direct
-    root = logging.getLogger("avtool")
-    if direct is None or root.handlers != [direct[0]] or logger is not root:
-        logger.log(level, "%s", text)  # someone changed the set-up: respect it
+    if direct is None or logger.name != "avtool" or logger.handlers != [direct[0]]:
+        logger.log(level, "%s", text)  # not the set-up that setup() made: respect it
         return
     handler, name = direct
     with handler.lock or contextlib.nullcontext():

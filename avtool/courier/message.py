@@ -125,8 +125,25 @@ def peek_header(fd: int) -> bytes | None:
     return quick_header(os.pread(fd, READ_LINE, 0), os.fstat(fd).st_size)
 
 
-def _quick_header(src: io.BufferedReader) -> bytes | None:
-    return quick_header(src.peek(READ_LINE)[:READ_LINE], os.fstat(src.fileno()).st_size)
+def _ruled_out(header: bytes | None, needles: Iterable[bytes]) -> bool:
+    """True when a whole ``header`` (quick_header) contains none of ``needles``."""
+    return header is not None and not any(needle in header for needle in needles)
+
+
+def _open_unless_ruled_out(
+    path: str, quick: bytes | None, needles: Iterable[bytes]
+) -> io.BufferedReader | None:
+    """The message open for the line-by-line read, or None when its header (``quick``, else
+    the first read of the file) cannot have what ``needles`` look for."""
+    if _ruled_out(quick, needles):
+        return None
+    src = _open(path)
+    if quick is None:
+        head = src.peek(READ_LINE)[:READ_LINE]
+        if _ruled_out(quick_header(head, os.fstat(src.fileno()).st_size), needles):
+            src.close()
+            return None
+    return src
 
 
 def has_fields(path: str, names: Iterable[str], *, quick: bytes | None = None) -> bool:
@@ -135,12 +152,10 @@ def has_fields(path: str, names: Iterable[str], *, quick: bytes | None = None) -
     wanted = _names(names)
     if not wanted:
         return False
-    if quick is not None and not any(name in quick for name in wanted):
+    src = _open_unless_ruled_out(path, quick, wanted)
+    if src is None:
         return False
-    with _open(path) as src:
-        header = _quick_header(src)
-        if header is not None and not any(name in header for name in wanted):
-            return False
+    with src:
         return any(name in wanted for _, name in _header(src))
 
 
@@ -148,12 +163,10 @@ def is_partial(path: str, *, quick: bytes | None = None) -> bool:
     """Whether the message at ``path`` is a fragment: top-level ``Content-Type:
     message/partial`` (RFC 2046 5.2.2). clamd answers clean for one without looking inside
     (tests/integration/test_evasion.py); only the reassembled message could be scanned."""
-    if quick is not None and b"partial" not in quick:
+    src = _open_unless_ruled_out(path, quick, (b"partial",))  # not even the word: no
+    if src is None:
         return False
-    with _open(path) as src:
-        header = _quick_header(src)
-        if header is not None and b"partial" not in header:
-            return False  # not even the word
+    with src:
         value: list[bytes] = []
         for line, name in _header(src):
             if name is not None or line in (b"\n", b"\r\n"):

@@ -324,6 +324,12 @@ def test_has_fields_fast_answer_agrees_with_the_full_read(
         wanted = message._names(["X-Virus-Status"])
         full = any(name in wanted for _, name in message._header(src))
     assert has_fields(str(path), ["X-Virus-Status"]) is full
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        quick = message.peek_header(fd)  # as the pipeline passes it, from the scan's fd
+    finally:
+        os.close(fd)
+    assert has_fields(str(path), ["X-Virus-Status"], quick=quick) is full
 
 
 @pytest.mark.parametrize(
@@ -344,6 +350,8 @@ def test_is_partial(tmp_path: Path, header: bytes, partial: bool) -> None:
     path = tmp_path / "msg"
     path.write_bytes(b"From: a@b\n" + header + b"\nbody message/partial\n")
     assert message.is_partial(str(path)) is partial
+    quick = message.quick_header(path.read_bytes(), path.stat().st_size)
+    assert message.is_partial(str(path), quick=quick) is partial
 
 
 def test_is_partial_reads_past_a_long_header(tmp_path: Path) -> None:
