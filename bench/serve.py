@@ -13,11 +13,14 @@ its peak RSS (VmHWM), and the ratio serve / raw FILDES (target >= 0.95).
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import os
 import shutil
 import socket
+import subprocess
 import sys
+import tarfile
 import tempfile
 from dataclasses import asdict
 from pathlib import Path
@@ -81,16 +84,34 @@ def daemon_scanner(daemon: Daemon, jobs: dict[Path, tuple[Path, list[Path]]]) ->
     return scan
 
 
+SERVE, RAW = "avtool serve (socket)", "raw FILDES (notes 3)"
+
+
+def checkout(rev: str, where: Path) -> Path:
+    """The avtool package of git revision ``rev`` under ``where`` (a dir for PYTHONPATH)."""
+    archive = subprocess.run(
+        ["git", "-C", str(REPO), "archive", "--format=tar", rev, "avtool"],
+        capture_output=True, check=True,
+    ).stdout  # fmt: skip
+    where.mkdir(parents=True)
+    with tarfile.open(fileobj=io.BytesIO(archive)) as tar:
+        tar.extractall(where)  # noqa: S202 - our own repository (3.11.2 has no filter=)
+    return where
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--count", type=int, default=500)
     parser.add_argument("--out", type=Path, default=REPO / "bench" / "out" / "serve.json")
+    parser.add_argument(
+        "--baseline", metavar="REV", help="also an avtool serve of this git revision, same run"
+    )
     args = parser.parse_args(argv)
 
     work = Path(tempfile.mkdtemp(prefix="avb", dir="/tmp"))
     work.chmod(0o755)  # noqa: S103 - clamd's user traverses it
     server = ClamdServer(work / "clamd", disable_cache=True, max_threads=8)
-    daemon = None
+    daemon = old = None
     try:
         paths = generate(work / "corpus", args.count)
         server.start()
@@ -106,31 +127,51 @@ def main(argv: list[str] | None = None) -> int:
         jobs = {data: (data, ctls) for data, ctls in spooled}
         data_paths = [data for data, _ in spooled]
         raw = raw_scanner(sock)
-        serve_scan = daemon_scanner(daemon, jobs)
+        serves = [(SERVE, daemon, daemon_scanner(daemon, jobs), data_paths)]
+        if args.baseline:
+            old = start_daemon(
+                config,
+                workdir=work / "baseline",
+                extra_args=[
+                    "--set",
+                    f"serve.pid_file={work}/old.pid",
+                    "--set",
+                    f"serve.pipe={work}/q",
+                ],
+                env=dict(os.environ, PYTHONPATH=str(checkout(args.baseline, work / "old"))),
+            )
+            old_spooled = spool_copy(paths, old.spool.root)
+            old_jobs = {data: (data, ctls) for data, ctls in old_spooled}
+            old_paths = [data for data, _ in old_spooled]
+            serves.append(
+                (f"avtool serve @{args.baseline}", old, daemon_scanner(old, old_jobs), old_paths)
+            )
         results: list[Result] = []
-        cpu: dict[int, float] = {}
         for clients in (1, 4):
             for _ in range(2):  # interleaved: the ratio compares the best of each
-                results.append(run("raw FILDES (notes 3)", clients, data_paths, raw))
-                before = proc_cpu_s(daemon.proc.pid)
-                r = run("avtool serve (socket)", clients, data_paths, serve_scan)  # type: ignore[arg-type]
-                daemon_cpu = (proc_cpu_s(daemon.proc.pid) - before) / r.messages * 1000
-                r.cpu_ms = round(daemon_cpu, 3)
-                r.peak_rss_mb = round(proc_hwm_mb(daemon.proc.pid), 1)
-                results.append(r)
-                cpu[clients] = max(cpu.get(clients, 0.0), daemon_cpu)
+                results.append(run(RAW, clients, data_paths, raw))
+                for label, d, scan, files in serves:
+                    before = proc_cpu_s(d.proc.pid)
+                    r = run(label, clients, files, scan)  # type: ignore[arg-type]
+                    r.cpu_ms = round((proc_cpu_s(d.proc.pid) - before) / r.messages * 1000, 3)
+                    r.peak_rss_mb = round(proc_hwm_mb(d.proc.pid), 1)
+                    results.append(r)
         print(f"corpus: {len(paths)} messages; machine: {machine()}")
         print("CPU ms/msg and peak RSS of the serve rows are the daemon's own.")
         print(table(results))
         ratios = {}
         for clients in (1, 4):
-            ratio = (
-                best(results, "avtool serve (socket)", clients).rate
-                / best(results, "raw FILDES (notes 3)", clients).rate
-            )
+            ratio = best(results, SERVE, clients).rate / best(results, RAW, clients).rate
             ratios[clients] = round(ratio, 3)
             verdict = "ok" if ratio >= 0.95 else "MISSED"
             print(f"serve / raw FILDES at {clients} client(s): {ratio:.3f} (>= 0.95) {verdict}")
+            if args.baseline:
+                cpus = [
+                    min(r.cpu_ms for r in results if r.name == name and r.clients == clients)
+                    for name in (SERVE, serves[1][0])
+                ]
+                print(f"daemon CPU ms/msg at {clients} client(s), this tree / "
+                      f"{args.baseline}: {cpus[0]:.3f} / {cpus[1]:.3f}")  # fmt: skip
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(
             json.dumps(
@@ -143,8 +184,9 @@ def main(argv: list[str] | None = None) -> int:
             )
         )
     finally:
-        if daemon is not None:
-            daemon.stop()
+        for d in (daemon, old):
+            if d is not None:
+                d.stop()
         server.stop()
         shutil.rmtree(work, ignore_errors=True)
     return 0

@@ -176,6 +176,7 @@ def start_daemon(
     workdir: Path | None = None,
     extra_args: list[str] | None = None,
     socket_path: Path | None = None,
+    env: dict[str, str] | None = None,
 ) -> Daemon:
     """Start the daemon; with ``socket_path`` the config places the socket (no --socket-dir)."""
     workdir = workdir or Path(tempfile.mkdtemp(prefix="avs", dir="/tmp"))
@@ -190,7 +191,7 @@ def start_daemon(
     if socket_path is None:
         cmd += ["--socket-dir", str(sockets)]
     cmd += extra_args if extra_args is not None else ["--debug"]
-    proc, ready_s = spawn_fd3(cmd, stderr_path, cwd=workdir)
+    proc, ready_s = spawn_fd3(cmd, stderr_path, cwd=workdir, env=env)
     where = socket_path or sockets / "avtool"
     daemon = Daemon(proc, where, workdir, stderr_path, ready_s)
     _STARTED.append(daemon)
