@@ -134,7 +134,7 @@ class FilterServer:
                 self.pid_file.remove()
             raise
         self._install_signals()
-        self.slow = SlowReaders(self._answer_slow, _answer_early_and_close, SLOW_LIMIT)
+        self.slow = SlowReaders(self._answer_slow, _answer_early_in_thread, SLOW_LIMIT)
         for i in range(self.readers):
             thread = threading.Thread(target=self._accept_loop, name=f"conn-{i}", daemon=True)
             thread.start()
@@ -316,9 +316,15 @@ class FilterServer:
             log.warning("could not reply to Courier: %s", e)
 
     def _answer_slow(self, conn: socket.socket, request: Request, deadline: float) -> None:
-        """A request the slow readers finished, in a thread of its own (counted for drain)."""
+        """A request the slow readers finished: counted for the drain at once, then answered
+        in a thread of its own."""
         with self.busy_lock:
             self.busy += 1
+        threading.Thread(
+            target=self._answer_counted, args=(conn, request, deadline), daemon=True
+        ).start()
+
+    def _answer_counted(self, conn: socket.socket, request: Request, deadline: float) -> None:
         try:
             with conn:
                 self._answer(conn, request, deadline)
@@ -368,9 +374,14 @@ def _read_request(conn: socket.socket, parser: RequestReader, until: float) -> R
             return request
 
 
-def _answer_early_and_close(conn: socket.socket, reply: Reply) -> None:
-    with conn:
-        _answer_early(conn, reply)
+def _answer_early_in_thread(conn: socket.socket, reply: Reply) -> None:
+    """_answer_early, then close, in a thread of its own (it can wait a second)."""
+
+    def answer() -> None:
+        with conn:
+            _answer_early(conn, reply)
+
+    threading.Thread(target=answer, daemon=True).start()
 
 
 def _answer_early(conn: socket.socket, reply: Reply) -> None:

@@ -38,8 +38,9 @@ class _Slow:
 
 
 class SlowReaders:
-    """Reads the rest of requests for ``finish(conn, request, deadline)`` (which owns the
-    connection from then on), answering ``early(conn, reply)`` for a bad one (it closes it).
+    """Reads the rest of requests and hands each, in blocking mode, to ``finish(conn, request,
+    deadline)`` or, for a bad one, ``early(conn, reply)``. Both own the connection from then
+    on, are called in this thread and must not block: they start threads of their own.
     At most ``limit`` connections at once: one more is answered 432 at once."""
 
     def __init__(
@@ -160,10 +161,10 @@ class SlowReaders:
             self._hand_over(slow, self._finish, request, slow.deadline)
 
     def _hand_over(self, slow: _Slow, target: Callable[..., None], *args: object) -> None:
-        """Out of the selector, blocking again, to a thread of its own."""
+        """Out of the selector, blocking again, to ``target``."""
         self._forget(slow)
         slow.conn.setblocking(True)
-        threading.Thread(target=target, args=(slow.conn, *args), daemon=True).start()
+        target(slow.conn, *args)
 
     def _drop(self, slow: _Slow, reply: Reply) -> None:
         """Answer without waiting (a client that sends nothing reads nothing either) and close."""
