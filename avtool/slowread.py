@@ -66,9 +66,6 @@ class SlowReaders:
         self._thread = threading.Thread(target=self._loop, name="slow-readers", daemon=True)
         self._thread.start()
 
-    def __len__(self) -> int:
-        return self._count
-
     def add(
         self, conn: socket.socket, parser: RequestReader, until: float, deadline: float
     ) -> bool:
