@@ -30,6 +30,33 @@ log = logging.getLogger("avtool")
 PARTIAL = "message/partial: a fragment, clamd cannot scan it"
 
 
+class Prepared:
+    """A message ready for its scan: the data file open on ``fd`` (read-only, no symlink)."""
+
+    __slots__ = ("request", "envelope", "fd", "size", "scan_ms")
+
+    def __init__(self, request: Request, envelope: Envelope, fd: int, size: int) -> None:
+        self.request = request
+        self.envelope = envelope
+        self.fd = fd
+        self.size = size
+        self.scan_ms = 0.0
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+
+@dataclass(frozen=True, slots=True)
+class Judged:
+    prepared: Prepared
+    verdict: Verdict
+    decision: policy.Decision
+    rewrite: bool  # header fields to add or rename
+    writes: bool  # completing it writes files (quarantine, drop marks, header fields)
+
+
 @dataclass(frozen=True)
 class Outcome:
     reply: Reply
@@ -49,17 +76,33 @@ class Pipeline:
         self.name = name
 
     def handle(self, request: Request, deadline: float, *, dry_run: bool = False) -> Outcome:
+        """The whole message, blocking: prepare, scan, judge, complete, log."""
         dry_run = dry_run or self.cfg[K.DRY_RUN]
         try:
             outcome = self._handle(request, deadline, dry_run)
         except Exception as e:  # noqa: BLE001 - a bug must defer the mail, never accept it
-            log.exception("internal error on %s", request.data_path)
-            reply = Reply(432, f"4.3.0 avtool internal error: {type(e).__name__}")
-            outcome = Outcome(reply, None, None, None, 0, 0.0)
-        self._log(request, outcome, dry_run)
+            outcome = self.internal_error(request, e)
+        self.log(request, outcome, dry_run)
         return outcome
 
     def _handle(self, request: Request, deadline: float, dry_run: bool) -> Outcome:
+        prepared = self.prepare(request)
+        if isinstance(prepared, Outcome):
+            return prepared
+        try:
+            started = time.monotonic()
+            verdict = self.engine.scan(prepared.fd, path=request.data_path, deadline=deadline)
+            prepared.scan_ms = (time.monotonic() - started) * 1000
+            judged = self.judge(prepared, verdict)
+        finally:
+            prepared.close()
+        return self.complete(judged, dry_run)
+
+    # The steps, for the daemon's event loop (loop.py), which scans in between without
+    # blocking, and runs complete() in a worker thread when it writes files (judged.writes).
+    def prepare(self, request: Request) -> Outcome | Prepared:
+        """Paths, envelope, exemptions, the open data file: an Outcome when the message needs
+        no scan (exempt, or a bad request), else the Prepared message (the caller closes it)."""
         try:
             protocol.check_paths(request, self.cfg[K.SPOOL_DIR])
             envelope = control.read_envelope(request.control_paths)
@@ -76,27 +119,49 @@ class Pipeline:
             return Outcome(e.reply, None, envelope, None, 0, 0.0)
         try:
             size = os.fstat(fd).st_size
-            started = time.monotonic()
-            verdict = self.engine.scan(fd, path=request.data_path, deadline=deadline)
-            scan_ms = (time.monotonic() - started) * 1000
-            quick = message.peek_header(fd) if isinstance(verdict, Clean) else None
-        finally:
+        except OSError as e:
             os.close(fd)
+            reply = protocol.transient(f"cannot stat the message ({e.strerror})").reply
+            return Outcome(reply, None, envelope, None, 0, 0.0)
+        return Prepared(request, envelope, fd, size)
 
+    def judge(self, prepared: Prepared, verdict: Verdict) -> Judged:
+        """The decision on a scanned message (its file still open: the header is peeked
+        through it), and whether completing it writes files."""
+        quick = message.peek_header(prepared.fd) if isinstance(verdict, Clean) else None
+        request = prepared.request
         if isinstance(verdict, Clean) and message.is_partial(request.data_path, quick=quick):
             verdict = Unchecked(PARTIAL, verdict.backend)
-        decision = policy.decide(verdict, envelope, self.cfg)
+        decision = policy.decide(verdict, prepared.envelope, self.cfg)
+        rewrite = False
+        kept = decision.action not in ("quarantine", "drop") or bool(decision.keep)
+        if decision.code < 400 and kept:  # somebody gets this copy: header work?
+            rewrite = bool(decision.headers) or (
+                self.cfg[K.HEADER_RENAME]
+                and message.has_fields(request.data_path, policy.OUR_FIELDS, quick=quick)
+            )
+        writes = rewrite or decision.action in ("quarantine", "drop")
+        return Judged(prepared, verdict, decision, rewrite, writes)
+
+    def complete(self, judged: Judged, dry_run: bool) -> Outcome:
+        """Carry the decision out (quarantine, drop marks, header fields) and say the reply."""
+        p, verdict, decision = judged.prepared, judged.verdict, judged.decision
         if dry_run:
-            return Outcome(Reply(200, "Ok"), decision, envelope, verdict, size, scan_ms)
+            return Outcome(Reply(200, "Ok"), decision, p.envelope, verdict, p.size, p.scan_ms)
         try:
-            self._apply(decision, request, envelope, verdict, quick)
+            self._apply(decision, p.request, p.envelope, verdict, judged.rewrite)
         except (OSError, AvtoolError) as e:
-            log.error("cannot %s %s: %s", decision.action, request.data_path, e)
+            log.error("cannot %s %s: %s", decision.action, p.request.data_path, e)
             reply = Reply(432, f"4.3.0 avtool could not {decision.action} the message")
-            return Outcome(reply, decision, envelope, verdict, size, scan_ms)
+            return Outcome(reply, decision, p.envelope, verdict, p.size, p.scan_ms)
         return Outcome(
-            Reply(decision.code, decision.text), decision, envelope, verdict, size, scan_ms
+            Reply(decision.code, decision.text), decision, p.envelope, verdict, p.size, p.scan_ms
         )
+
+    def internal_error(self, request: Request, error: Exception) -> Outcome:
+        log.error("internal error on %s", request.data_path, exc_info=error)
+        reply = Reply(432, f"4.3.0 avtool internal error: {type(error).__name__}")
+        return Outcome(reply, None, None, None, 0, 0.0)
 
     def _apply(
         self,
@@ -104,7 +169,7 @@ class Pipeline:
         request: Request,
         envelope: Envelope,
         verdict: Verdict,
-        quick: bytes | None = None,
+        rewrite: bool,
     ) -> None:
         if decision.action == "quarantine":
             self._quarantine(request, envelope, verdict, decision)
@@ -112,14 +177,8 @@ class Pipeline:
             verb = "dropped" if decision.action == "drop" else "quarantined"
             note = f"{verb} by {self.name}: {decision.reason}"
             control.mark_delivered(envelope, decision.drop, note, time.time())
-        if decision.code >= 400 or (
-            decision.action in ("quarantine", "drop") and not decision.keep
-        ):
-            return  # nobody gets this copy: no header work
-        rename = list(policy.OUR_FIELDS) if self.cfg[K.HEADER_RENAME] else []
-        if decision.headers or (
-            rename and message.has_fields(request.data_path, rename, quick=quick)
-        ):
+        if rewrite:
+            rename = list(policy.OUR_FIELDS) if self.cfg[K.HEADER_RENAME] else []
             message.rewrite_headers(request.data_path, list(decision.headers), rename)
 
     def _quarantine(
@@ -157,7 +216,8 @@ class Pipeline:
             shutil.rmtree(target, ignore_errors=True)  # no half quarantine: the caller defers
             raise
 
-    def _log(self, request: Request, outcome: Outcome, dry_run: bool) -> None:
+    def log(self, request: Request, outcome: Outcome, dry_run: bool) -> None:
+        """The one line per message."""
         env = outcome.envelope
         d = outcome.decision
         action = d.action if d else ("defer" if outcome.reply.code >= 400 else "accept")

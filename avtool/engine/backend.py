@@ -9,6 +9,7 @@ from typing import Literal
 
 from avtool.engine.client import TcpClient, UnixClient
 from avtool.engine.replies import BackendFailure, parse_version, reply_text, scan_verdict
+from avtool.engine.session import SessionPool
 from avtool.engine.verdict import Verdict
 from avtool.errors import EngineError
 
@@ -52,6 +53,8 @@ class Backend:
             else TcpClient(address, connect_timeout)
         )
         self.scan_timeout = scan_timeout
+        # FILDES sessions kept open by the daemon's loop (a unix socket only; loop thread only)
+        self.sessions = SessionPool(address, connect_timeout)
         self.command_timeout = min(scan_timeout, COMMAND_TIMEOUT)
         self._lock = threading.Lock()
         self.scans = 0  # scans this backend answered

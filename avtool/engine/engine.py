@@ -58,6 +58,8 @@ class Engine:
         self.max_size = max_size
         self.scan_timeout = scan_timeout
         self.retry_after = retry_after
+        # Every backend takes FILDES: the daemon's loop scans without a thread (loop.py).
+        self.fildes_only = all(b.mode_for(transfer) == "fildes" for b in self._backends)
         self._turn = itertools.count()
         self._turn_lock = threading.Lock()
         # The first choice and counting the scan on it happen under one lock: two threads must
@@ -97,15 +99,15 @@ class Engine:
         except OSError as e:
             return Failed(f"cannot stat the message: {e.strerror or e}")
         if size > self.max_size:
-            return Unchecked(f"too large: {size} bytes > scan.max_size {self.max_size}")
+            return self.too_large(size)
         if self.transfer == "scan":
             if path is None:
                 return Failed("clamd.transfer is scan, but the message has no path")
             path = os.path.abspath(path)  # clamd does not resolve relative paths (notes 2)
 
         failures: list[str] = []
-        order = self._choose(time.monotonic())
-        claimed: Backend | None = order[0]  # _choose counted it as in flight
+        order = self.choose(time.monotonic())
+        claimed: Backend | None = order[0]  # choose() counted it as in flight
         try:
             for backend in order:
                 now = time.monotonic()
@@ -166,8 +168,12 @@ class Engine:
         finally:
             os.close(fd)
 
-    def _choose(self, now: float) -> list[Backend]:
-        """``_order(now)``, with one scan counted in flight on the first backend."""
+    def too_large(self, size: int) -> Verdict:
+        return Unchecked(f"too large: {size} bytes > scan.max_size {self.max_size}")
+
+    def choose(self, now: float) -> list[Backend]:
+        """The backends to try, in order (``_order``), with one scan counted in flight on the
+        first: the caller releases it, and claims and releases each further one it tries."""
         with self._choose_lock:
             order = self._order(now)
             order[0].claim()

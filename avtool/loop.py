@@ -1,0 +1,631 @@
+"""The daemon's event loop: one thread, epoll, every connection and every scan in flight.
+
+Per message (courierfilter(8): a connection per message, the request, one reply): accept,
+read the request, ``Pipeline.prepare`` (paths, envelope, the data file opened), FILDES on a
+kept-open clamd session (engine/session.py), and when clamd answers, ``judge``, ``complete``,
+the reply and the log line. Nothing here blocks on the network: a client that sends its
+request slowly or not at all costs a dict entry and a timer, not a thread, and a scan waits in
+epoll, not in a thread. Local file work (lstat, the control files, a header peek) is done in
+place; completing a decision that writes files (quarantine, drop marks, header fields: fsync)
+goes to a worker thread, and so does every message when some clamd is reached over TCP
+(INSTREAM, or transfer ``scan``): those run ``Pipeline.handle`` as batch-test does.
+
+Why: on a 2-core machine every millisecond the filter spends is taken from clamd. A thread per
+connection paid a thread switch and the GIL hand-over twice per message, a connect and a close
+to clamd, and a socket timeout (an ioctl and a poll) around every call: bench/serve.py measured
+the daemon's CPU per message falling from ~0.45 to ~0.25 ms with this loop.
+
+Limits, as before: ``serve.max_scans`` scans at once (more wait in a FIFO within their
+``message_timeout``, then 432), ``serve.read_timeout`` for a whole request, at most
+``max_connections`` + SLOW_LIMIT connections held (then the loop stops accepting and the
+kernel's backlog holds the rest).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import heapq
+import logging
+import os
+import queue
+import select
+import socket
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+from avtool import keys as K
+from avtool.courier import protocol
+from avtool.courier.protocol import Reply, Request, RequestReader
+from avtool.engine.backend import Backend
+from avtool.engine.replies import BackendFailure, scan_verdict
+from avtool.engine.session import Session
+from avtool.engine.verdict import Failed, Verdict
+from avtool.pipeline import Judged, Outcome, Pipeline, Prepared
+
+if TYPE_CHECKING:
+    from avtool.server import FilterServer
+
+log = logging.getLogger("avtool")
+SLOW_LIMIT = 512  # connections held beyond max_connections (clients still sending)
+EXPIRE_EVERY = 5.0  # seconds between closing clamd sessions idle too long
+_IN = select.EPOLLIN
+_DONTWAIT = socket.MSG_DONTWAIT
+_BUSY = Reply(432, "4.3.2 Virus scanner busy, try again later")
+
+# What a connection is doing; its timer is valid only while its ``gen`` is unchanged.
+READING, WAITING, SCANNING, DONE = range(4)
+
+
+class Conn:
+    """One client connection (one message) and, while it is scanned, its clamd session."""
+
+    __slots__ = (
+        "sock", "fd", "state", "gen", "parser", "accepted", "deadline", "request", "pipeline",
+        "dry_run", "prepared", "order", "tried", "failures", "backend", "session", "started",
+    )  # fmt: skip
+
+    def __init__(self, sock: socket.socket, now: float, deadline: float) -> None:
+        self.sock = sock
+        self.fd = sock.fileno()
+        self.state = READING
+        self.gen = 0
+        self.parser: RequestReader | None = None
+        self.accepted = now
+        self.deadline = deadline  # serve.message_timeout from the accept
+        self.request: Request | None = None
+        self.pipeline: Pipeline | None = None
+        self.dry_run = False
+        self.prepared: Prepared | None = None
+        self.order: list[Backend] = []
+        self.tried = 0  # backends of ``order`` tried so far
+        self.failures: list[str] = []
+        self.backend: Backend | None = None  # claimed: a scan in flight there
+        self.session: Session | None = None
+        self.started = 0.0
+
+
+class Workers:
+    """A fixed set of threads for blocking work; ``submit`` never blocks the loop."""
+
+    def __init__(self, count: int) -> None:
+        self._jobs: queue.SimpleQueue[Callable[[], None] | None] = queue.SimpleQueue()
+        self._threads = [
+            threading.Thread(target=self._work, name=f"worker-{i}", daemon=True)
+            for i in range(count)
+        ]
+        for thread in self._threads:
+            thread.start()
+
+    def submit(self, job: Callable[[], None]) -> None:
+        self._jobs.put(job)
+
+    def _work(self) -> None:
+        while (job := self._jobs.get()) is not None:
+            try:
+                job()
+            except Exception:  # noqa: BLE001 - one message must never kill a worker
+                log.exception("worker job failed")
+
+    def stop(self, deadline: float) -> None:
+        for _ in self._threads:
+            self._jobs.put(None)
+        for thread in self._threads:
+            thread.join(max(0.0, deadline - time.monotonic()))
+
+
+class Loop:
+    """Serves the listening socket of ``server`` until it is told to stop, then drains."""
+
+    def __init__(self, server: FilterServer, listener: socket.socket) -> None:
+        self.server = server
+        self.listener = listener
+        self.ep = select.epoll()
+        self.reading: dict[int, Conn] = {}  # client fd -> connection still sending
+        self.scans: dict[int, Conn] = {}  # clamd session fd -> connection being scanned
+        self.waiting: deque[Conn] = deque()  # for a scan slot
+        self.timers: list[tuple[float, int, int, Conn]] = []  # (when, seq, gen, conn)
+        self.seq = 0
+        self.scanning = 0
+        self.held = 0  # client connections the loop holds (reading, waiting, scanning)
+        self.in_workers = 0  # messages handed to workers, not yet answered
+        self.count_lock = threading.Lock()
+        cfg = server.cfg
+        self.max_scans = cfg[K.MAX_SCANS] or 2 * (os.cpu_count() or 1)
+        self.cap = server.readers + SLOW_LIMIT
+        self.accepting = False
+        self.workers = Workers(server.readers)
+        self.engines: list[object] = []  # engines whose sessions this loop opened
+
+    # ---- the loop -------------------------------------------------------------------------------
+    def run(self, watch_stdin: bool) -> None:
+        server = self.server
+        ep = self.ep
+        lfd = self.listener.fileno()
+        self.listener.setblocking(False)
+        self._accepting(True)
+        ep.register(server.wake_r, _IN)
+        if watch_stdin:
+            ep.register(0, _IN)
+        reading, scans = self.reading, self.scans
+        expire_at = time.monotonic() + EXPIRE_EVERY
+        drain_until: float | None = None
+        while True:
+            now = time.monotonic()
+            if drain_until is None and server.stopping.is_set():
+                drain_until = now + server.cfg[K.DRAIN_TIMEOUT]
+                self._refuse()
+            if drain_until is not None:
+                if self.idle():
+                    break
+                if now >= drain_until:
+                    log.warning("drain deadline passed with %d message(s) in flight", self.busy())
+                    break
+            wait = self._wait(now, drain_until)
+            for fd, _ in ep.poll(wait):
+                if fd == lfd:
+                    self._accept()
+                elif (conn := scans.get(fd)) is not None:
+                    self._on_reply(conn)
+                elif (conn := reading.get(fd)) is not None:
+                    self._on_request(conn)
+                elif fd == server.wake_r:
+                    with contextlib.suppress(BlockingIOError, InterruptedError):
+                        os.read(server.wake_r, 512)
+                elif fd == 0:
+                    self._on_stdin()
+            now = time.monotonic()
+            self._run_timers(now)
+            if now >= expire_at:
+                expire_at = now + EXPIRE_EVERY
+                self._expire_sessions(now)
+        self._close_sessions()
+        self.workers.stop(drain_until or time.monotonic())
+        self.ep.close()
+
+    def busy(self) -> int:
+        with self.count_lock:
+            workers = self.in_workers
+        return self.scanning + len(self.waiting) + workers
+
+    def idle(self) -> bool:
+        return not self.scans and not self.waiting and not self.in_workers
+
+    def _wait(self, now: float, drain_until: float | None) -> float:
+        """Seconds epoll may sleep: until the next timer; during the drain, briefly (workers
+        finish without telling the loop)."""
+        timers = self.timers
+        while timers and timers[0][2] != timers[0][3].gen:
+            heapq.heappop(timers)  # stale: the connection moved on
+        wait = max(0.0, timers[0][0] - now) if timers else -1.0
+        if drain_until is not None:
+            wait = 0.05 if wait < 0 else min(wait, 0.05)
+        return wait
+
+    def _timer(self, conn: Conn, when: float) -> None:
+        conn.gen += 1
+        self.seq += 1
+        heapq.heappush(self.timers, (when, self.seq, conn.gen, conn))
+
+    def _run_timers(self, now: float) -> None:
+        timers = self.timers
+        while timers and timers[0][0] <= now:
+            _, _, gen, conn = heapq.heappop(timers)
+            if gen != conn.gen:
+                continue
+            if conn.state == READING:
+                self._read_timeout(conn)
+            elif conn.state == WAITING:
+                self._slot_timeout(conn)
+            elif conn.state == SCANNING:
+                self._scan_timeout(conn, now)
+
+    def _on_stdin(self) -> None:
+        try:
+            data = os.read(0, 4096)
+        except OSError:
+            data = b""
+        if not data:
+            log.info("stdin closed: stopping")
+            self.server.stopping.set()
+            with contextlib.suppress(OSError):
+                self.ep.unregister(0)
+
+    # ---- connections ----------------------------------------------------------------------------
+    def _accepting(self, on: bool) -> None:
+        if on != self.accepting:
+            if on:
+                self.ep.register(self.listener.fileno(), _IN)
+            else:
+                self.ep.unregister(self.listener.fileno())
+            self.accepting = on
+
+    def _refuse(self) -> None:
+        """Stop: refuse new connections (Courier answers 432), answer the ones still sending."""
+        self._accepting(False)
+        with contextlib.suppress(OSError):
+            # The socket file stays while the filter is linked in active/: with no socket at
+            # all Courier accepts mail UNFILTERED (notes/courier.md §3; bench/faults.py saw it).
+            self.listener.shutdown(socket.SHUT_RDWR)
+        for conn in list(self.reading.values()):
+            self._forget_reader(conn)
+            self._answer_early(conn, Reply(432, "4.3.0 Mail filter shutting down, try again"))
+        if self.busy():
+            log.info("draining %d message(s)", self.busy())
+
+    def _accept(self) -> None:
+        server = self.server
+        cfg = server.cfg
+        while self.held < self.cap:
+            try:
+                sock, _ = self.listener.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as e:
+                log.error("accept: %s", e)  # EMFILE and the like: the backlog holds them
+                return
+            now = time.monotonic()
+            conn = Conn(sock, now, now + cfg[K.MESSAGE_TIMEOUT])
+            self.held += 1
+            # Courier writes the request as it connects: usually it is all there already.
+            self._read(conn, now + cfg[K.READ_TIMEOUT], first=True)
+        self._accepting(False)  # full: the kernel's backlog holds the rest
+
+    def _read(self, conn: Conn, until: float = 0.0, *, first: bool = False) -> None:
+        try:
+            chunk = conn.sock.recv(65536, _DONTWAIT)
+        except BlockingIOError:
+            chunk = None
+        except OSError as e:
+            log.warning("client went away: %s", e)
+            self._forget_reader(conn)
+            self._close(conn)
+            return
+        if chunk is not None:
+            if conn.parser is None:
+                conn.parser = RequestReader()
+            try:
+                if not chunk:
+                    conn.parser.finish()
+                request = conn.parser.feed(chunk)
+            except protocol.ProtocolError as e:
+                self._forget_reader(conn)
+                if conn.parser.received:
+                    log.warning("bad request: %s", e)
+                else:  # connected and closed: a check that the socket answers (the doctor's)
+                    log.debug("a connection closed before sending anything")
+                self._answer_early(conn, e.reply)
+                return
+            if request is not None:
+                self._forget_reader(conn)
+                self._start(conn, request)
+                return
+        if first:
+            self.reading[conn.fd] = conn
+            self.ep.register(conn.fd, _IN)
+            self._timer(conn, until)
+
+    def _on_request(self, conn: Conn) -> None:
+        self._read(conn)
+
+    def _forget_reader(self, conn: Conn) -> None:
+        if self.reading.pop(conn.fd, None) is not None:
+            self.ep.unregister(conn.fd)
+        conn.gen += 1  # its read timer is void
+
+    def _read_timeout(self, conn: Conn) -> None:
+        log.warning("no complete request within serve.read_timeout")
+        self._forget_reader(conn)
+        self._answer_early(conn, Reply(432, "4.3.0 Timeout reading the filter request"))
+
+    def _answer_early(self, conn: Conn, reply: Reply) -> None:
+        """Reply before the request was read to its end, in a worker (it reads what the client
+        still sends, up to a second: closing with unread input can destroy the reply)."""
+        conn.state = DONE
+        self._hand_over(conn, lambda: _answer_early(conn.sock, reply))
+
+    def _close(self, conn: Conn) -> None:
+        conn.state = DONE
+        conn.gen += 1
+        conn.sock.close()
+        self._release_hold()
+
+    def _release_hold(self) -> None:
+        self.held -= 1
+        if not self.accepting and self.held < self.cap and not self.server.stopping.is_set():
+            self._accepting(True)
+
+    def _hand_over(self, conn: Conn, job: Callable[[], None]) -> None:
+        """Run ``job`` in a worker, then close the connection; the loop lets go of it now."""
+        with self.count_lock:
+            self.in_workers += 1
+        self._release_hold()
+
+        def run() -> None:
+            try:
+                job()
+            finally:
+                conn.sock.close()
+                with self.count_lock:
+                    self.in_workers -= 1
+
+        self.workers.submit(run)
+
+    # ---- one message ------------------------------------------------------------------------
+    def _start(self, conn: Conn, request: Request) -> None:
+        server = self.server
+        conn.request = request
+        pipeline = server.pipeline  # a reload swaps it: this message keeps the one it began with
+        engine = pipeline.engine
+        if not engine.fildes_only:
+            # Some clamd is reached over TCP (INSTREAM) or by path: the blocking way, in a worker.
+            conn.state = DONE
+            self._hand_over(conn, lambda: server.answer(conn.sock, request, conn.deadline))
+            return
+        if engine not in self.engines:
+            self.engines.append(engine)
+        conn.pipeline = pipeline
+        conn.dry_run = pipeline.cfg[K.DRY_RUN]
+        try:
+            prepared = pipeline.prepare(request)
+        except Exception as e:  # noqa: BLE001 - a bug must defer the mail, never accept it
+            prepared = pipeline.internal_error(request, e)
+        if isinstance(prepared, Outcome):
+            self._finish(conn, prepared)
+            return
+        conn.prepared = prepared
+        size_limit = engine.max_size
+        if prepared.size > size_limit:
+            self._judge(conn, engine.too_large(prepared.size))
+            return
+        if self.scanning < self.max_scans:
+            self._scan(conn)
+        else:
+            conn.state = WAITING
+            self.waiting.append(conn)
+            self._timer(conn, conn.deadline)
+
+    def _slot_timeout(self, conn: Conn) -> None:
+        with contextlib.suppress(ValueError):
+            self.waiting.remove(conn)
+        assert conn.request is not None  # noqa: S101 - WAITING comes after the request
+        self.server.stats.count_timeout()
+        log.warning("no scan slot within serve.message_timeout: %s", conn.request.data_path)
+        if conn.prepared is not None:
+            conn.prepared.close()
+        self._reply(conn, _BUSY)
+
+    def _scan(self, conn: Conn) -> None:
+        """Take a scan slot and send the message to the first backend of the engine's order."""
+        self.scanning += 1
+        conn.state = SCANNING
+        assert conn.pipeline is not None  # noqa: S101
+        now = time.monotonic()
+        conn.order = conn.pipeline.engine.choose(now)  # the first one is claimed
+        conn.backend = conn.order[0]
+        conn.tried = 0
+        conn.started = now
+        self._attempt(conn, now, claimed=True)
+
+    def _attempt(self, conn: Conn, now: float, *, claimed: bool = False) -> None:
+        """Send the message to ``conn.order[conn.tried]``; on a failure try the next one."""
+        prepared, order = conn.prepared, conn.order
+        assert prepared is not None and conn.pipeline is not None  # noqa: S101
+        while conn.tried < len(order) and now < conn.deadline:
+            backend = order[conn.tried]
+            conn.tried += 1
+            if not claimed:
+                backend.claim()
+            claimed = False
+            conn.backend = backend
+            try:
+                session = _send(backend, prepared.fd, now, fresh=False)
+            except BackendFailure as e:
+                self._backend_failed(conn, backend, e)
+                now = time.monotonic()
+                continue
+            self._wait_for(conn, session, now)
+            return
+        if claimed:
+            order[0].release()  # the deadline passed before the first try
+        conn.backend = None
+        self._judge_failed(conn)
+
+    def _wait_for(self, conn: Conn, session: Session, now: float) -> None:
+        conn.session = session
+        self.scans[session.fd] = conn
+        self.ep.register(session.fd, _IN)
+        engine = conn.pipeline.engine  # type: ignore[union-attr]
+        self._timer(conn, min(now + engine.scan_timeout, conn.deadline))
+
+    def _backend_failed(self, conn: Conn, backend: Backend, e: BackendFailure) -> None:
+        backend.release()
+        engine = conn.pipeline.engine  # type: ignore[union-attr]
+        backend.mark_failed(e.reason, engine.retry_after)
+        log.warning(
+            "clamd %s failed, set aside for %g s: %s", backend.address, engine.retry_after, e.reason
+        )
+        conn.failures.append(f"{backend.address}: {e.reason}")
+
+    def _on_reply(self, conn: Conn) -> None:
+        session, backend, prepared = conn.session, conn.backend, conn.prepared
+        assert session is not None and backend is not None and prepared is not None  # noqa: S101
+        try:
+            raw = session.receive()
+            if raw is None:
+                return  # more to come
+            verdict = scan_verdict(raw, backend=backend.address)
+        except BackendFailure as e:
+            self._drop_session(conn, close=True)
+            self._reply_failed(conn, session, backend, e)
+            return
+        self._drop_session(conn, close=False)
+        backend.release()
+        backend.mark_answered()
+        conn.backend = None
+        prepared.scan_ms = (time.monotonic() - conn.started) * 1000
+        self._judge(conn, verdict)
+
+    def _reply_failed(
+        self, conn: Conn, session: Session, backend: Backend, failure: BackendFailure
+    ) -> None:
+        now = time.monotonic()
+        if session.reused and session.sent == session.answered + 1:
+            # An idle session that clamd closed just as it was used: once more, on a new one.
+            try:
+                fd = conn.prepared.fd  # type: ignore[union-attr]
+                self._wait_for(conn, _send(backend, fd, now, fresh=True), now)
+                return
+            except BackendFailure as e:
+                failure = e
+        self._backend_failed(conn, backend, failure)
+        self._attempt(conn, now)
+
+    def _drop_session(self, conn: Conn, *, close: bool) -> None:
+        """The scan's session leaves the loop: closed, or back to its pool for the next."""
+        session, backend = conn.session, conn.backend
+        assert session is not None and backend is not None  # noqa: S101
+        conn.session = None
+        del self.scans[session.fd]
+        self.ep.unregister(session.fd)
+        if close:
+            session.close()
+        else:
+            backend.sessions.give_back(session, time.monotonic())
+
+    def _scan_timeout(self, conn: Conn, now: float) -> None:
+        backend = conn.backend
+        assert backend is not None  # noqa: S101
+        self._drop_session(conn, close=True)  # its late reply must not meet the next scan
+        if now >= conn.deadline:
+            backend.release()
+            conn.backend = None
+            conn.failures.append(f"{backend.address}: timeout")
+            self._judge(conn, Failed(f"timeout: no verdict from clamd {backend.address} "
+                                     "by the deadline"))  # fmt: skip
+            return
+        e = BackendFailure("timeout: no answer from clamd in time", timeout=True)
+        self._backend_failed(conn, backend, e)
+        self._attempt(conn, now)
+
+    def _judge_failed(self, conn: Conn) -> None:
+        if time.monotonic() >= conn.deadline:
+            tried = f" after {'; '.join(conn.failures)}" if conn.failures else ""
+            verdict: Verdict = Failed(f"timeout: deadline passed{tried}")
+        else:
+            verdict = Failed("all clamd backends failed: " + "; ".join(conn.failures))
+        self._judge(conn, verdict)
+
+    def _judge(self, conn: Conn, verdict: Verdict) -> None:
+        """The scan is over (or was not needed): free its slot, decide, complete, answer."""
+        if conn.state == SCANNING:
+            self.scanning -= 1
+            self._next_waiting()
+        pipeline, prepared = conn.pipeline, conn.prepared
+        assert pipeline is not None and prepared is not None  # noqa: S101
+        try:
+            judged = pipeline.judge(prepared, verdict)
+        except Exception as e:  # noqa: BLE001
+            prepared.close()
+            self._finish(conn, pipeline.internal_error(prepared.request, e))
+            return
+        prepared.close()
+        if judged.writes:
+            conn.state = DONE
+            self._hand_over(conn, lambda: self._complete_in_worker(conn, judged))
+            return
+        self._finish(conn, self._complete(conn, judged))
+
+    def _complete(self, conn: Conn, judged: Judged) -> Outcome:
+        pipeline = conn.pipeline
+        assert pipeline is not None  # noqa: S101
+        try:
+            return pipeline.complete(judged, conn.dry_run)
+        except Exception as e:  # noqa: BLE001
+            return pipeline.internal_error(judged.prepared.request, e)
+
+    def _complete_in_worker(self, conn: Conn, judged: Judged) -> None:
+        outcome = self._complete(conn, judged)
+        self._conclude(conn, outcome)
+        _send_reply(conn.sock, outcome.reply)
+
+    def _next_waiting(self) -> None:
+        while self.waiting and self.scanning < self.max_scans:
+            self._scan(self.waiting.popleft())
+
+    def _finish(self, conn: Conn, outcome: Outcome) -> None:
+        self._conclude(conn, outcome)
+        self._reply(conn, outcome.reply)
+
+    def _conclude(self, conn: Conn, outcome: Outcome) -> None:
+        assert conn.pipeline is not None and conn.request is not None  # noqa: S101
+        conn.pipeline.log(conn.request, outcome, conn.dry_run)
+        self.server.stats.record(outcome)
+
+    def _reply(self, conn: Conn, reply: Reply) -> None:
+        _send_reply(conn.sock, reply)
+        self._close(conn)
+
+    # ---- clamd sessions -----------------------------------------------------------------------
+    def _expire_sessions(self, now: float) -> None:
+        current = self.server.pipeline.engine
+        for engine in list(self.engines):
+            for backend in engine.backends:  # type: ignore[attr-defined]
+                if engine is current:
+                    backend.sessions.expire(now)
+                else:
+                    backend.sessions.close()  # a reload replaced this engine
+            if engine is not current:
+                self.engines.remove(engine)
+
+    def _close_sessions(self) -> None:
+        for engine in self.engines:
+            for backend in engine.backends:  # type: ignore[attr-defined]
+                backend.sessions.close()
+
+
+def _send(backend: Backend, fd: int, now: float, *, fresh: bool) -> Session:
+    """FILDES on a session of ``backend``: an idle one, or (``fresh``, or when the idle one
+    turns out closed by clamd) a new one. BackendFailure when clamd cannot be reached."""
+    pool = backend.sessions
+    session = pool.connect() if fresh else pool.take(now)
+    try:
+        session.send_fildes(fd)
+    except BackendFailure:
+        session.close()
+        if not session.reused:
+            raise
+        session = pool.connect()  # clamd ended the idle session (IdleTimeout): once more
+        try:
+            session.send_fildes(fd)
+        except BackendFailure:
+            session.close()
+            raise
+    return session
+
+
+def _send_reply(sock: socket.socket, reply: Reply) -> None:
+    """The reply is a few bytes into an empty socket buffer: it does not block."""
+    try:
+        sock.send(protocol.format_reply(reply), _DONTWAIT)
+    except OSError as e:
+        log.warning("could not reply to Courier: %s", e)
+
+
+def _answer_early(sock: socket.socket, reply: Reply) -> None:
+    """Reply before the request was read to its end, then read what the client still sends
+    (bounded) before closing: closing with unread input resets the connection, which can
+    destroy the reply on its way."""
+    with contextlib.suppress(OSError):
+        sock.settimeout(2.0)
+        sock.sendall(protocol.format_reply(reply))
+        sock.shutdown(socket.SHUT_WR)
+        budget, until = 4 << 20, time.monotonic() + 1.0
+        while budget > 0 and (left := until - time.monotonic()) > 0:
+            sock.settimeout(left)
+            chunk = sock.recv(65536)
+            if not chunk:
+                break
+            budget -= len(chunk)
