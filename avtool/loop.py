@@ -24,6 +24,7 @@ kernel's backlog holds the rest).
 from __future__ import annotations
 
 import contextlib
+import gc
 import heapq
 import logging
 import os
@@ -39,6 +40,7 @@ from typing import TYPE_CHECKING
 from avtool import keys as K
 from avtool.courier import protocol
 from avtool.courier.protocol import Reply, Request, RequestReader
+from avtool.engine import Engine
 from avtool.engine.backend import Backend
 from avtool.engine.replies import BackendFailure, scan_verdict
 from avtool.engine.session import Session
@@ -125,6 +127,9 @@ class Loop:
         self.ep = select.epoll()
         self.reading: dict[int, Conn] = {}  # client fd -> connection still sending
         self.scans: dict[int, Conn] = {}  # clamd session fd -> connection being scanned
+        # Idle sessions stay registered with epoll (no register/unregister per scan); an
+        # event on one is clamd closing it.
+        self.resting: dict[int, tuple[Backend, Session]] = {}
         self.waiting: deque[Conn] = deque()  # for a scan slot
         self.timers: list[tuple[float, int, int, Conn]] = []  # (when, seq, gen, conn)
         self.seq = 0
@@ -137,7 +142,7 @@ class Loop:
         self.cap = server.readers + SLOW_LIMIT
         self.accepting = False
         self.workers = Workers(server.readers)
-        self.engines: list[object] = []  # engines whose sessions this loop opened
+        self.engines: list[Engine] = []  # engines whose sessions this loop opened
 
     # ---- the loop -------------------------------------------------------------------------------
     def run(self, watch_stdin: bool) -> None:
@@ -150,6 +155,9 @@ class Loop:
         if watch_stdin:
             ep.register(0, _IN)
         reading, scans = self.reading, self.scans
+        # Everything made so far (modules, config, engine) lives as long as the daemon: out of
+        # the collector's way, so a full collection walks only what messages leave behind.
+        gc.freeze()
         expire_at = time.monotonic() + EXPIRE_EVERY
         drain_until: float | None = None
         while True:
@@ -176,6 +184,8 @@ class Loop:
                         os.read(server.wake_r, 512)
                 elif fd == 0:
                     self._on_stdin()
+                elif (held := self.resting.pop(fd, None)) is not None:
+                    held[0].sessions.discard(held[1])  # closed by clamd (IdleTimeout)
             now = time.monotonic()
             self._run_timers(now)
             if now >= expire_at:
@@ -435,8 +445,11 @@ class Loop:
 
     def _wait_for(self, conn: Conn, session: Session, now: float) -> None:
         conn.session = session
+        self.resting.pop(session.fd, None)
         self.scans[session.fd] = conn
-        self.ep.register(session.fd, _IN)
+        if not session.watched:
+            self.ep.register(session.fd, _IN)
+            session.watched = True
         engine = conn.pipeline.engine  # type: ignore[union-attr]
         self._timer(conn, min(now + engine.scan_timeout, conn.deadline))
 
@@ -489,11 +502,11 @@ class Loop:
         assert session is not None and backend is not None  # noqa: S101
         conn.session = None
         del self.scans[session.fd]
-        self.ep.unregister(session.fd)
         if close:
-            session.close()
+            session.close()  # which also takes it out of epoll
         else:
             backend.sessions.give_back(session, time.monotonic())
+            self.resting[session.fd] = (backend, session)
 
     def _scan_timeout(self, conn: Conn, now: float) -> None:
         backend = conn.backend
@@ -572,18 +585,24 @@ class Loop:
     def _expire_sessions(self, now: float) -> None:
         current = self.server.pipeline.engine
         for engine in list(self.engines):
-            for backend in engine.backends:  # type: ignore[attr-defined]
+            for backend in engine.backends:
                 if engine is current:
-                    backend.sessions.expire(now)
+                    closed = backend.sessions.expire(now)
                 else:
-                    backend.sessions.close()  # a reload replaced this engine
+                    closed = backend.sessions.close()  # a reload replaced this engine
+                self._forget(closed)
             if engine is not current:
                 self.engines.remove(engine)
 
+    def _forget(self, closed: list[Session]) -> None:
+        for session in closed:
+            if (held := self.resting.get(session.fd)) is not None and held[1] is session:
+                del self.resting[session.fd]
+
     def _close_sessions(self) -> None:
         for engine in self.engines:
-            for backend in engine.backends:  # type: ignore[attr-defined]
-                backend.sessions.close()
+            for backend in engine.backends:
+                self._forget(backend.sessions.close())
 
 
 def _send(backend: Backend, fd: int, now: float, *, fresh: bool) -> Session:

@@ -114,23 +114,18 @@ class Pipeline:
             return Outcome(Reply(200, "Ok"), policy.exempt(reason), envelope, None, 0, 0.0)
 
         try:
-            fd = protocol.open_data(request.data_path)
+            fd, size = protocol.open_message(request.data_path)
         except protocol.ProtocolError as e:
             return Outcome(e.reply, None, envelope, None, 0, 0.0)
-        try:
-            size = os.fstat(fd).st_size
-        except OSError as e:
-            os.close(fd)
-            reply = protocol.transient(f"cannot stat the message ({e.strerror})").reply
-            return Outcome(reply, None, envelope, None, 0, 0.0)
         return Prepared(request, envelope, fd, size)
 
     def judge(self, prepared: Prepared, verdict: Verdict) -> Judged:
         """The decision on a scanned message (its file still open: the header is peeked
         through it), and whether completing it writes files."""
-        quick = message.peek_header(prepared.fd) if isinstance(verdict, Clean) else None
+        clean = isinstance(verdict, Clean)
+        quick = message.peek_header(prepared.fd, prepared.size) if clean else None
         request = prepared.request
-        if isinstance(verdict, Clean) and message.is_partial(request.data_path, quick=quick):
+        if clean and message.is_partial(request.data_path, quick=quick):
             verdict = Unchecked(PARTIAL, verdict.backend)
         decision = policy.decide(verdict, prepared.envelope, self.cfg)
         rewrite = False

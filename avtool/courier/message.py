@@ -120,9 +120,10 @@ def quick_header(head: bytes, size: int) -> bytes | None:
     return head[:end].lower() if end >= 0 else None
 
 
-def peek_header(fd: int) -> bytes | None:
-    """quick_header of the file open on ``fd`` (one pread, the offset left alone)."""
-    return quick_header(os.pread(fd, READ_LINE, 0), os.fstat(fd).st_size)
+def peek_header(fd: int, size: int | None = None) -> bytes | None:
+    """quick_header of the file open on ``fd`` (one pread, the offset left alone), whose size
+    is ``size`` (fstat when not given)."""
+    return quick_header(os.pread(fd, READ_LINE, 0), os.fstat(fd).st_size if size is None else size)
 
 
 def _ruled_out(header: bytes | None, needles: Iterable[bytes]) -> bool:

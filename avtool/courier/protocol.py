@@ -34,6 +34,7 @@ MAX_BYTES = 1 << 20
 MAX_REPLY_LINE = 510
 
 _CONTROL_CHARS = re.compile(r"[\x00-\x1f\x7f]")
+_CONTROL_BUT_LF = re.compile(r"[\x00-\x09\x0b-\x1f\x7f]")
 _NOT_PRINTABLE_ASCII = re.compile(r"[^\x20-\x7e]")
 
 
@@ -146,6 +147,11 @@ class RequestReader:
         return bytes(self._rest)
 
     def feed(self, chunk: bytes) -> Request | None:
+        fresh = not self._consumed and not self._buf and self._data is None
+        if fresh and self._request is None and self._error is None:
+            request = self._whole(chunk)
+            if request is not None:
+                return request
         if self._request is not None:
             self._rest += chunk
             return self._request
@@ -157,6 +163,24 @@ class RequestReader:
             self._error = e
             self._buf = bytearray()
             raise
+
+    def _whole(self, chunk: bytes) -> Request | None:
+        """The usual case, Courier's whole request as the first chunk: one decode, one search.
+        None for anything else, which the general parser decides (errors included)."""
+        if len(chunk) > min(self.max_line, self.max_bytes) or not chunk.endswith(b"\n\n"):
+            return None
+        try:
+            text = chunk[:-2].decode("utf-8")
+        except UnicodeDecodeError:
+            return None
+        lines = text.split("\n")
+        if len(lines) < 2 or len(lines) > self.max_controls + 1 or not all(lines):
+            return None  # the blank line came earlier, or no control file, or too many
+        if _CONTROL_BUT_LF.search(text):
+            return None
+        self._consumed = len(chunk)
+        self._request = Request(lines[0], tuple(lines[1:]))
+        return self._request
 
     def finish(self) -> Request:
         """The peer has closed: the request, or ProtocolError if it was cut short (432, as a
@@ -317,9 +341,16 @@ def _kind(mode: int) -> str:
 
 def open_data(path: str) -> int:
     """Open the data file read-only for the scan and return the descriptor (the caller closes
-    it). ``lstat`` first, so that a device is never opened (opening one can have effects); then
+    it); see open_message."""
+    return open_message(path)[0]
+
+
+def open_message(path: str) -> tuple[int, int]:
+    """Open the data file read-only for the scan: (descriptor, size); the caller closes it.
+    ``lstat`` first, so that a device is never opened (opening one can have effects); then
     ``O_NOFOLLOW`` (a symlink swapped in meanwhile fails with ELOOP), ``O_NONBLOCK`` (a fifo
-    swapped in does not block the open) and an ``fstat`` check on what was really opened.
+    swapped in does not block the open; a regular file ignores the flag) and an ``fstat``
+    check on what was really opened.
     Raises ProtocolError: 5xx for a file of the wrong kind, 4xx for a vanished/unreadable one.
     """
     mode = _lstat(path).st_mode
@@ -338,8 +369,7 @@ def open_data(path: str) -> int:
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode):
             raise malformed(f"not a regular file ({_kind(st.st_mode)})", f": {path!r}")
-        os.set_blocking(fd, True)  # a regular file ignores it, but clamd gets a plain fd
     except BaseException:
         os.close(fd)
         raise
-    return fd
+    return fd, st.st_size

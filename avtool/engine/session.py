@@ -29,7 +29,9 @@ _CARRIER = [b"\0"]  # the byte that carries the descriptor
 class Session:
     """One IDSESSION connection to a clamd unix socket."""
 
-    __slots__ = ("address", "sock", "fd", "sent", "answered", "reused", "idle_since", "_buf")
+    __slots__ = (
+        "address", "sock", "fd", "sent", "answered", "reused", "idle_since", "watched", "_buf",
+    )  # fmt: skip
 
     def __init__(self, address: str, connect_timeout: float) -> None:
         self.address = address
@@ -55,6 +57,7 @@ class Session:
         self.answered = 0
         self.reused = False  # has answered before: a failure may just mean clamd closed it
         self.idle_since = 0.0
+        self.watched = False  # registered with the loop's epoll (it stays while idle)
         self._buf = b""
 
     def send_fildes(self, fd: int) -> None:
@@ -131,14 +134,24 @@ class SessionPool:
         session.idle_since = now
         self._idle.append(session)
 
-    def close(self) -> None:
-        """Close every idle session (a reload, a stop)."""
-        for session in self._idle:
+    def close(self) -> list[Session]:
+        """Close every idle session (a reload, a stop); the ones closed."""
+        closed = self._idle
+        self._idle = []
+        for session in closed:
             session.close()
-        self._idle.clear()
+        return closed
 
-    def expire(self, now: float) -> None:
+    def expire(self, now: float) -> list[Session]:
         """Close sessions idle longer than IDLE_MAX (they are at the front: oldest first)."""
-        idle = self._idle
+        idle, closed = self._idle, []
         while idle and now - idle[0].idle_since >= IDLE_MAX:
-            idle.pop(0).close()
+            closed.append(idle.pop(0))
+            closed[-1].close()
+        return closed
+
+    def discard(self, session: Session) -> None:
+        """An idle session that clamd closed (the loop saw its EOF)."""
+        if session in self._idle:
+            self._idle.remove(session)
+        session.close()
