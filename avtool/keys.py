@@ -105,7 +105,8 @@ MAX_CONNECTIONS = key(
     "serve.max_connections",
     Int(0, 4096),
     0,
-    "requests read at once (one thread each); more wait in the backlog; 0: 4 x max_scans, >= 16",
+    "worker threads (TCP clamds, quarantine, header rewrites); the loop holds this + 512 "
+    "connections, more wait in the backlog; 0: 4 x max_scans, >= 16",
 )
 MESSAGE_TIMEOUT = key(
     "serve.message_timeout",

@@ -349,8 +349,7 @@ def open_message(path: str) -> tuple[int, int]:
     """Open the data file read-only for the scan: (descriptor, size); the caller closes it.
     ``lstat`` first, so that a device is never opened (opening one can have effects); then
     ``O_NOFOLLOW`` (a symlink swapped in meanwhile fails with ELOOP), ``O_NONBLOCK`` (a fifo
-    swapped in does not block the open; a regular file ignores the flag) and an ``fstat``
-    check on what was really opened.
+    swapped in does not block the open) and an ``fstat`` check on what was really opened.
     Raises ProtocolError: 5xx for a file of the wrong kind, 4xx for a vanished/unreadable one.
     """
     mode = _lstat(path).st_mode
@@ -369,6 +368,7 @@ def open_message(path: str) -> tuple[int, int]:
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode):
             raise malformed(f"not a regular file ({_kind(st.st_mode)})", f": {path!r}")
+        os.set_blocking(fd, True)  # a regular file ignores it, but clamd gets a plain fd
     except BaseException:
         os.close(fd)
         raise

@@ -7,9 +7,10 @@ that carries the descriptor (sendmsg needs one) is read by clamd as an empty com
 ignored (measured: no reply, and the next command answers with the next number).
 
 One scan at a time per session, so the number says which command a reply belongs to without a
-table: a reply with another number is a protocol failure. clamd closes a session that was idle
-for its IdleTimeout (30 s by default, clamd.conf(5)); a RELOAD does not end one, and its next
-scan uses the new database (measured). A closed idle session
+table: a reply with another number is a protocol failure. clamd ends a session that sent
+nothing for its ReadTimeout (clamd.conf(5): 120 s by default, 180 in Debian's clamd.conf) with
+``COMMAND READ TIMED OUT`` and a close (measured); a RELOAD does not end one, and its next scan
+uses the new database (measured). A closed idle session
 shows up as EOF or EPIPE at its next use, which is no fault of clamd: the scan goes again once
 on a new connection (``reused``). Sessions idle longer than IDLE_MAX are closed before clamd
 would. The sockets are non-blocking; the loop (avtool/loop.py) waits for them with epoll.
@@ -21,7 +22,7 @@ import socket
 
 from avtool.engine.replies import BackendFailure
 
-IDLE_MAX = 20.0  # seconds: below clamd's IdleTimeout default of 30
+IDLE_MAX = 20.0  # seconds: closed by us well before clamd's ReadTimeout
 _FILDES = b"zFILDES\0"
 _CARRIER = [b"\0"]  # the byte that carries the descriptor
 

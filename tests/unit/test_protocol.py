@@ -234,6 +234,8 @@ def test_any_chunking_gives_the_same_outcome(
     data: tuple[bytes, list[bytes]], lim: dict[str, int]
 ) -> None:
     raw, chunks = data
+    # One chunk takes the fast path for a whole request (RequestReader._whole), one byte at a
+    # time the general parser: the same requests and the same errors.
     whole = outcome(RequestReader(**lim), [raw])
     assert outcome(RequestReader(**lim), chunks) == whole
     assert outcome(RequestReader(**lim), [raw[i : i + 1] for i in range(len(raw))]) == whole
