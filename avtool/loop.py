@@ -53,6 +53,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("avtool")
 SLOW_LIMIT = 512  # connections held beyond max_connections (clients still sending)
 EXPIRE_EVERY = 5.0  # seconds between closing clamd sessions idle too long
+COMPACT_AT = 4096  # timers kept before the void ones are swept out
 _IN = select.EPOLLIN
 _DONTWAIT = socket.MSG_DONTWAIT
 _BUSY = Reply(432, "4.3.2 Virus scanner busy, try again later")
@@ -134,6 +135,7 @@ class Loop:
         self.timers: list[tuple[float, int, int, Conn]] = []  # (when, seq, gen, conn)
         self.seq = 0
         self.scanning = 0
+        self.starting = False  # inside _next_waiting
         self.held = 0  # client connections the loop holds (reading, waiting, scanning)
         self.in_workers = 0  # messages handed to workers, not yet answered
         self.count_lock = threading.Lock()
@@ -176,9 +178,9 @@ class Loop:
                 if fd == lfd:
                     self._accept()
                 elif (conn := scans.get(fd)) is not None:
-                    self._on_reply(conn)
+                    self._guarded(self._on_reply, conn)
                 elif (conn := reading.get(fd)) is not None:
-                    self._on_request(conn)
+                    self._guarded(self._read, conn)
                 elif fd == server.wake_r:
                     with contextlib.suppress(BlockingIOError, InterruptedError):
                         os.read(server.wake_r, 512)
@@ -217,7 +219,13 @@ class Loop:
     def _timer(self, conn: Conn, when: float) -> None:
         conn.gen += 1
         self.seq += 1
-        heapq.heappush(self.timers, (when, self.seq, conn.gen, conn))
+        timers = self.timers
+        heapq.heappush(timers, (when, self.seq, conn.gen, conn))
+        if len(timers) > COMPACT_AT and len(timers) > 4 * self.held:
+            # Most timers are void (the scan answered long before scan_timeout): drop them
+            # rather than keep every finished connection until its timer would have fired.
+            timers[:] = [t for t in timers if t[2] == t[3].gen]
+            heapq.heapify(timers)
 
     def _run_timers(self, now: float) -> None:
         timers = self.timers
@@ -226,11 +234,11 @@ class Loop:
             if gen != conn.gen:
                 continue
             if conn.state == READING:
-                self._read_timeout(conn)
+                self._guarded(self._read_timeout, conn)
             elif conn.state == WAITING:
-                self._slot_timeout(conn)
+                self._guarded(self._slot_timeout, conn)
             elif conn.state == SCANNING:
-                self._scan_timeout(conn, now)
+                self._guarded(self._scan_timeout, conn)
 
     def _on_stdin(self) -> None:
         try:
@@ -279,9 +287,12 @@ class Loop:
             now = time.monotonic()
             conn = Conn(sock, now, now + cfg[K.MESSAGE_TIMEOUT])
             self.held += 1
-            # Courier writes the request as it connects: usually it is all there already.
-            self._read(conn, now + cfg[K.READ_TIMEOUT], first=True)
+            self._guarded(self._first_read, conn)
         self._accepting(False)  # full: the kernel's backlog holds the rest
+
+    def _first_read(self, conn: Conn) -> None:
+        """Courier writes the request as it connects: usually it is all there already."""
+        self._read(conn, conn.accepted + self.server.cfg[K.READ_TIMEOUT], first=True)
 
     def _read(self, conn: Conn, until: float = 0.0, *, first: bool = False) -> None:
         try:
@@ -317,8 +328,35 @@ class Loop:
             self.ep.register(conn.fd, _IN)
             self._timer(conn, until)
 
-    def _on_request(self, conn: Conn) -> None:
-        self._read(conn)
+    def _guarded(self, handler: Callable[[Conn], None], conn: Conn) -> None:
+        """A bug while handling one connection defers that message (432) and the loop goes on
+        serving the others."""
+        try:
+            handler(conn)
+        except Exception:  # noqa: BLE001 - one message must never stop the filter
+            log.exception("connection failed")
+            self._abort(conn)
+
+    def _abort(self, conn: Conn) -> None:
+        """Let go of everything ``conn`` holds, answer 432 and close (after a bug)."""
+        with contextlib.suppress(Exception):
+            if conn.fd in self.reading:
+                self._forget_reader(conn)
+            if conn.session is not None:
+                self._drop_session(conn, close=True)
+            if conn.backend is not None:
+                conn.backend.release()
+                conn.backend = None
+            if conn in self.waiting:
+                self.waiting.remove(conn)
+            if conn.prepared is not None:
+                conn.prepared.close()
+            if conn.state == SCANNING:
+                self.scanning -= 1
+        if conn.state != DONE:
+            self._reply(conn, Reply(432, "4.3.0 avtool internal error"))
+        with contextlib.suppress(Exception):
+            self._next_waiting()
 
     def _forget_reader(self, conn: Conn) -> None:
         if self.reading.pop(conn.fd, None) is not None:
@@ -340,6 +378,7 @@ class Loop:
         conn.state = DONE
         conn.gen += 1
         conn.sock.close()
+        conn.prepared = conn.pipeline = None  # a void timer may keep conn a while: not these
         self._release_hold()
 
     def _release_hold(self) -> None:
@@ -508,7 +547,8 @@ class Loop:
             backend.sessions.give_back(session, time.monotonic())
             self.resting[session.fd] = (backend, session)
 
-    def _scan_timeout(self, conn: Conn, now: float) -> None:
+    def _scan_timeout(self, conn: Conn) -> None:
+        now = time.monotonic()
         backend = conn.backend
         assert backend is not None  # noqa: S101
         self._drop_session(conn, close=True)  # its late reply must not meet the next scan
@@ -565,8 +605,17 @@ class Loop:
         _send_reply(conn.sock, outcome.reply)
 
     def _next_waiting(self) -> None:
-        while self.waiting and self.scanning < self.max_scans:
-            self._scan(self.waiting.popleft())
+        """Start the waiting scans there is room for. Not re-entered: a scan that fails at once
+        (clamd gone) frees its slot from inside _scan, and with hundreds waiting the recursion
+        would go as deep; the outer call's loop takes them one after the other instead."""
+        if self.starting:
+            return
+        self.starting = True
+        try:
+            while self.waiting and self.scanning < self.max_scans:
+                self._scan(self.waiting.popleft())
+        finally:
+            self.starting = False
 
     def _finish(self, conn: Conn, outcome: Outcome) -> None:
         self._conclude(conn, outcome)

@@ -3,6 +3,7 @@ what happens when clamd ends one (IdleTimeout, a restart, a close just as it is 
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import socket
@@ -150,4 +151,49 @@ def test_a_session_closed_as_it_is_reused_is_tried_once_more(tmp_path: Path) -> 
     finally:
         d.stop()
         fake.close()
+        shutil.rmtree(directory, ignore_errors=True)
+
+
+def test_a_long_queue_fails_over_when_clamd_dies_and_the_loop_goes_on(tmp_path: Path) -> None:
+    """serve.max_scans = 1 and a clamd that never answers: 250 messages queue for the one
+    slot. Then clamd dies: every queued scan fails at once, one after the other (not nested:
+    250 deep would pass Python's recursion limit), each message gets its 4xx, and the daemon
+    still serves once clamd is back."""
+    from tests.fakes.clamd import FakeClamd
+
+    directory = Path(tempfile.mkdtemp(prefix="avq", dir="/tmp"))
+    directory.chmod(0o755)  # noqa: S103 - the real clamd's user traverses it later
+    fake = FakeClamd(directory / "clamd.sock", "hang").start()
+    conf = config_for(fake.address, "max_scans = 1\n").replace(
+        "message_timeout = 20.0", "message_timeout = 60.0"
+    )
+    d = start_daemon(conf)
+    replies: list[str] = []
+    lock = threading.Lock()
+
+    def send() -> None:
+        reply = d.filter(*d.spool.message(mail()))
+        with lock:
+            replies.append(reply)
+
+    try:
+        threads = [threading.Thread(target=send) for _ in range(250)]
+        for t in threads:
+            t.start()
+        time.sleep(2.0)  # all connected: one scan hangs, the rest wait for the slot
+        fake.stop()
+        for t in threads:
+            t.join(30)
+        assert len(replies) == 250
+        assert all(r.startswith("432 ") for r in replies), set(replies)
+        assert d.proc.poll() is None and "Traceback" not in d.log()
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(fake.path)
+        real = ClamdServer(directory).start()  # a real clamd at the same socket
+        try:
+            assert d.filter(*d.spool.message(mail())) == "200 Ok\n"
+        finally:
+            real.stop()
+    finally:
+        assert d.stop() == 0
         shutil.rmtree(directory, ignore_errors=True)
