@@ -189,7 +189,7 @@ class Loop:
                 elif fd == 0:
                     self._on_stdin()
                 elif (held := self.resting.pop(fd, None)) is not None:
-                    held[0].sessions.discard(held[1])  # closed by clamd (IdleTimeout)
+                    held[0].sessions.discard(held[1])  # ended by clamd (its ReadTimeout)
             now = time.monotonic()
             self._run_timers(now)
             if now >= expire_at:
@@ -209,13 +209,15 @@ class Loop:
 
     def _wait(self, now: float, drain_until: float | None) -> float:
         """Seconds epoll may sleep: until the next timer; during the drain, briefly (workers
-        finish without telling the loop)."""
+        finish without telling the loop); with idle clamd sessions, until they are checked."""
         timers = self.timers
         while timers and timers[0][2] != timers[0][3].gen:
             heapq.heappop(timers)  # stale: the connection moved on
         wait = max(0.0, timers[0][0] - now) if timers else -1.0
         if drain_until is not None:
             wait = 0.05 if wait < 0 else min(wait, 0.05)
+        elif self.resting:  # wake up to close sessions idle too long, even with no mail
+            wait = EXPIRE_EVERY if wait < 0 else min(wait, EXPIRE_EVERY)
         return wait
 
     def _timer(self, conn: Conn, when: float) -> None:
