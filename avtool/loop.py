@@ -1,14 +1,15 @@
 """The daemon's event loop: one thread, epoll, every connection and every scan in flight.
 
 Per message (courierfilter(8): a connection per message, the request, one reply): accept,
-read the request, ``Pipeline.prepare`` (paths, envelope, the data file opened), FILDES on a
-kept-open clamd session (engine/session.py), and when clamd answers, ``judge``, ``complete``,
-the reply and the log line. Nothing here blocks on the network: a client that sends its
-request slowly or not at all costs a dict entry and a timer, not a thread, and a scan waits in
-epoll, not in a thread. Local file work (lstat, the control files, a header peek) is done in
-place; completing a decision that writes files (quarantine, drop marks, header fields: fsync)
-goes to a worker thread, and so does every message when some clamd is reached over TCP
-(INSTREAM, or transfer ``scan``): those run ``Pipeline.handle`` as batch-test does.
+read the request, ``Pipeline.prepare`` (paths, envelope, the data file opened), the scan
+(engine/pending.py: FILDES on kept-open clamd sessions, failover), and when clamd answers,
+``judge``, ``complete``, the reply and the log line. Nothing here blocks on the network: a
+client that sends its request slowly or not at all costs a dict entry and a timer, not a
+thread, and a scan waits in epoll, not in a thread. Local file work (lstat, the control
+files, a header peek) is done in place; completing a decision that writes files (quarantine,
+drop marks, header fields: fsync) goes to a worker thread, and so does every message when
+some clamd is reached over TCP (INSTREAM, or transfer ``scan``): those run
+``Pipeline.handle`` as batch-test does.
 
 Why: on a 2-core machine every millisecond the filter spends is taken from clamd. A thread per
 connection paid a thread switch and the GIL hand-over twice per message, a connect and a close
@@ -26,7 +27,6 @@ kernel's backlog holds the rest).
 from __future__ import annotations
 
 import contextlib
-import gc
 import heapq
 import logging
 import os
@@ -43,10 +43,9 @@ from avtool import keys as K
 from avtool.courier import protocol
 from avtool.courier.protocol import Reply, Request, RequestReader
 from avtool.engine import Engine
-from avtool.engine.backend import Backend
-from avtool.engine.replies import BackendFailure, scan_verdict
+from avtool.engine.pending import PendingScan
 from avtool.engine.session import Session
-from avtool.engine.verdict import Failed, Verdict
+from avtool.engine.verdict import Verdict
 from avtool.pipeline import Judged, Outcome, Pipeline, Prepared
 
 if TYPE_CHECKING:
@@ -69,7 +68,7 @@ class Conn:
 
     __slots__ = (
         "sock", "fd", "state", "gen", "parser", "accepted", "deadline", "request", "pipeline",
-        "dry_run", "prepared", "order", "tried", "failures", "backend", "session", "started",
+        "dry_run", "prepared", "scan",
     )  # fmt: skip
 
     def __init__(self, sock: socket.socket, now: float, deadline: float) -> None:
@@ -84,12 +83,7 @@ class Conn:
         self.pipeline: Pipeline | None = None
         self.dry_run = False
         self.prepared: Prepared | None = None
-        self.order: list[Backend] = []
-        self.tried = 0  # backends of ``order`` tried so far
-        self.failures: list[str] = []
-        self.backend: Backend | None = None  # claimed: a scan in flight there
-        self.session: Session | None = None
-        self.started = 0.0
+        self.scan: PendingScan | None = None
 
 
 class Workers:
@@ -132,7 +126,7 @@ class Loop:
         self.scans: dict[int, Conn] = {}  # clamd session fd -> connection being scanned
         # Idle sessions stay registered with epoll (no register/unregister per scan); an
         # event on one is clamd closing it.
-        self.resting: dict[int, tuple[Backend, Session]] = {}
+        self.resting: dict[int, Session] = {}
         self.waiting: deque[Conn] = deque()  # for a scan slot
         self.timers: list[tuple[float, int, int, Conn]] = []  # (when, seq, gen, conn)
         self.seq = 0
@@ -159,9 +153,6 @@ class Loop:
         if watch_stdin:
             ep.register(0, _IN)
         reading, scans = self.reading, self.scans
-        # Everything made so far (modules, config, engine) lives as long as the daemon: out of
-        # the collector's way, so a full collection walks only what messages leave behind.
-        gc.freeze()
         expire_at = time.monotonic() + EXPIRE_EVERY
         drain_until: float | None = None
         while True:
@@ -188,8 +179,8 @@ class Loop:
                         os.read(server.wake_r, 512)
                 elif fd == 0:
                     self._on_stdin()
-                elif (held := self.resting.pop(fd, None)) is not None:
-                    held[0].sessions.discard(held[1])  # ended by clamd (its ReadTimeout)
+                elif (idle := self.resting.pop(fd, None)) is not None and idle.pool:
+                    idle.pool.discard(idle)  # ended by clamd (its ReadTimeout)
             now = time.monotonic()
             self._run_timers(now)
             if now >= expire_at:
@@ -346,11 +337,10 @@ class Loop:
         with contextlib.suppress(Exception):
             if conn.fd in self.reading:
                 self._forget_reader(conn)
-            if conn.session is not None:
-                self._drop_session(conn, close=True)
-            if conn.backend is not None:
-                conn.backend.release()
-                conn.backend = None
+            if conn.scan is not None:
+                session = conn.scan.session
+                conn.scan.abandon()
+                self._follow(conn, session)
             if conn in self.waiting:
                 self.waiting.remove(conn)
             if conn.prepared is not None:
@@ -382,7 +372,7 @@ class Loop:
         conn.state = DONE
         conn.gen += 1
         conn.sock.close()
-        conn.prepared = conn.pipeline = None  # a void timer may keep conn a while: not these
+        conn.prepared = conn.pipeline = conn.scan = None  # a void timer may keep conn a while
         self._release_hold()
 
     def _release_hold(self) -> None:
@@ -451,129 +441,50 @@ class Loop:
         self._reply(conn, _BUSY)
 
     def _scan(self, conn: Conn) -> None:
-        """Take a scan slot and send the message to the first backend of the engine's order."""
+        """Take a scan slot and send the message to clamd (engine/pending.py)."""
         self.scanning += 1
         conn.state = SCANNING
-        assert conn.pipeline is not None  # noqa: S101
+        assert conn.pipeline is not None and conn.prepared is not None  # noqa: S101
         now = time.monotonic()
-        conn.order = conn.pipeline.engine.choose(now)  # the first one is claimed
-        conn.backend = conn.order[0]
-        conn.tried = 0
-        conn.started = now
-        self._attempt(conn, now, claimed=True)
-
-    def _attempt(self, conn: Conn, now: float, *, claimed: bool = False) -> None:
-        """Send the message to ``conn.order[conn.tried]``; on a failure try the next one."""
-        prepared, order = conn.prepared, conn.order
-        assert prepared is not None and conn.pipeline is not None  # noqa: S101
-        while conn.tried < len(order) and now < conn.deadline:
-            backend = order[conn.tried]
-            conn.tried += 1
-            if not claimed:
-                backend.claim()
-            claimed = False
-            conn.backend = backend
-            try:
-                session = _send(backend, prepared.fd, now, fresh=False)
-            except BackendFailure as e:
-                self._backend_failed(conn, backend, e)
-                now = time.monotonic()
-                continue
-            self._wait_for(conn, session, now)
-            return
-        if claimed:
-            order[0].release()  # the deadline passed before the first try
-        conn.backend = None
-        self._judge_failed(conn)
-
-    def _wait_for(self, conn: Conn, session: Session, now: float) -> None:
-        conn.session = session
-        self.resting.pop(session.fd, None)
-        self.scans[session.fd] = conn
-        if not session.watched:
-            self.ep.register(session.fd, _IN)
-            session.watched = True
-        engine = conn.pipeline.engine  # type: ignore[union-attr]
-        self._timer(conn, min(now + engine.scan_timeout, conn.deadline))
-
-    def _backend_failed(self, conn: Conn, backend: Backend, e: BackendFailure) -> None:
-        backend.release()
-        engine = conn.pipeline.engine  # type: ignore[union-attr]
-        backend.mark_failed(e.reason, engine.retry_after)
-        log.warning(
-            "clamd %s failed, set aside for %g s: %s", backend.address, engine.retry_after, e.reason
-        )
-        conn.failures.append(f"{backend.address}: {e.reason}")
+        scan = conn.scan = PendingScan(conn.pipeline.engine, conn.prepared.fd, conn.deadline, now)
+        self._step(conn, None, scan.start(now))
 
     def _on_reply(self, conn: Conn) -> None:
-        session, backend, prepared = conn.session, conn.backend, conn.prepared
-        assert session is not None and backend is not None and prepared is not None  # noqa: S101
-        try:
-            raw = session.receive()
-            if raw is None:
-                return  # more to come
-            verdict = scan_verdict(raw, backend=backend.address)
-        except BackendFailure as e:
-            self._drop_session(conn, close=True)
-            self._reply_failed(conn, session, backend, e)
-            return
-        self._drop_session(conn, close=False)
-        backend.release()
-        backend.mark_answered()
-        conn.backend = None
-        prepared.scan_ms = (time.monotonic() - conn.started) * 1000
-        self._judge(conn, verdict)
-
-    def _reply_failed(
-        self, conn: Conn, session: Session, backend: Backend, failure: BackendFailure
-    ) -> None:
-        now = time.monotonic()
-        if session.reused and session.sent == session.answered + 1:
-            # An idle session that clamd closed just as it was used: once more, on a new one.
-            try:
-                fd = conn.prepared.fd  # type: ignore[union-attr]
-                self._wait_for(conn, _send(backend, fd, now, fresh=True), now)
-                return
-            except BackendFailure as e:
-                failure = e
-        self._backend_failed(conn, backend, failure)
-        self._attempt(conn, now)
-
-    def _drop_session(self, conn: Conn, *, close: bool) -> None:
-        """The scan's session leaves the loop: closed, or back to its pool for the next."""
-        session, backend = conn.session, conn.backend
-        assert session is not None and backend is not None  # noqa: S101
-        conn.session = None
-        del self.scans[session.fd]
-        if close:
-            session.close()  # which also takes it out of epoll
-        else:
-            backend.sessions.give_back(session, time.monotonic())
-            self.resting[session.fd] = (backend, session)
+        scan = conn.scan
+        assert scan is not None  # noqa: S101 - only scanning connections are in self.scans
+        session = scan.session
+        self._step(conn, session, scan.receive(time.monotonic()))
 
     def _scan_timeout(self, conn: Conn) -> None:
-        now = time.monotonic()
-        backend = conn.backend
-        assert backend is not None  # noqa: S101
-        self._drop_session(conn, close=True)  # its late reply must not meet the next scan
-        if now >= conn.deadline:
-            backend.release()
-            conn.backend = None
-            conn.failures.append(f"{backend.address}: timeout")
-            self._judge(conn, Failed(f"timeout: no verdict from clamd {backend.address} "
-                                     "by the deadline"))  # fmt: skip
-            return
-        e = BackendFailure("timeout: no answer from clamd in time", timeout=True)
-        self._backend_failed(conn, backend, e)
-        self._attempt(conn, now)
+        scan = conn.scan
+        assert scan is not None  # noqa: S101
+        session = scan.session
+        self._step(conn, session, scan.timeout(time.monotonic()))
 
-    def _judge_failed(self, conn: Conn) -> None:
-        if time.monotonic() >= conn.deadline:
-            tried = f" after {'; '.join(conn.failures)}" if conn.failures else ""
-            verdict: Verdict = Failed(f"timeout: deadline passed{tried}")
-        else:
-            verdict = Failed("all clamd backends failed: " + "; ".join(conn.failures))
-        self._judge(conn, verdict)
+    def _step(self, conn: Conn, before: Session | None, verdict: Verdict | None) -> None:
+        """After a step of the scan: watch the session it now waits on, or judge."""
+        self._follow(conn, before)
+        if verdict is not None:
+            assert conn.scan is not None and conn.prepared is not None  # noqa: S101
+            conn.prepared.scan_ms = (time.monotonic() - conn.scan.started) * 1000
+            self._judge(conn, verdict)
+
+    def _follow(self, conn: Conn, before: Session | None) -> None:
+        """Keep self.scans and self.resting in step with the session the scan waits on."""
+        scan = conn.scan
+        assert scan is not None  # noqa: S101
+        after = scan.session
+        if before is not None and before is not after:
+            del self.scans[before.fd]  # closed (out of epoll with it), or back in its pool
+            if not before.closed:
+                self.resting[before.fd] = before
+        if after is not None and after is not before:
+            self.resting.pop(after.fd, None)
+            self.scans[after.fd] = conn
+            if not after.watched:
+                self.ep.register(after.fd, _IN)
+                after.watched = True
+            self._timer(conn, scan.attempt_until)
 
     def _judge(self, conn: Conn, verdict: Verdict) -> None:
         """The scan is over (or was not needed): free its slot, decide, complete, answer."""
@@ -649,33 +560,13 @@ class Loop:
 
     def _forget(self, closed: list[Session]) -> None:
         for session in closed:
-            if (held := self.resting.get(session.fd)) is not None and held[1] is session:
+            if self.resting.get(session.fd) is session:
                 del self.resting[session.fd]
 
     def _close_sessions(self) -> None:
         for engine in self.engines:
             for backend in engine.backends:
                 self._forget(backend.sessions.close())
-
-
-def _send(backend: Backend, fd: int, now: float, *, fresh: bool) -> Session:
-    """FILDES on a session of ``backend``: an idle one, or (``fresh``, or when the idle one
-    turns out closed by clamd) a new one. BackendFailure when clamd cannot be reached."""
-    pool = backend.sessions
-    session = pool.connect() if fresh else pool.take(now)
-    try:
-        session.send_fildes(fd)
-    except BackendFailure:
-        session.close()
-        if not session.reused:
-            raise
-        session = pool.connect()  # clamd ended the idle session (IdleTimeout): once more
-        try:
-            session.send_fildes(fd)
-        except BackendFailure:
-            session.close()
-            raise
-    return session
 
 
 def _send_reply(sock: socket.socket, reply: Reply) -> None:

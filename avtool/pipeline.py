@@ -54,7 +54,11 @@ class Judged:
     verdict: Verdict
     decision: policy.Decision
     rewrite: bool  # header fields to add or rename
-    writes: bool  # completing it writes files (quarantine, drop marks, header fields)
+
+    @property
+    def writes(self) -> bool:
+        """Completing it writes files (quarantine, drop marks, header fields)."""
+        return self.rewrite or self.decision.action in ("quarantine", "drop")
 
 
 @dataclass(frozen=True)
@@ -135,8 +139,7 @@ class Pipeline:
                 self.cfg[K.HEADER_RENAME]
                 and message.has_fields(request.data_path, policy.OUR_FIELDS, quick=quick)
             )
-        writes = rewrite or decision.action in ("quarantine", "drop")
-        return Judged(prepared, verdict, decision, rewrite, writes)
+        return Judged(prepared, verdict, decision, rewrite)
 
     def complete(self, judged: Judged, dry_run: bool) -> Outcome:
         """Carry the decision out (quarantine, drop marks, header fields) and say the reply."""

@@ -132,17 +132,8 @@ class Engine:
                     if e.timeout and cut_by_caller:
                         # The caller's deadline ran out, not scan_timeout: no proof against
                         # clamd.
-                        return Failed(
-                            f"timeout: no verdict from clamd {backend.address} by the deadline"
-                        )
-                    backend.mark_failed(e.reason, self.retry_after)
-                    log.warning(
-                        "clamd %s failed, set aside for %g s: %s",
-                        backend.address,
-                        self.retry_after,
-                        e.reason,
-                    )
-                    failures.append(f"{backend.address}: {e.reason}")
+                        return late(backend)
+                    self.set_aside(backend, e, failures)
                     continue
                 finally:
                     backend.release()
@@ -152,10 +143,19 @@ class Engine:
         finally:
             if claimed is not None:  # the deadline passed before it was tried
                 claimed.release()
-        if deadline is not None and time.monotonic() >= deadline:
-            tried = f" after {'; '.join(failures)}" if failures else ""
-            return Failed(f"timeout: deadline passed{tried}")
-        return Failed("all clamd backends failed: " + "; ".join(failures))
+        return no_verdict(failures, deadline is not None and time.monotonic() >= deadline)
+
+    def set_aside(self, backend: Backend, failure: BackendFailure, failures: list[str]) -> None:
+        """``backend`` failed a scan: out of the rotation for retry_after, logged, and noted in
+        ``failures`` (the reason of the Failed verdict if no backend answers)."""
+        backend.mark_failed(failure.reason, self.retry_after)
+        log.warning(
+            "clamd %s failed, set aside for %g s: %s",
+            backend.address,
+            self.retry_after,
+            failure.reason,
+        )
+        failures.append(f"{backend.address}: {failure.reason}")
 
     def scan_path(self, path: str | os.PathLike[str]) -> Verdict:
         """Open ``path`` read-only and scan it; an OSError is a Failed verdict."""
@@ -195,3 +195,16 @@ class Engine:
             return healthy  # the usual case
         aside = sorted((b for b in backends if b.set_aside(now)), key=lambda b: b.failed_at or 0.0)
         return healthy + aside
+
+
+def late(backend: Backend) -> Verdict:
+    """The caller's deadline passed while ``backend`` scanned: no proof against clamd."""
+    return Failed(f"timeout: no verdict from clamd {backend.address} by the deadline")
+
+
+def no_verdict(failures: list[str], deadline_passed: bool) -> Verdict:
+    """Failed, when no backend gave a verdict: by the deadline, or every one failed."""
+    if deadline_passed:
+        tried = f" after {'; '.join(failures)}" if failures else ""
+        return Failed(f"timeout: deadline passed{tried}")
+    return Failed("all clamd backends failed: " + "; ".join(failures))

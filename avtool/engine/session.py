@@ -31,7 +31,8 @@ class Session:
     """One IDSESSION connection to a clamd unix socket."""
 
     __slots__ = (
-        "address", "sock", "fd", "sent", "answered", "reused", "idle_since", "watched", "_buf",
+        "address", "sock", "fd", "sent", "answered", "reused", "idle_since", "watched", "pool",
+        "_buf",
     )  # fmt: skip
 
     def __init__(self, address: str, connect_timeout: float) -> None:
@@ -59,6 +60,7 @@ class Session:
         self.reused = False  # has answered before: a failure may just mean clamd closed it
         self.idle_since = 0.0
         self.watched = False  # registered with the loop's epoll (it stays while idle)
+        self.pool: SessionPool | None = None  # the pool it goes back to
         self._buf = b""
 
     def send_fildes(self, fd: int) -> None:
@@ -106,6 +108,10 @@ class Session:
     def close(self) -> None:
         self.sock.close()
 
+    @property
+    def closed(self) -> bool:
+        return self.sock.fileno() < 0
+
 
 class SessionPool:
     """The idle sessions of one backend, last used first (its socket buffers are warm)."""
@@ -128,7 +134,9 @@ class SessionPool:
         return self.connect()
 
     def connect(self) -> Session:
-        return Session(self.address, self.connect_timeout)
+        session = Session(self.address, self.connect_timeout)
+        session.pool = self
+        return session
 
     def give_back(self, session: Session, now: float) -> None:
         session.reused = True

@@ -194,6 +194,15 @@ def scanner(installed: Installed) -> Iterator[tuple[ClamdServer, Daemon]]:
         shutil.rmtree(directory, ignore_errors=True)
 
 
+def _set_up_with_empty_mailbox(installed: Installed, clamd: ClamdServer, daemon: Daemon) -> None:
+    """The stub freshclam, the settings file, and the update mailbox emptied (mail by SMTP)."""
+    _stub_freshclam(clamd.db_dir)
+    _write_conf(clamd, daemon, installed.python)
+    for sub in ("new", "cur"):
+        for old in (HOME / "Maildir" / sub).iterdir():
+            old.unlink()
+
+
 def _stub_freshclam(db_dir: Path, fail: bool = False) -> None:
     STUB_DIR.mkdir(parents=True, exist_ok=True)
     STUB_DIR.chmod(0o755)
@@ -271,11 +280,7 @@ def test_courier_delivers_an_announcement_through_maildrop(
     from tests.e2e import harness
 
     clamd, daemon = scanner
-    _stub_freshclam(clamd.db_dir)
-    _write_conf(clamd, daemon, installed.python)
-    for sub in ("new", "cur"):
-        for old in (HOME / "Maildir" / sub).iterdir():
-            old.unlink()
+    _set_up_with_empty_mailbox(installed, clamd, daemon)
     message = harness.make_message(
         "ClamAV daily 27003", "ClamAV database updated.\n", to=[f"{USER}@{harness.DOMAIN}"]
     )
@@ -319,11 +324,7 @@ def test_a_bounce_is_kept_without_an_update(
     from tests.e2e import harness
 
     clamd, daemon = scanner
-    _stub_freshclam(clamd.db_dir)
-    _write_conf(clamd, daemon, installed.python)
-    for sub in ("new", "cur"):
-        for old in (HOME / "Maildir" / sub).iterdir():
-            old.unlink()
+    _set_up_with_empty_mailbox(installed, clamd, daemon)
     rcpt = f"{USER}@{harness.DOMAIN}"
     code, text = harness.send(
         harness.make_message("Undelivered mail", to=[rcpt]), sender="", recipients=[rcpt]
