@@ -23,10 +23,19 @@ def setup(verbosity: int, *, name: str = "avtool", level: int | None = None) -> 
     handler.setFormatter(logging.Formatter(f"{name}: %(levelname)s %(message)s"))
     root = logging.getLogger("avtool")
     root.handlers[:] = [handler]
-    root.setLevel(level if level is not None else LEVELS.get(verbosity, logging.DEBUG))
+    root.setLevel(level if level is not None else level_of(verbosity))
     root.propagate = False
     global _direct
     _direct = (handler, name)
+
+
+def level_of(verbosity: int) -> int:
+    return LEVELS.get(verbosity, logging.DEBUG)
+
+
+def set_verbosity(verbosity: int) -> None:
+    """A reloaded ``log.verbosity``, applied to the running daemon's logger."""
+    logging.getLogger("avtool").setLevel(level_of(verbosity))
 
 
 # The handler and name that setup() installed, for line(); None until then (tests, libraries).
@@ -45,5 +54,10 @@ def line(logger: logging.Logger, level: int, text: str) -> None:
         return
     handler, name = direct
     with handler.lock or contextlib.nullcontext():
-        handler.stream.write(f"{name}: {logging.getLevelName(level)} {text}\n")
-        handler.stream.flush()
+        try:
+            handler.stream.write(f"{name}: {logging.getLevelName(level)} {text}\n")
+            handler.stream.flush()
+        except (OSError, ValueError):
+            # As logging.Handler.emit does (handleError): a line that cannot be written (stderr
+            # closed or full) is lost, and the message it speaks of is still answered.
+            pass

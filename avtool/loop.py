@@ -52,6 +52,7 @@ if TYPE_CHECKING:
     from avtool.server import FilterServer
 
 log = logging.getLogger("avtool")
+ACCEPT_PAUSE = 0.5  # seconds without accepting after accept() failed (EMFILE)
 SLOW_LIMIT = 512  # connections held beyond max_connections (clients still sending)
 EXPIRE_EVERY = 5.0  # seconds between closing clamd sessions idle too long
 COMPACT_AT = 4096  # timers kept before the void ones are swept out
@@ -60,7 +61,7 @@ _DONTWAIT = socket.MSG_DONTWAIT
 _BUSY = Reply(432, "4.3.2 Virus scanner busy, try again later")
 
 # What a connection is doing; its timer is valid only while its ``gen`` is unchanged.
-READING, WAITING, SCANNING, DONE = range(4)
+READING, WAITING, SCANNING, JUDGING, DONE = range(5)
 
 
 class Conn:
@@ -139,6 +140,7 @@ class Loop:
         self.max_scans = cfg[K.MAX_SCANS] or 2 * (os.cpu_count() or 1)
         self.cap = server.readers + SLOW_LIMIT
         self.accepting = False
+        self.resume_at: float | None = None  # paused after an accept error until then
         self.workers = Workers(server.readers)
         self.engines: list[Engine] = []  # engines whose sessions this loop opened
 
@@ -183,6 +185,9 @@ class Loop:
                     idle.pool.discard(idle)  # ended by clamd (its ReadTimeout)
             now = time.monotonic()
             self._run_timers(now)
+            if self.resume_at is not None and now >= self.resume_at:
+                self.resume_at = None
+                self._resume()
             if now >= expire_at:
                 expire_at = now + EXPIRE_EVERY
                 self._expire_sessions(now)
@@ -205,6 +210,9 @@ class Loop:
         while timers and timers[0][2] != timers[0][3].gen:
             heapq.heappop(timers)  # stale: the connection moved on
         wait = max(0.0, timers[0][0] - now) if timers else -1.0
+        if self.resume_at is not None:
+            until = max(0.0, self.resume_at - now)
+            wait = until if wait < 0 else min(wait, until)
         if drain_until is not None:
             wait = 0.05 if wait < 0 else min(wait, 0.05)
         elif self.resting:  # wake up to close sessions idle too long, even with no mail
@@ -277,7 +285,11 @@ class Loop:
             except (BlockingIOError, InterruptedError):
                 return
             except OSError as e:
-                log.error("accept: %s", e)  # EMFILE and the like: the backlog holds them
+                # EMFILE and the like: the kernel's backlog holds the connections. Stop
+                # watching the listener a while (it stays readable: the loop would spin).
+                log.error("accept: %s; accepting again in %g s", e, ACCEPT_PAUSE)
+                self._accepting(False)
+                self.resume_at = time.monotonic() + ACCEPT_PAUSE
                 return
             now = time.monotonic()
             conn = Conn(sock, now, now + cfg[K.MESSAGE_TIMEOUT])
@@ -377,7 +389,16 @@ class Loop:
 
     def _release_hold(self) -> None:
         self.held -= 1
-        if not self.accepting and self.held < self.cap and not self.server.stopping.is_set():
+        self._resume()
+
+    def _resume(self) -> None:
+        """Accept again when there is room, unless stopping or paused after an accept error."""
+        if (
+            not self.accepting
+            and self.held < self.cap
+            and self.resume_at is None
+            and not self.server.stopping.is_set()
+        ):
             self._accepting(True)
 
     def _hand_over(self, conn: Conn, job: Callable[[], None]) -> None:
@@ -490,6 +511,7 @@ class Loop:
         """The scan is over (or was not needed): free its slot, decide, complete, answer."""
         if conn.state == SCANNING:
             self.scanning -= 1
+            conn.state = JUDGING  # the slot is free: _abort must not free it again
             self._next_waiting()
         pipeline, prepared = conn.pipeline, conn.prepared
         assert pipeline is not None and prepared is not None  # noqa: S101

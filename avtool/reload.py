@@ -13,6 +13,7 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from avtool import keys as K
+from avtool import logs
 from avtool.clamdconf import conf_for, disk_db_version, running_clamd_confs
 from avtool.config import Config
 from avtool.engine import Engine
@@ -26,7 +27,10 @@ if TYPE_CHECKING:
     from avtool.server import FilterServer
 
 log = logging.getLogger("avtool")
-RESTART_KEYS: tuple[Key[Any], ...] = (K.FILTER_DIR, K.COURIER_DIR, K.PID_FILE, K.PIPE, K.MAX_SCANS)
+# serve.max_connections sizes the worker threads, started once.
+RESTART_KEYS: tuple[Key[Any], ...] = (
+    K.FILTER_DIR, K.COURIER_DIR, K.PID_FILE, K.PIPE, K.MAX_SCANS, K.MAX_CONNECTIONS,
+)  # fmt: skip
 SETTLE_S = 1.0  # no version to watch: clamd swaps a small DB in ~50 ms (notes/clamav.md §2)
 
 
@@ -124,6 +128,8 @@ class Reloader:
             engine = Engine.from_config(new)
         server.cfg = new
         server.pipeline = Pipeline(new, engine, name=options.name)
+        if old[K.VERBOSITY] != new[K.VERBOSITY] and not options.debug:
+            logs.set_verbosity(new[K.VERBOSITY])  # --debug logs everything whatever the config
         answer.line(f"config: reloaded from {new.path or 'defaults'}, {len(changes)} change(s)")
         for change in changes:
             answer.line(f"config: {change}")

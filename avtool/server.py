@@ -210,7 +210,11 @@ class FilterServer:
     def answer(self, conn: socket.socket, request: Request, deadline: float) -> None:
         """The whole message the blocking way, in a worker thread: a scan slot, the
         pipeline, the reply (the caller closes ``conn``)."""
-        reply = self._scan_in_slot(request, deadline)
+        try:
+            reply = self._scan_in_slot(request, deadline)
+        except Exception:  # noqa: BLE001 - Courier must get an answer: a bug defers the mail
+            log.exception("internal error on %s", request.data_path)
+            reply = Reply(432, "4.3.0 avtool internal error")
         try:
             conn.settimeout(10.0)
             conn.sendall(protocol.format_reply(reply))

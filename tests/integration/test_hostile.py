@@ -528,3 +528,29 @@ def test_random_requests_each_get_one_reply_line(daemon: Daemon) -> None:
     check()
     assert daemon.proc.poll() is None
     still_serving(daemon)
+
+
+def test_out_of_descriptors_the_loop_pauses_instead_of_spinning(clamd_server: Any) -> None:
+    """accept() fails with EMFILE while idle clients hold every descriptor: the loop stops
+    watching the (still readable) listener for a while instead of waking and logging an error
+    in a tight loop, and accepts again once descriptors are free."""
+    import resource
+
+    d = start_daemon(hostile_config(str(clamd_server.unix_socket), read_timeout=2.0))
+    try:
+        open_fds = len(os.listdir(f"/proc/{d.proc.pid}/fd"))
+        limit = open_fds + 20
+        resource.prlimit(d.proc.pid, resource.RLIMIT_NOFILE, (limit, limit))
+        idle = [socket.socket(socket.AF_UNIX) for _ in range(40)]
+        for s in idle:
+            s.connect(str(d.socket_path))  # the backlog takes what the daemon cannot accept
+        time.sleep(1.5)  # the daemon is out of descriptors for a while
+        errors = d.log().count("accept: ")
+        assert 1 <= errors <= 6, errors  # one per pause of 0.5 s, not one per wake
+        for s in idle:
+            s.close()
+        # The idle ones are answered at read_timeout and closed; then mail flows again.
+        data, ctls = d.spool.message(mail())
+        assert d.filter(data, ctls) == "200 Ok\n"
+    finally:
+        assert d.stop() == 0

@@ -21,6 +21,7 @@ import pytest
 from tests.integration.serve_support import (
     EICAR,
     Daemon,
+    Spool,
     config_for,
     mail,
     start_daemon,
@@ -331,3 +332,35 @@ def test_stop_refuses_first_and_drains_messages_in_flight() -> None:
         assert d.proc.wait(10) == 0
         assert not d.socket_path.exists()  # --debug tidies up at the end
     shutil.rmtree(work)
+
+
+@pytest.mark.parametrize("transfer", ["unix", "tcp"])
+def test_a_log_line_that_cannot_be_written_still_gets_the_verdict(
+    clamd_server: Any, transfer: str
+) -> None:
+    """stderr (syslog, under courierfilter) gone: the per-message line fails to be written.
+    The loop (unix socket) and the workers (TCP clamd) still answer each message with its
+    verdict, and the scan slots stay right (the loop once freed a slot twice here)."""
+    backend = str(clamd_server.unix_socket) if transfer == "unix" else clamd_server.tcp_address
+    work = Path(tempfile.mkdtemp(prefix="avl", dir="/tmp"))
+    (work / "spool").mkdir()
+    conf = work / "avtool.conf"
+    conf.write_text(config_for(backend, "max_scans = 1\n").replace("@SPOOL@", str(work / "spool")))
+    cmd = [sys.executable, "-m", "avtool", "serve", "-f", str(conf), "--debug"]
+    proc = subprocess.Popen(
+        [*cmd, "--socket-dir", str(work)], stdin=subprocess.PIPE, stderr=subprocess.PIPE
+    )
+    d = Daemon(proc, work / "avtool", work, work / "none.log", 0.0)
+    d.spool = Spool(work / "spool")
+    try:
+        deadline = time.monotonic() + 20
+        while not d.socket_path.exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert proc.stderr is not None
+        proc.stderr.close()  # every later write to stderr: EPIPE
+        for _ in range(3):
+            assert d.filter(*d.spool.message(mail())) == "200 Ok\n"
+            assert d.filter(*d.spool.message(mail(attachment=EICAR))).startswith("550 ")
+    finally:
+        assert d.stop() == 0
+        shutil.rmtree(work, ignore_errors=True)

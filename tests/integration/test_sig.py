@@ -11,10 +11,12 @@ import io
 import json
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
 import tarfile
+import tempfile
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -356,3 +358,30 @@ def test_stats_show_a_backend_set_aside(clamd_server: Any, tmp_path: Path) -> No
         assert f'avtool_clamd_set_aside{{backend="{dead}"}} 1' in prom
     finally:
         assert d.stop() == 0
+
+
+def test_reloaded_verbosity_applies_and_max_connections_waits_for_a_restart(
+    clamd_server: Any,
+) -> None:
+    """Not --debug (which logs everything): log.verbosity 1 -> 0 by SIGUSR1 ends the line per
+    message; serve.max_connections (it sizes the workers, started once) is reported as taking
+    effect at the next restart."""
+    state = Path(tempfile.mkdtemp(prefix="avv", dir="/tmp"))
+    extra = f'pid_file = "{state}/avtool.pid"\npipe = "{state}/sig.pipe"\n'
+    d = start_daemon(config_for(str(clamd_server.unix_socket), extra), extra_args=[])
+    try:
+        assert d.filter(*d.spool.message(mail(subject="one"))) == "200 Ok\n"
+        assert d.log().count("verdict=clean") == 1
+        conf = d.workdir / "avtool.conf"
+        text = conf.read_text().replace("[serve]\n", "[serve]\nmax_connections = 40\n")
+        conf.write_text(text + "\n[log]\nverbosity = 0\n")
+        os.kill(d.proc.pid, signal.SIGUSR1)  # no pipe: the answer goes to stderr
+        deadline = time.monotonic() + 10
+        while "END ok" not in d.log() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert "config: serve.max_connections takes effect at the next restart" in d.log()
+        assert d.filter(*d.spool.message(mail(subject="two"))) == "200 Ok\n"
+        assert d.log().count("verdict=clean") == 1  # verbosity 0: errors only
+    finally:
+        assert d.stop() == 0
+        shutil.rmtree(state, ignore_errors=True)
