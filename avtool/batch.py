@@ -13,10 +13,11 @@ def requests_from(stream: BinaryIO) -> Iterator[Request | ProtocolError]:
     """Each group as a Request, or the ProtocolError that says what is wrong with it."""
     group: list[bytes] = []
     for line in stream:
-        if line.strip(b"\r\n") == b"" and group:
-            yield _parse(group + [b"\n"])
-            group = []
-        elif line.strip(b"\r\n"):
+        if line == b"\n":
+            if group:  # blank lines between groups are skipped
+                yield _parse(group + [line])
+                group = []
+        else:  # "\r\n" too: parse_request judges it exactly as on the socket
             group.append(line if line.endswith(b"\n") else line + b"\n")
     if group:
         yield _parse(group)  # no closing blank line: reported, not guessed

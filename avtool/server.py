@@ -119,13 +119,12 @@ class FilterServer:
             self.pid_file.create()
         try:
             self.listener = self._bind()
+            self._install_signals()
+            self.loop = Loop(self, self.listener)  # workers start here, the loop in run()
+            self.reloader.start()
         except BaseException:
-            if self.pid_file is not None:
-                self.pid_file.remove()
+            self._release()  # nothing of a failed start stays behind (its socket refuses)
             raise
-        self._install_signals()
-        self.loop = Loop(self, self.listener)  # workers start here, the loop in run()
-        self.reloader.start()
         if fd3:
             with contextlib.suppress(OSError):
                 os.close(COURIERFILTER_FD)  # courierfilter start waits for this: we are ready
@@ -192,6 +191,12 @@ class FilterServer:
     def stop(self) -> None:
         """After the loop: it refused new connections and drained what was in flight."""
         self.stopping.set()
+        self._release()
+        log.info("stopped")
+
+    def _release(self) -> None:
+        """Give back what start() took: the listener (its file stays under courierfilter),
+        the reloader, the pid file, the signal handlers and the wake pipe."""
         if self.listener is not None:
             self.listener.close()
         if self.socket_path is not None and self.options.debug:
@@ -202,10 +207,14 @@ class FilterServer:
         self.reloader.stop()
         if self.pid_file is not None:
             self.pid_file.remove()
-        signal.set_wakeup_fd(-1)
+        if self.old_handlers:
+            signal.set_wakeup_fd(-1)
         for sig, handler in self.old_handlers.items():
             signal.signal(sig, handler)  # type: ignore[arg-type]
-        log.info("stopped")
+        self.old_handlers.clear()
+        for fd in (self.wake_r, self.wake_w):
+            with contextlib.suppress(OSError):
+                os.close(fd)
 
     def answer(self, conn: socket.socket, request: Request, deadline: float) -> None:
         """The whole message the blocking way, in a worker thread: a scan slot, the

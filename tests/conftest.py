@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import tempfile
 from collections.abc import Callable, Iterator
@@ -72,3 +73,20 @@ def _remove_daemon_dirs() -> Iterator[None]:
     from tests.integration.serve_support import cleanup_all
 
     cleanup_all()
+
+
+@pytest.fixture(autouse=True)
+def _no_machine_config(
+    tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """No test reads this machine's config: not /etc/courier/filters/avtool.conf (written by
+    share/install.sh, and the e2e tests run here), not the user's file, not an AVTOOL_*
+    variable of the shell that runs pytest. A test that wants one of them sets it itself."""
+    from avtool import config as C
+
+    nowhere = tmp_path_factory.mktemp("noconfig")
+    monkeypatch.setattr(C, "SYSTEM_CONFIG", nowhere / "system.conf")
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(nowhere / "xdg"))
+    for name in list(os.environ):
+        if name.startswith("AVTOOL_") and not name.startswith("AVTOOL_E2E_"):
+            monkeypatch.delenv(name)

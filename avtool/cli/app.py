@@ -33,12 +33,21 @@ def _version(value: bool) -> None:
 
 @app.callback()
 def _root(
+    ctx: typer.Context,
     version: bool = typer.Option(
         False, "--version", callback=_version, is_eager=True, help="Print the version and exit."
     ),
     debug: bool = typer.Option(False, "--debug", help="Show a traceback on errors."),
 ) -> None:
     """Anti-virus filter for the Courier mail server, on ClamAV's clamd."""
+    if isinstance(ctx.obj, Run):
+        ctx.obj.debug = debug
+
+
+class Run:
+    """What main() learns from the root options while the app runs."""
+
+    debug = False
 
 
 app.command("config")(config_cmd.config)
@@ -52,10 +61,11 @@ app.command("run-get-ides", help=updates_cmd.HELP)(updates_cmd.run_get_ides)
 def main(argv: list[str] | None = None) -> None:
     """Console entry point: run the app; an AvtoolError becomes one line and its exit code."""
     args = sys.argv[1:] if argv is None else argv
+    run = Run()
     try:
-        app(args=args, prog_name="avtool")
+        app(args=args, prog_name="avtool", obj=run)
     except AvtoolError as e:
-        if "--debug" in args:
+        if run.debug:  # `avtool --debug CMD`; not `serve --debug`, which is the foreground mode
             raise
         if isinstance(e, ConfigError):
             for problem in e.problems:

@@ -364,3 +364,40 @@ def test_a_log_line_that_cannot_be_written_still_gets_the_verdict(
     finally:
         assert d.stop() == 0
         shutil.rmtree(work, ignore_errors=True)
+
+
+def test_a_start_that_fails_after_bind_leaves_nothing_behind(
+    clamd_server: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Signal handlers restored, listener and wake pipe closed, pid file gone; the socket file
+    removed after a start by hand (--debug), kept under courierfilter (it refuses: 432)."""
+    from avtool import server as S
+    from avtool.config import Config
+
+    state = Path(tempfile.mkdtemp(prefix="avf", dir="/tmp"))
+    cfg = Config.resolve(
+        overrides={
+            "clamd.backends": str(clamd_server.unix_socket),
+            "serve.pid_file": str(state / "avtool.pid"),
+            "serve.manual_start": "true",
+        }
+    )
+
+    def broken(*_: object) -> None:
+        raise OSError(24, "Too many open files")
+
+    monkeypatch.setattr(S, "Loop", broken)
+    signals = (signal.SIGHUP, signal.SIGTERM, signal.SIGUSR1, signal.SIGURG)
+    before = {s: signal.getsignal(s) for s in signals}
+    for debug in (True, False):
+        server = S.FilterServer(cfg, S.Options(debug=debug, socket_dir=state))
+        with pytest.raises(OSError, match="Too many"):
+            server.start()
+        assert {s: signal.getsignal(s) for s in signals} == before
+        assert server.listener is not None and server.listener.fileno() == -1
+        for fd in (server.wake_r, server.wake_w):
+            with pytest.raises(OSError):
+                os.fstat(fd)
+        assert not (state / "avtool.pid").exists()
+        assert (state / "avtool").exists() is not debug
+    shutil.rmtree(state, ignore_errors=True)

@@ -83,3 +83,19 @@ def test_bad_set_syntax(capsys: pytest.CaptureFixture[str]) -> None:
         main(["config", "--set", "log.verbosity"])
     assert exit_.value.code == 2
     assert "expected KEY=VALUE" in capsys.readouterr().err
+
+
+def test_root_debug_shows_the_error_and_serve_debug_does_not(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`avtool --debug CMD` lets the error through (a traceback); `serve --debug` is serve's
+    foreground mode and a file named --debug is a file: both get the one line."""
+    from avtool.errors import UsageError
+
+    absent = str(tmp_path / "absent.conf")
+    with pytest.raises(UsageError):
+        main(["--debug", "config", "-f", absent])
+    with pytest.raises(SystemExit) as exit_:
+        main(["serve", "--debug", "-f", absent])
+    assert exit_.value.code == 2
+    assert "avtool: " in capsys.readouterr().err

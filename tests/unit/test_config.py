@@ -149,3 +149,9 @@ def test_shipped_sample_is_current_and_resolves_to_defaults() -> None:
     assert all(source.kind == "default" for _, _, source in cfg.items())
     for name in C.KEYS:
         assert f"#{name.split('.', 1)[1]} = " in shipped.read_text()
+
+
+def test_no_test_reads_this_machines_config() -> None:
+    """tests/conftest.py isolates every test (the machine may have share/install.sh's file)."""
+    assert Config.resolve(role="daemon").path is None
+    assert Config.resolve(role="user").path is None

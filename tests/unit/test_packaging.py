@@ -7,6 +7,7 @@ import shutil
 import subprocess
 import tomllib
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -42,11 +43,26 @@ def test_completions_are_current() -> None:
         assert on_disk == text, f"completions/{name} is stale: regenerate it"
 
 
-def test_completions_name_every_command() -> None:
-    bash = render(app)[FILES["bash"]]
-    for command in ("config",):
-        assert command in bash
-    assert "--config-file" in bash and "--check" in bash
+def test_completions_name_every_command_and_its_options() -> None:
+    """Every subcommand of the app, in each shell's own syntax, with each of its options."""
+    import typer.main
+
+    group: Any = typer.main.get_command(app)
+    scripts = render(app)
+    bash, zsh, fish = (scripts[FILES[s]] for s in ("bash", "zsh", "fish"))
+    names = sorted(group.commands)
+    assert {"serve", "scan", "config", "sig", "batch-test", "run-get-ides"} <= set(names)
+    assert f'compgen -W "{" ".join(names)} ' in bash
+    for name in names:
+        options = [o for p in group.commands[name].params for o in p.opts if o.startswith("-")]
+        assert options, name
+        line = re.search(rf"^    {re.escape(name)}\) opts=\"([^\"]*)\"", bash, re.M)
+        assert line is not None, f"bash: no case for {name}"
+        assert set(options) <= set(line.group(1).split()), name
+        assert re.search(rf"'{re.escape(name)}:[^']*'", zsh), f"zsh: {name} not listed"
+        assert f" -a {name} -d " in fish, f"fish: {name} not listed"
+        for option in options:
+            assert option.lstrip("-") in zsh and option.lstrip("-") in fish, (name, option)
 
 
 @pytest.mark.parametrize(("shell", "name"), [("bash", "bash"), ("zsh", "zsh"), ("fish", "fish")])
