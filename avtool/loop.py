@@ -179,6 +179,7 @@ class Loop:
                 elif fd == server.wake_r:
                     with contextlib.suppress(BlockingIOError, InterruptedError):
                         os.read(server.wake_r, 512)
+                    self._resume()  # a signal, or a worker done while the loop was full
                 elif fd == 0:
                     self._on_stdin()
                 elif (idle := self.resting.pop(fd, None)) is not None and idle.pool:
@@ -279,7 +280,7 @@ class Loop:
     def _accept(self) -> None:
         server = self.server
         cfg = server.cfg
-        while self.held < self.cap:
+        while self.held + self.in_workers < self.cap:
             try:
                 sock, _ = self.listener.accept()
             except (BlockingIOError, InterruptedError):
@@ -395,17 +396,20 @@ class Loop:
         """Accept again when there is room, unless stopping or paused after an accept error."""
         if (
             not self.accepting
-            and self.held < self.cap
+            and self.held + self.in_workers < self.cap
             and self.resume_at is None
             and not self.server.stopping.is_set()
         ):
             self._accepting(True)
 
     def _hand_over(self, conn: Conn, job: Callable[[], None]) -> None:
-        """Run ``job`` in a worker, then close the connection; the loop lets go of it now."""
+        """Run ``job`` in a worker, then close the connection. The connection still counts
+        against ``cap`` until the worker is done (the workers' queue is bounded by it): a loop
+        that stopped accepting for that is woken when a worker finishes."""
         with self.count_lock:
             self.in_workers += 1
         self._release_hold()
+        wake = self.server.wake_w
 
         def run() -> None:
             try:
@@ -414,6 +418,9 @@ class Loop:
                 conn.sock.close()
                 with self.count_lock:
                     self.in_workers -= 1
+                if not self.accepting:
+                    with contextlib.suppress(OSError):  # full: the loop is being woken anyway
+                        os.write(wake, b"w")
 
         self.workers.submit(run)
 

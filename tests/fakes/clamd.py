@@ -3,7 +3,8 @@
 Each one reads a whole request as clamd would (a ``z...\\0`` command; the descriptor of FILDES;
 the chunks of INSTREAM up to the zero-length one), then does what its ``behaviour`` says:
 
-- ``reply``: send ``reply`` (default ``b"PONG\\0"`` to PING, else the fixed ``reply``) and close.
+- ``reply``: send ``reply`` (default ``b"PONG\\0"`` to PING, else the fixed ``reply``) and close;
+  ``delay`` seconds late if given (a slow clamd).
 - ``hang``: never answer (until stopped).
 - ``garbage``: answer bytes that are no clamd reply.
 - ``mid_reply``: send half a reply, no ``\\0``, and close.
@@ -36,12 +37,14 @@ class FakeClamd:
         *,
         reply: bytes = b"stream: OK\0",
         limit: int = 1 << 20,
+        delay: float = 0.0,
     ) -> None:
         assert behaviour in BEHAVIOURS, behaviour
         self.path = path
         self.behaviour = behaviour
         self.reply = reply
         self.limit = limit
+        self.delay = delay  # seconds before each reply: a slow clamd
         self.connections = 0
         self.commands: list[bytes] = []
         self._stop = threading.Event()
@@ -114,6 +117,7 @@ class FakeClamd:
             if command == b"zPING":
                 conn.sendall(b"PONG\0")
             elif self.behaviour == "reply":
+                self._stop.wait(self.delay)
                 conn.sendall(self.reply)
             elif self.behaviour == "hang":
                 self._stop.wait()

@@ -13,8 +13,10 @@ import os
 import re
 import select
 import selectors
+import shutil
 import socket
 import stat
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -554,3 +556,72 @@ def test_out_of_descriptors_the_loop_pauses_instead_of_spinning(clamd_server: An
         assert d.filter(data, ctls) == "200 Ok\n"
     finally:
         assert d.stop() == 0
+
+
+def test_work_for_the_threads_is_bounded(tmp_path: Path) -> None:
+    """A clamd reached by INSTREAM (the blocking way, in worker threads) that hangs, one worker,
+    and 600 clients that each send a whole request: the loop holds at most max_connections +
+    512 of them (queued for the workers included); the rest wait in the kernel's backlog
+    instead of piling up in the daemon."""
+    from tests.fakes.clamd import FakeClamd
+    from tests.integration.serve_support import Spool
+
+    sockdir = Path(tempfile.mkdtemp(prefix="avq", dir="/tmp"))
+    with FakeClamd(sockdir / "hang.sock", "hang") as hang:
+        conf = hostile_config(hang.address, "max_connections = 1\n", read_timeout=30.0)
+        conf = conf.replace("[clamd]\n", '[clamd]\ntransfer = "instream"\n')
+        d = start_daemon(conf)
+        clients: list[socket.socket] = []
+        try:
+            spool: Spool = d.spool
+            requests = [request_bytes(*spool.message(mail())) for _ in range(600)]
+            for raw in requests:
+                s = socket.socket(socket.AF_UNIX)
+                s.connect(str(d.socket_path))
+                s.sendall(raw)
+                clients.append(s)
+            time.sleep(2.0)
+            held = sum(
+                os.readlink(f"/proc/{d.proc.pid}/fd/{fd}").startswith("socket:")
+                for fd in os.listdir(f"/proc/{d.proc.pid}/fd")
+            )
+            assert held <= 1 + 512 + 8, held  # + the listener, clamd's and a few of our own
+            assert held >= 400, held  # it did take what it may
+        finally:
+            for s in clients:
+                s.close()
+            d.proc.kill()
+            d.proc.wait()
+    shutil.rmtree(sockdir, ignore_errors=True)
+
+
+def test_a_full_loop_accepts_again_as_the_workers_catch_up() -> None:
+    """The same bound with one worker and a clamd that answers each stream OK after 5 ms:
+    every one of 1,000 messages sent at once is answered (a worker done wakes the loop that
+    stopped accepting when it held 513; the other clients wait in connect() meanwhile)."""
+    from tests.fakes.clamd import FakeClamd
+
+    sockdir = Path(tempfile.mkdtemp(prefix="avq", dir="/tmp"))
+    with FakeClamd(sockdir / "slow.sock", reply=b"stream: OK\0", delay=0.005) as slow:
+        conf = hostile_config(slow.address, "max_connections = 1\n", read_timeout=60.0)
+        d = start_daemon(conf.replace("[clamd]\n", '[clamd]\ntransfer = "instream"\n'))
+        clients: list[socket.socket] = []
+        # A unix connect() with a timeout fails at once when the backlog is full: block, and
+        # let a watchdog end a daemon that never accepts again (the connect then fails).
+        watchdog = threading.Timer(60, d.proc.kill)
+        watchdog.start()
+        try:
+            for _ in range(1000):
+                s = socket.socket(socket.AF_UNIX)
+                s.connect(str(d.socket_path))
+                s.settimeout(30)
+                s.sendall(request_bytes(*d.spool.message(mail())))
+                clients.append(s)
+            replies = [s.recv(100) for s in clients]
+            assert set(replies) == {b"200 Ok\n"}
+        finally:
+            watchdog.cancel()
+            for s in clients:
+                s.close()
+            assert d.stop() == 0
+    shutil.rmtree(sockdir, ignore_errors=True)
