@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import shutil
+import tempfile
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -17,3 +20,11 @@ def daemon(clamd_server: Any) -> Iterator[Daemon]:
     yield d
     if d.proc.poll() is None:
         d.stop()
+
+
+@pytest.fixture
+def sockdir() -> Iterator[Path]:
+    """A short dir below /tmp for unix sockets (their paths take 107 bytes at most)."""
+    d = Path(tempfile.mkdtemp(prefix="avk", dir="/tmp"))
+    yield d
+    shutil.rmtree(d, ignore_errors=True)

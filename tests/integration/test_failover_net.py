@@ -13,11 +13,8 @@ turns a test red.
 
 from __future__ import annotations
 
-import shutil
-import tempfile
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -27,13 +24,6 @@ from tests.fakes.clamd import FakeClamd
 from tests.integration.serve_support import EICAR, Daemon, mail, start_daemon
 
 pytestmark = pytest.mark.clamd
-
-
-@pytest.fixture
-def sockdir() -> Iterator[Path]:
-    d = Path(tempfile.mkdtemp(prefix="avn", dir="/tmp"))
-    yield d
-    shutil.rmtree(d, ignore_errors=True)
 
 
 def serve(
