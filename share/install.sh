@@ -201,6 +201,23 @@ smoke_test() {
     --host "${hostport% *}" --port "${hostport#* }"
 }
 
+check_all() {
+  say "checking: avtool config --check --daemon"
+  local out rc=0 others
+  out=$(/usr/local/bin/avtool config --check --daemon 2>&1) || rc=$?
+  printf '%s\n' "$out"
+  ((rc)) || return 0
+  # Offline, ensure_database left clamd with avtool's test signatures: the doctor fails that
+  # (rightly), and everything else can still be installed and shown to work.
+  others=$(grep '^FAIL' <<<"$out" | grep -vc 'holds test or custom signatures only' || true)
+  if [[ $others == 0 ]] && ! compgen -G '/var/lib/clamav/main.c[lv]d' >/dev/null; then
+    loud "installed, but clamd has no ClamAV database (the FAIL above): it detects the test
+    signatures only, NO real virus. Run freshclam once the network is reachable."
+    return 0
+  fi
+  die "the checks above failed"
+}
+
 install_packages
 install_avtool
 ensure_database
@@ -210,7 +227,6 @@ install_filter
 bash "$here/share/install-updates.sh"   # the update script for run-get-ides (no user yet)
 start_courier
 enable_filter
-say "checking: avtool config --check --daemon"
-/usr/local/bin/avtool config --check --daemon || die "the checks above failed"
+check_all
 if [[ -n $smoke ]]; then smoke_test; fi
 say "done: every message Courier receives by SMTP is now scanned by clamd"
