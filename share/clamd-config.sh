@@ -12,8 +12,10 @@
 # Why the file and not debconf: Debian's clamav-daemon has no debconf question for any of these
 # (clamav-daemon.templates), and its postinst keeps them when it regenerates the file ("Preserve
 # manually created, usually not needed options"); README.Debian: "The package also handles
-# manual editing of its configuration file, /etc/clamav/clamd.conf, gracefully". A line that
-# exists is changed in place, a missing one is added at the end; nothing else is touched.
+# manual editing of its configuration file, /etc/clamav/clamd.conf, gracefully". Measured:
+# after this script, `dpkg-reconfigure clamav-daemon` left the file byte for byte as it was,
+# and the file its postinst generated carried the four lines too. A line that exists is
+# changed in place, a missing one is added at the end; nothing else is touched.
 #
 # Prints each change, keeps a copy of the file as it was (CLAMD_CONF.avtool-TIMESTAMP), and
 # changes nothing when everything is already set. Exit 0 unchanged, 10 changed, 1 error.

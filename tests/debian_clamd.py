@@ -21,12 +21,13 @@ SYSTEM = Path("/etc/clamav/clamd.conf")
 
 
 def debian_conf_text() -> str | None:
-    """Debian's generated clamd.conf, or None when this is no Debian clamav-daemon install."""
-    if UCF_CACHE.is_file():
-        return UCF_CACHE.read_text()
-    if SYSTEM.is_file():  # without ucf's copy: /etc's file without anybody's Alert* lines
-        keep = [x for x in SYSTEM.read_text().splitlines() if not x.startswith("Alert")]
-        return "\n".join(keep) + "\n"
+    """Debian's generated clamd.conf without anybody's Alert* lines (the postinst carries
+    Alert* lines of /etc's file into the file it generates: measured with dpkg-reconfigure),
+    or None when this is no Debian clamav-daemon install."""
+    for path in (UCF_CACHE, SYSTEM):  # without ucf's copy, /etc's file
+        if path.is_file():
+            keep = [x for x in path.read_text().splitlines() if not x.startswith("Alert")]
+            return "\n".join(keep) + "\n"
     return None
 
 

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from avtool import secondlook
-from avtool.engine import Engine, Infected
+from avtool.engine import Engine, Failed, Infected
 from tests.clamd_harness import ClamdServer
 from tests.conftest import make_config
 from tests.integration.serve_support import EICAR, config_for, start_daemon
@@ -114,4 +114,4 @@ def test_a_second_look_that_cannot_scan_defers(marker_clamd: ClamdServer, tmp_pa
     )
     first = Infected(("Avtool.Pass.Test.UNOFFICIAL",))
     verdict = secondlook.every_name(first, multipart(MARKER, EICAR), engine)
-    assert type(verdict).__name__ == "Failed" and "second look" in verdict.reason  # type: ignore[union-attr]
+    assert isinstance(verdict, Failed) and "second look" in verdict.reason, verdict

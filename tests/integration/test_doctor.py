@@ -193,7 +193,7 @@ def test_database_dir_without_main_fails_even_if_version_names_a_daily(tmp_path:
 def test_alert_settings_off_warn_and_fail_against_policy_unchecked(tmp_path: Path) -> None:
     """A real clamd started with Debian's clamd.conf as its postinst writes it (no Alert*): the
     doctor finds that conf through /proc and says what comes back clean, with the fix."""
-    server = _debian_clamd(tmp_path)
+    server = _debian_clamd()
     try:
         backend = f"clamd.backends={server.unix_socket}"
         result = check(backend, tmp_path=tmp_path)
@@ -222,6 +222,7 @@ def test_alert_settings_off_warn_and_fail_against_policy_unchecked(tmp_path: Pat
         assert "AlertExceedsMax" not in result.stdout
     finally:
         server.stop()
+        shutil.rmtree(server.dir, ignore_errors=True)
 
 
 @pytest.mark.parametrize("bad", ["directory", "garbage"])
@@ -245,7 +246,7 @@ def test_unreadable_or_unparsable_clamd_conf_is_one_warning(
     assert "crashed" not in result.stdout
 
 
-def _debian_clamd(tmp_path: Path) -> ClamdServer:
+def _debian_clamd() -> ClamdServer:
     """A clamd on Debian's generated clamd.conf, only its socket, database, log and
     foreground changed (it runs as a child here, with the test signatures)."""
     directory = Path(tempfile.mkdtemp(prefix="avdeb", dir="/tmp"))
