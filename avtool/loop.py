@@ -40,6 +40,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from avtool import keys as K
+from avtool import policy
 from avtool.courier import protocol
 from avtool.courier.protocol import Reply, Request, RequestReader
 from avtool.engine import Engine
@@ -522,6 +523,11 @@ class Loop:
             self._next_waiting()
         pipeline, prepared = conn.pipeline, conn.prepared
         assert pipeline is not None and prepared is not None  # noqa: S101
+        if policy.hides(verdict, pipeline.cfg):
+            # every name, not just clamd's first (secondlook.py): more scans, in a worker
+            conn.state = DONE
+            self._hand_over(conn, lambda: self._look_again_in_worker(conn, verdict))
+            return
         try:
             judged = pipeline.judge(prepared, verdict)
         except Exception as e:  # noqa: BLE001
@@ -542,6 +548,23 @@ class Loop:
             return pipeline.complete(judged, conn.dry_run)
         except Exception as e:  # noqa: BLE001
             return pipeline.internal_error(judged.prepared.request, e)
+
+    def _look_again_in_worker(self, conn: Conn, verdict: Verdict) -> None:
+        pipeline, prepared = conn.pipeline, conn.prepared
+        assert pipeline is not None and prepared is not None  # noqa: S101
+        try:
+            started = time.monotonic()
+            verdict = pipeline.look_again(prepared, verdict, conn.deadline)
+            prepared.scan_ms += (time.monotonic() - started) * 1000
+            judged = pipeline.judge(prepared, verdict)
+        except Exception as e:  # noqa: BLE001 - a bug must defer the mail, never accept it
+            outcome = pipeline.internal_error(prepared.request, e)
+        else:
+            outcome = self._complete(conn, judged)
+        finally:
+            prepared.close()
+        self._conclude(conn, outcome)
+        _send_reply(conn.sock, outcome.reply)
 
     def _complete_in_worker(self, conn: Conn, judged: Judged) -> None:
         outcome = self._complete(conn, judged)

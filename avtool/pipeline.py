@@ -17,13 +17,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from avtool import keys as K
-from avtool import logs, policy
+from avtool import logs, policy, secondlook
 from avtool.config import Config
 from avtool.courier import control, message, protocol
 from avtool.courier.control import Envelope
 from avtool.courier.protocol import Reply, Request
 from avtool.engine import Engine
-from avtool.engine.verdict import Clean, Unchecked, Verdict
+from avtool.engine.verdict import Clean, Infected, Unchecked, Verdict
 from avtool.errors import AvtoolError
 
 log = logging.getLogger("avtool")
@@ -96,6 +96,7 @@ class Pipeline:
         try:
             started = time.monotonic()
             verdict = self.engine.scan(prepared.fd, path=request.data_path, deadline=deadline)
+            verdict = self.look_again(prepared, verdict, deadline)
             prepared.scan_ms = (time.monotonic() - started) * 1000
             judged = self.judge(prepared, verdict)
         finally:
@@ -122,6 +123,22 @@ class Pipeline:
         except protocol.ProtocolError as e:
             return Outcome(e.reply, None, envelope, None, 0, 0.0)
         return Prepared(request, envelope, fd, size)
+
+    def look_again(self, prepared: Prepared, verdict: Verdict, deadline: float) -> Verdict:
+        """Every virus name, when the first one would let the message through more gently than
+        another could (policy.hides; avtool/secondlook.py): blocking, so the daemon's loop runs
+        it in a worker."""
+        if not isinstance(verdict, Infected) or not policy.hides(verdict, self.cfg):
+            return verdict
+        data = secondlook.read_all(prepared.fd, prepared.size)
+        again = secondlook.every_name(verdict, data, self.engine, deadline=deadline)
+        log.info(
+            "second look at %s (first name %s): %s",
+            prepared.request.data_path,
+            verdict.names[0],
+            ", ".join(again.names) if isinstance(again, Infected) else again,
+        )
+        return again
 
     def judge(self, prepared: Prepared, verdict: Verdict) -> Judged:
         """The decision on a scanned message (its file still open: the header is peeked

@@ -16,7 +16,7 @@ from avtool import __version__
 from avtool import keys as K
 from avtool.config import Config
 from avtool.courier.control import Envelope, Recipient
-from avtool.engine.verdict import Clean, Failed, Unchecked, Verdict
+from avtool.engine.verdict import Clean, Failed, Infected, Unchecked, Verdict
 from avtool.kinds import Key
 
 Action = Literal["accept", "pass", "reject", "drop", "quarantine", "defer"]
@@ -115,6 +115,23 @@ def action_for(names: Sequence[str], cfg: Config) -> Action:
     else the default of its class (PUA, heuristics, infected)."""
     chosen = [_action(_action_for_name(name, cfg)) for name in names]
     return min(chosen or [_action(cfg[K.INFECTED])], key=SEVERITY.index)
+
+
+def hides(verdict: Verdict, cfg: Config) -> bool:
+    """True when a name clamd did not report could make the decision more severe: the names
+    found lead to a weaker action than the strongest any name could get (policy.infected, a
+    pattern list in use, PUA or heuristics). FILDES and INSTREAM report the first match only,
+    so such a message gets a second look for every name (avtool/secondlook.py)."""
+    if not isinstance(verdict, Infected):
+        return False
+    return SEVERITY.index(action_for(verdict.names, cfg)) > SEVERITY.index(strongest(cfg))
+
+
+def strongest(cfg: Config) -> Action:
+    """The most severe action any virus name can get under this configuration."""
+    words = [cfg[K.INFECTED], cfg[K.PUA], cfg[K.HEURISTICS]]
+    words += [action for action, key in PATTERN_KEYS.items() if cfg[key]]
+    return min((_action(w) for w in words if w != "infected"), key=SEVERITY.index)
 
 
 def _action(word: str) -> Action:

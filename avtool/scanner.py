@@ -26,6 +26,7 @@ from dataclasses import dataclass, replace
 from typing import BinaryIO, Literal, Protocol
 
 from avtool import keys as K
+from avtool import secondlook
 from avtool.config import Config
 from avtool.engine import Clean, Engine, Failed, Infected, Unchecked, Verdict
 from avtool.errors import EngineError, UsageError
@@ -336,14 +337,7 @@ class _Worker:
 
     def scan_bytes(self, data: bytes) -> Verdict:
         """One decoded MIME part, for --explain."""
-        mem = os.memfd_create("avtool-part", os.MFD_CLOEXEC)
-        try:
-            view = memoryview(data)
-            while view:
-                view = view[os.write(mem, view) :]
-            return self.range_engine.scan(mem)
-        finally:
-            os.close(mem)
+        return secondlook.scan_bytes(self.range_engine, data)
 
 
 def _pread_all(fd: int, offset: int, size: int) -> bytes:

@@ -1,15 +1,20 @@
-"""Doctor checks about clamd: reachable, detects EICAR through our transfer mode, limits agree."""
+"""Doctor checks about clamd: reachable, detects EICAR through our transfer mode, holds a
+current database (doctor/database.py), and its own clamd.conf agrees with our policy and
+limits (doctor/settings.py)."""
 
 from __future__ import annotations
 
 import os
 import tempfile
+import time
 from collections.abc import Iterator
 
 from avtool import keys as K
-from avtool.clamdconf import ClamdConf, conf_for, running_clamd_confs
+from avtool.clamdconf import conf_for, find_clamd_confs
 from avtool.config import Config
 from avtool.doctor import Finding
+from avtool.doctor.database import check_database
+from avtool.doctor.settings import check_alerts, check_limits
 from avtool.engine import Clean, Engine, Failed, Infected, Unchecked
 from avtool.errors import EngineError
 from avtool.kinds import Size
@@ -19,8 +24,14 @@ EICAR = b"X5O!P%@AP[4\\PZX54(P^)7CC)7}$" + b"EICAR-STANDARD-ANTIVIRUS-TEST-FILE!
 
 
 def check_clamd(cfg: Config) -> Iterator[Finding]:
-    """Per backend: PING, then (only if it answers) EICAR and limits."""
-    confs = running_clamd_confs()
+    """Per backend: PING, then (only if it answers) EICAR, database, settings and limits."""
+    confs, problems = find_clamd_confs()
+    for problem in problems:  # one line each; the backends it may belong to say no more
+        yield Finding(
+            "warn",
+            f"{problem}: clamd's settings cannot be checked",
+            "clamd.conf is read by clamd at start: make it readable and fix it (clamd.conf(5))",
+        )
     with tempfile.NamedTemporaryFile(prefix="avtool-eicar-", suffix=".txt") as f:
         f.write(EICAR)
         f.flush()
@@ -39,7 +50,20 @@ def check_clamd(cfg: Config) -> Iterator[Finding]:
                 continue
             yield Finding("ok", f"clamd {address} answers PING")
             yield _eicar(cfg, one, address, f.fileno(), f.name)
-            yield _limits(cfg, address, confs)
+            conf = conf_for(address, confs)
+            yield from check_database(one.backends[0], conf, time.time())
+            if conf is not None:
+                yield from check_alerts(cfg, address, conf)
+                yield from check_limits(cfg, address, conf, _mode(cfg, address))
+            elif not problems:
+                shown = Size().to_toml(cfg[K.MAX_SIZE]).strip('"')
+                yield Finding(
+                    "warn",
+                    f"clamd {address}: its clamd.conf is not on this machine; cannot compare "
+                    "its settings",
+                    f"make sure its StreamMaxLength and MaxFileSize are >= scan.max_size "
+                    f"({shown}) and AlertEncrypted, AlertExceedsMax are on",
+                )
 
 
 def _eicar(cfg: Config, one: Engine, address: str, fd: int, path: str) -> Finding:
@@ -60,35 +84,6 @@ def _eicar(cfg: Config, one: Engine, address: str, fd: int, path: str) -> Findin
         f"clamd {address}: EICAR by {mode} gave {verdict.reason}",
         _fix_for(verdict.reason, mode),
     )
-
-
-def _limits(cfg: Config, address: str, confs: list[ClamdConf]) -> Finding:
-    """Our scan.max_size against the limits in the backend's own clamd.conf."""
-    ours = cfg[K.MAX_SIZE]
-    shown = Size().to_toml(ours).strip('"')
-    conf = conf_for(address, confs)
-    if conf is None:
-        return Finding(
-            "warn",
-            f"clamd {address}: its clamd.conf is not on this machine; cannot compare limits",
-            f"make sure its StreamMaxLength and MaxFileSize are >= scan.max_size ({shown})",
-        )
-    mode = _mode(cfg, address)
-    if mode == "INSTREAM" and conf.size("StreamMaxLength") < ours:
-        return Finding(
-            "fail",
-            f"clamd {address}: StreamMaxLength {conf.get('StreamMaxLength')} < scan.max_size "
-            f"{shown} ({conf.path}): messages in between come back unchecked",
-            f"set StreamMaxLength {shown} in {conf.path}, or lower scan.max_size",
-        )
-    if conf.size("MaxFileSize") < ours and conf.get("AlertExceedsMax", "no") != "yes":
-        return Finding(
-            "warn",
-            f"clamd {address}: MaxFileSize {conf.get('MaxFileSize')} < scan.max_size {shown} "
-            f"and AlertExceedsMax is off: clamd says OK for what it skips",
-            f"set MaxFileSize {shown} (or AlertExceedsMax yes) in {conf.path}",
-        )
-    return Finding("ok", f"clamd {address}: limits allow scan.max_size {shown}")
 
 
 CHECKS = [check_clamd]

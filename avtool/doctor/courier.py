@@ -34,27 +34,34 @@ def check_courier(cfg: Config, name: str = "avtool") -> Iterator[Finding]:
     link = ACTIVE / name
     if link.is_symlink() or link.exists():
         yield Finding("ok", f"filter {name} is enabled ({link})")
+        yield _socket(Path(cfg[K.COURIER_DIR]) / cfg[K.FILTER_DIR] / name)
     else:
-        yield Finding("fail", f"filter {name} is not enabled", f"filterctl start {name}")
-    directory = Path(cfg[K.COURIER_DIR]) / cfg[K.FILTER_DIR]
-    sock = directory / name
+        # Courier does not call a filter that is not enabled, socket or not: one line says so.
+        yield Finding(
+            "fail",
+            f"filter {name} is not enabled: Courier accepts mail without scanning it",
+            f"filterctl start {name}",
+        )
+    yield from _enablefiltering()
+    yield from _courier_reaches_clamd(cfg)
+
+
+def _socket(sock: Path) -> Finding:
+    """The socket of an enabled filter: in place and answering?"""
     restart = "courierfilter stop; courierfilter start"
     if not _is_socket(sock):
-        yield Finding(
+        return Finding(
             "fail",
             f"no filter socket {sock}: mail is accepted UNFILTERED while the filter is enabled",
             restart,
         )
-    elif (problem := _no_listener(sock)) is not None:
-        yield Finding(
+    if (problem := _no_listener(sock)) is not None:
+        return Finding(
             "fail",
             f"filter socket {sock} is dead ({problem}): Courier answers 432 to every message",
             f"{restart} (filterctl stop + start would leave a moment with no socket)",
         )
-    else:
-        yield Finding("ok", f"filter socket {sock} is in place and answers")
-    yield from _enablefiltering()
-    yield from _courier_reaches_clamd(cfg)
+    return Finding("ok", f"filter socket {sock} is in place and answers")
 
 
 def _no_listener(path: Path) -> str | None:

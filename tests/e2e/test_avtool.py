@@ -14,6 +14,8 @@ import io
 import json
 import os
 import pwd
+import re
+import shutil
 import signal
 import stat
 import subprocess
@@ -25,6 +27,7 @@ from typing import Any
 
 import pytest
 
+from tests.debian_clamd import debian_conf_text
 from tests.e2e import harness
 
 pytestmark = pytest.mark.e2e
@@ -36,6 +39,7 @@ PID_FILE = Path("/run/courier/avtool.pid")
 QUARANTINE = Path("/var/lib/avtool/quarantine")
 EICAR = b"X5O!P%@AP[4\\PZX54(P^)7CC)7}$" + b"EICAR-STANDARD-ANTIVIRUS-TEST-FILE!$H+H*"
 RCPTS = [f"{u}@{harness.DOMAIN}" for u in ("avtest", "avtest2", "avtest3")]
+ALERTS = ("AlertEncrypted", "AlertEncryptedArchive", "AlertEncryptedDoc", "AlertExceedsMax")
 
 
 def attachment_mail(payload: bytes, name: str, subject: str = "attachment") -> bytes:
@@ -95,7 +99,119 @@ def test_installer_checked_everything_and_showed_both_mails(installed: str) -> N
     assert "ok   user courier can connect to clamd" in installed
     assert "clean mail: 250" in installed and "delivered to" in installed
     assert "EICAR mail: rejected: 550" in installed
-    assert "FAIL" not in installed
+    # Offline here: clamd holds avtool's test signatures, and the doctor says so (issue 15);
+    # that is its only failure, and the installer says loudly what it means.
+    (fail,) = [x for x in installed.splitlines() if x.startswith("FAIL")]
+    assert "holds test or custom signatures only" in fail
+    assert "NO real virus" in installed
+    # clamd's settings: Alert* on (now, or by an earlier run), and what that means for mail
+    assert "reports encrypted and over-limit content" in installed
+    assert "delivered with the field X-Virus-Status: Unchecked (...), not refused" in installed
+
+
+def debian_generated() -> list[str]:
+    """Debian's clamd.conf as its postinst generated it (ucf's copy: tests/debian_clamd.py)."""
+    text = debian_conf_text()
+    assert text is not None
+    return text.splitlines()
+
+
+def test_the_installer_s_clamd_runs_debian_s_conf_with_only_alert_lines_added(
+    installed: str,
+) -> None:
+    lines = Path("/etc/clamav/clamd.conf").read_text().splitlines()
+    added = [x for x in lines if x.startswith("Alert") or x.startswith("# added by avtool")]
+    assert sorted(added) == sorted(
+        ["# added by avtool (share/clamd-config.sh): report what clamd could not check"]
+        + [f"{n} yes" for n in ALERTS]
+    )
+    assert [x for x in lines if x not in added] == debian_generated()
+
+
+@pytest.mark.skipif(shutil.which("zip") is None, reason="needs Debian's zip (tests/setup.sh)")
+def test_what_the_readme_says_through_courier_and_debian_s_clamd(
+    avtool: Any, tmp_path: Path
+) -> None:
+    """The installer's clamd (Debian's, on /etc/clamav/clamd.conf as share/install.sh left it)
+    with avtool's defaults: what clamd cannot check is delivered, with the field; EICAR is
+    refused; clean mail is delivered untouched."""
+    avtool()
+    inner = tmp_path / "eicar.com"
+    inner.write_bytes(EICAR)
+    subprocess.run(["zip", "-q", "-j", "-P", "pw", str(tmp_path / "e.zip"), str(inner)], check=True)
+    deep = EICAR
+    for level in range(20):  # Debian's MaxRecursion is 16
+        out = io.BytesIO()
+        with zipfile.ZipFile(out, "w", zipfile.ZIP_DEFLATED) as z:
+            z.writestr("eicar.com" if level == 0 else f"level{level}.zip", deep)
+        deep = out.getvalue()
+    unchecked = {
+        "encrypted": (
+            attachment_mail((tmp_path / "e.zip").read_bytes(), "e.zip", "encrypted"),
+            "X-Virus-Status: Unchecked (encrypted archive: Heuristics.Encrypted.Zip)",
+        ),
+        "nested": (
+            attachment_mail(deep, "deep.zip", "nested"),
+            "X-Virus-Status: Unchecked (clamd limits exceeded: "
+            "Heuristics.Limits.Exceeded.MaxRecursion)",
+        ),
+    }
+    for message, _ in unchecked.values():
+        code, text = harness.send(message)
+        assert code == 250, text
+    code, text = harness.send(attachment_mail(EICAR, "e.com", "eicar"))
+    assert code == 550 and "Virus found: Eicar" in text, text
+    code, text = harness.send(harness.make_message("clean one"))
+    assert code == 250, text
+    delivered = {f.read_text().split("Subject: ", 1)[1].split("\n", 1)[0]: f.read_text()
+                 for f in harness.wait_for_mail(3)}  # fmt: skip
+    assert sorted(delivered) == ["clean one", "encrypted", "nested"]
+    for subject, (_, field) in unchecked.items():
+        unfolded = re.sub(r"\n[ \t]+", " ", delivered[subject])  # RFC 5322 folding
+        assert field in unfolded, delivered[subject][:800]
+    assert "X-Virus-Status" not in delivered["clean one"]
+
+
+def _install(*args: str, conf: Path) -> str:
+    env = dict(os.environ, AVTOOL_SMOKE_DOMAIN=harness.DOMAIN, AVTOOL_CLAMD_CONF=str(conf))
+    done = subprocess.run(
+        ["bash", str(REPO / "share" / "install.sh"), "--no-smoke", *args],
+        capture_output=True,
+        text=True,
+        timeout=900,
+        env=env,
+        check=False,
+    )
+    output = done.stdout + done.stderr
+    assert done.returncode == 0, output
+    return output
+
+
+def test_installer_run_again_changes_nothing_and_no_clamd_config_touches_nothing(
+    installed: str, tmp_path: Path
+) -> None:
+    """Against a copy of Debian's generated clamd.conf (AVTOOL_CLAMD_CONF): the installer
+    adds the Alert lines once, a second run says unchanged; --no-clamd-config leaves it."""
+    conf = tmp_path / "clamd.conf"
+    conf.write_text("\n".join(debian_generated()) + "\n")
+    pristine = conf.read_bytes()
+    output = _install("--no-clamd-config", conf=conf)
+    assert conf.read_bytes() == pristine and list(tmp_path.iterdir()) == [conf]
+    assert f"--no-clamd-config: not touching {conf}" in output
+    assert f"{conf}: Alert" not in output  # no change printed
+
+    output = _install(conf=conf)
+    for name in ALERTS:
+        assert f"avtool-install: {conf}: {name} yes (added)" in output
+    assert f"restart the clamd that reads {conf}" in output
+    changed = conf.read_bytes()
+    (backup,) = tmp_path.glob("clamd.conf.avtool-*")
+    assert backup.read_bytes() == pristine
+
+    output = _install(conf=conf)
+    assert f"{conf} already reports what clamd cannot check (Alert* set): unchanged" in output
+    assert conf.read_bytes() == changed
+    assert len(list(tmp_path.glob("clamd.conf.avtool-*"))) == 1
 
 
 def test_socket_is_courier_s_0660_and_the_daemon_runs_as_courier(avtool: Any) -> None:

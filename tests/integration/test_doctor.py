@@ -13,9 +13,16 @@ from typing import Any
 import pytest
 from typer.testing import CliRunner
 
+from avtool import clamdconf
+from avtool.clamdconf import ClamdConf
 from avtool.cli.app import app
 from avtool.config import Config
 from avtool.doctor import courier as doctor_courier
+from avtool.doctor.database import check_database, database_findings
+from avtool.engine import Backend
+from tests.clamd_harness import REPO, ClamdServer
+from tests.debian_clamd import DebianClamd
+from tests.fakes.clamd import FakeClamd
 from tests.integration.serve_support import config_for, start_daemon
 
 pytestmark = pytest.mark.clamd
@@ -36,20 +43,35 @@ def check(*sets: str, tmp_path: Path) -> subprocess.CompletedProcess[str]:
     return subprocess.CompletedProcess(args, result.exit_code, result.stdout, result.stderr)
 
 
-def test_check_passes_against_the_test_clamd(clamd_server: Any, tmp_path: Path) -> None:
+def only_the_test_signatures_fail(result: subprocess.CompletedProcess[str]) -> bool:
+    """The harness clamd holds avtool's test signatures only: that one FAIL, no other."""
+    fails = [line for line in result.stdout.splitlines() if line.startswith("FAIL")]
+    return result.returncode == 1 and len(fails) == 1 and "test or custom signatures" in fails[0]
+
+
+def test_check_against_the_test_clamd_fails_only_on_its_test_signatures(
+    clamd_server: Any, tmp_path: Path
+) -> None:
+    """The harness clamd detects EICAR, and holds nothing but avtool's test signatures: the
+    doctor says it detects no real virus (issue 15: it used to print only ok lines)."""
     result = check(f"clamd.backends={clamd_server.unix_socket}", tmp_path=tmp_path)
-    assert result.returncode == 0, result.stdout + result.stderr
+    assert result.returncode == 1, result.stdout + result.stderr
     assert f"ok   clamd {clamd_server.unix_socket} answers PING" in result.stdout
     assert "detects EICAR by FILDES" in result.stdout
-    assert "FAIL" not in result.stdout
+    (fail,) = [line for line in result.stdout.splitlines() if line.startswith("FAIL")]
+    assert "holds test or custom signatures only (no main and daily database" in fail
+    assert "avtool-test.hdb" in fail and "it detects no real virus" in fail
+    assert "fix: run freshclam" in result.stdout
+    assert "Traceback" not in result.stdout + result.stderr
 
 
 def test_check_instream_over_tcp(clamd_server: Any, tmp_path: Path) -> None:
     result = check(
         f"clamd.backends={clamd_server.tcp_address}", "scan.max_size=5M", tmp_path=tmp_path
     )
-    assert result.returncode == 0, result.stdout
+    assert only_the_test_signatures_fail(result), result.stdout
     assert "detects EICAR by INSTREAM" in result.stdout
+    assert "limits allow scan.max_size 5M" in result.stdout
 
 
 def test_wrong_socket_fails_with_a_fix(tmp_path: Path) -> None:
@@ -85,9 +107,15 @@ def test_courier_checks_find_a_disabled_filter(
     cfg = Config.resolve(env={}, overrides={"serve.courier_dir": str(state)})
     found = {f.what.split(":")[0]: f for f in doctor_courier.check_courier(cfg)}
     assert found["filter avtool is not enabled"].fix == "filterctl start avtool"
+    assert "without scanning" in found["filter avtool is not enabled"].what
+    # not enabled: no second line claiming it is enabled (issue 15)
+    assert not any("while the filter is enabled" in f.what for f in found.values())
+    assert any("does not name esmtp" in w and f.status == "fail" for w, f in found.items())
+    (active / "avtool").symlink_to(filters / "avtool")  # enabled, and no socket: unfiltered
+    found = {f.what.split(":")[0]: f for f in doctor_courier.check_courier(cfg)}
     sock = f"no filter socket {state}/allfilters/avtool"
     assert found[sock].status == "fail"
-    assert any("does not name esmtp" in w and f.status == "fail" for w, f in found.items())
+    assert "UNFILTERED while the filter is enabled" in found[sock].what
 
 
 def test_courier_checks_find_a_dead_and_a_live_filter_socket(
@@ -100,6 +128,7 @@ def test_courier_checks_find_a_dead_and_a_live_filter_socket(
         d.mkdir()
     (filters / "avtool").write_text("#!/bin/sh\n")
     (filters / "avtool").chmod(0o755)
+    (active / "avtool").symlink_to(filters / "avtool")  # enabled
     monkeypatch.setattr(doctor_courier, "FILTERS", filters)
     monkeypatch.setattr(doctor_courier, "ACTIVE", active)
     dead = tmp_path / "state" / "allfilters"
@@ -124,3 +153,103 @@ def test_courier_checks_find_a_dead_and_a_live_filter_socket(
         assert daemon.stop() == 0
         shutil.rmtree(live, ignore_errors=True)
     assert "WARNING" not in daemon.log()
+
+
+# ---- what clamd's own clamd.conf and database decide (issue 15) ---------------------------
+
+
+def _ctime(seconds_ago: float) -> str:
+    return time.strftime("%a %b %d %H:%M:%S %Y", time.localtime(time.time() - seconds_ago))
+
+
+@pytest.mark.parametrize(
+    ("days", "status"), [(0.5, "ok"), (3.0, "warn"), (9.0, "fail")], ids=["fresh", "2d+", "7d+"]
+)
+def test_daily_database_age_from_clamd_s_version(tmp_path: Path, days: float, status: str) -> None:
+    """A fake clamd answering VERSION as clamd does with a daily database (notes 2)."""
+    reply = f"ClamAV 1.4.6/27012/{_ctime(days * 86400)}\0".encode()
+    with FakeClamd(tmp_path / "fake.sock", reply=reply) as fake:
+        (finding,) = check_database(Backend(fake.address), None, time.time())
+    assert finding.status == status, finding
+    assert f"daily database 27012 of {_ctime(days * 86400)} is {days:.1f} days old" in finding.what
+    assert (finding.fix.startswith("run freshclam")) == (status != "ok")
+
+
+def test_database_dir_without_main_fails_even_if_version_names_a_daily(tmp_path: Path) -> None:
+    db = tmp_path / "db"
+    db.mkdir()
+    (db / "daily.cld").write_bytes(b"ClamAV-VDB:x:27012:")
+    (db / "avtool-test.hdb").write_text("")
+    conf = ClamdConf(tmp_path / "clamd.conf", {"DatabaseDirectory": str(db)})
+    version = f"ClamAV 1.4.6/27012/{_ctime(60)}"
+    found = list(database_findings("/x.sock", version, conf, time.time()))
+    assert [f.status for f in found] == ["fail"]
+    assert "no main database" in found[0].what and "avtool-test.hdb, daily.cld" in found[0].what
+    (db / "main.cvd").write_bytes(b"ClamAV-VDB:")
+    found = list(database_findings("/x.sock", version, conf, time.time()))
+    assert [f.status for f in found] == ["ok"]
+
+
+def test_alert_settings_off_warn_and_fail_against_policy_unchecked(tmp_path: Path) -> None:
+    """A real clamd started with Debian's clamd.conf as its postinst writes it (no Alert*): the
+    doctor finds that conf through /proc and says what comes back clean, with the fix."""
+    server = _debian_clamd()
+    try:
+        backend = f"clamd.backends={server.unix_socket}"
+        result = check(backend, tmp_path=tmp_path)
+        lines = result.stdout.splitlines()
+        (line,) = [x for x in lines if "AlertExceedsMax" in x and not x.strip().startswith("fix")]
+        assert line.startswith("warn ")
+        assert "AlertEncryptedArchive, AlertEncryptedDoc, AlertExceedsMax off in" in line
+        assert "nested over 16 deep" in line and "come back clean, not unchecked" in line
+        assert "(no X-Virus-Status: Unchecked field)" in line
+        fix = lines[lines.index(line) + 1].strip()
+        assert fix.startswith("fix: set AlertEncryptedArchive yes AlertEncryptedDoc yes ")
+        result = check(backend, "policy.unchecked=reject", tmp_path=tmp_path)
+        assert any(
+            x.startswith("FAIL") and "policy.unchecked = reject never applies" in x
+            for x in result.stdout.splitlines()
+        ), result.stdout
+        assert "Traceback" not in result.stdout + result.stderr
+    finally:
+        server.stop()
+    # after share/clamd-config.sh, the same clamd (restarted) says ok
+    subprocess.run(["bash", str(REPO / "share" / "clamd-config.sh"), str(server.conf)], check=False)
+    server.start()
+    try:
+        result = check(f"clamd.backends={server.unix_socket}", tmp_path=tmp_path)
+        assert "reports encrypted and over-limit content" in result.stdout, result.stdout
+        assert "AlertExceedsMax" not in result.stdout
+    finally:
+        server.stop()
+        shutil.rmtree(server.dir, ignore_errors=True)
+
+
+@pytest.mark.parametrize("bad", ["directory", "garbage"])
+def test_unreadable_or_unparsable_clamd_conf_is_one_warning(
+    clamd_server: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, bad: str
+) -> None:
+    conf = tmp_path / "clamd.conf"
+    if bad == "directory":
+        conf.mkdir()
+    else:
+        conf.write_bytes(b"LocalSocket /x\n\x00\x01\xff binary junk = 1\n")
+    monkeypatch.setattr(clamdconf, "PROC", tmp_path / "no-proc")  # no running clamd found
+    monkeypatch.setattr(clamdconf, "DEFAULT_CLAMD_CONF", conf)
+    result = check(f"clamd.backends={clamd_server.unix_socket}", tmp_path=tmp_path)
+    lines = [x for x in result.stdout.splitlines() if str(conf) in x]
+    assert len(lines) == 1, result.stdout
+    assert lines[0].startswith("warn ")
+    expected = "Is a directory" if bad == "directory" else ":2: not a clamd.conf option line"
+    assert expected in lines[0] and "clamd's settings cannot be checked" in lines[0]
+    assert "Traceback" not in result.stdout + result.stderr
+    assert "crashed" not in result.stdout
+
+
+def _debian_clamd() -> ClamdServer:
+    """A clamd on Debian's generated clamd.conf, only its socket, database, log and
+    foreground changed (it runs as a child here, with the test signatures)."""
+    directory = Path(tempfile.mkdtemp(prefix="avdeb", dir="/tmp"))
+    server = DebianClamd(directory)
+    server.start()
+    return server

@@ -128,3 +128,24 @@ def test_exemptions(env: Envelope, settings: dict[str, str], exempt: bool) -> No
 def test_control_characters_in_names_cannot_break_the_reply() -> None:
     d = policy.decide(Infected(("Evil\r\n250 Ok",)), envelope(), cfg())
     assert "\r" not in d.text and "\n" not in d.text and d.code == 550
+
+
+@pytest.mark.parametrize(
+    ("names", "settings", "hides"),
+    [
+        (("Eicar-Test-Signature",), {}, False),  # reject is already the strongest
+        (("Avtool.Pass.Test",), {"policy__pass": "Avtool.*"}, True),
+        (("PUA.Win.Packer.Upx",), {"policy__pua": "pass"}, True),
+        (("PUA.Win.Packer.Upx",), {"policy__pua": "defer"}, True),  # defer: weaker than reject
+        (("PUA.Win.Packer.Upx",), {"policy__pua": "drop"}, False),  # drop outranks reject
+        (("Eicar",), {"policy__quarantine": "Win.Trojan.*"}, True),  # a hidden one could outrank
+        (("Heuristics.Phishing.Email",), {"policy__heuristics": "pass"}, True),
+        (("Avtool.Pass.Test", "Eicar"), {"policy__pass": "Avtool.*"}, False),  # all names known
+        (("Eicar",), {"policy__infected": "pass"}, False),  # nothing could be stronger
+    ],
+)
+def test_hides_when_a_name_clamd_did_not_report_could_be_more_severe(
+    names: tuple[str, ...], settings: dict[str, str], hides: bool
+) -> None:
+    assert policy.hides(Infected(names), cfg(**settings)) is hides
+    assert policy.hides(Unchecked("encrypted archive: Heuristics.Encrypted.Zip"), cfg()) is False
