@@ -35,12 +35,13 @@ def test_under_sudo_the_caller_cannot_choose_the_settings_file(tmp_path: Path) -
 
 
 def _first_step(env: dict[str, str]) -> None:
-    """Run get_ides.sh until it starts its first step (the settings are read by then), then
-    stop it: with the default settings that step is a real freshclam, slow when offline."""
+    """Run get_ides.sh until it says which settings it read, then stop it while it still
+    reads the message (our stdin, kept open): before it takes the system's lock and stamp, or
+    starts a real freshclam (slow when offline)."""
     with subprocess.Popen(
-        ["sh", str(SHARE / "get_ides.sh")], stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+        ["sh", str(SHARE / "get_ides.sh")], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
         stderr=subprocess.DEVNULL, env=env, start_new_session=True,
     ) as proc:  # fmt: skip
         assert proc.stdout is not None
-        assert proc.stdout.readline().startswith(b"== updating")
+        assert proc.stdout.readline().startswith(b"== settings: ")
         os.killpg(proc.pid, signal.SIGKILL)

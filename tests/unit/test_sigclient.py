@@ -306,7 +306,8 @@ def cfg(tmp_path: Path) -> Config:
 
 def test_target_from_the_pid_file(cfg: Config, tmp_path: Path) -> None:
     (tmp_path / "a.pid").write_text(f"{os.getpid()}\n")
-    assert target(cfg, None) == Target(os.getpid(), tmp_path / "a.p")
+    owner = os.geteuid() if os.geteuid() == 0 else None  # the file's owner: this user
+    assert target(cfg, None) == Target(os.getpid(), tmp_path / "a.p", owner)
 
 
 def test_target_no_pid_file_exit_3(cfg: Config) -> None:
@@ -322,7 +323,8 @@ def test_target_stale_pid_file_exit_3(cfg: Config, tmp_path: Path) -> None:
 
 
 def test_target_dash_p_uses_the_pipe_in_the_cwd(cfg: Config) -> None:
-    assert target(cfg, os.getpid()) == Target(os.getpid(), Path("avtool_sig.pipe"))
+    owner = os.geteuid() if os.geteuid() == 0 else None  # -p: the process's own uid
+    assert target(cfg, os.getpid()) == Target(os.getpid(), Path("avtool_sig.pipe"), owner)
     with pytest.raises(NotRunning, match="no process"):
         target(cfg, _dead_pid())
 
