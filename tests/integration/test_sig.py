@@ -460,9 +460,9 @@ def courier_pid_file() -> Any:
     shutil.rmtree(top, ignore_errors=True)
 
 
-def _root_sig(*args: str) -> subprocess.CompletedProcess[str]:
+def _root_sig(*args: str, cwd: Path = Path("/")) -> subprocess.CompletedProcess[str]:
     cmd = [sys.executable, "-m", "avtool", "sig", "-f", "/dev/null", "-t", "1", *args]
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=60, cwd="/tmp")
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=60, cwd=cwd)
 
 
 @pytest.mark.parametrize(
@@ -500,12 +500,12 @@ def test_root_refuses_a_lookalike_that_runs_as_another_user(courier_pid_file: An
         decoy.wait()
 
 
-def test_root_refuses_dash_p_naming_another_program() -> None:
+def test_root_refuses_dash_p_naming_another_program(tmp_path: Path) -> None:
     """-p PID given by root gets the same check (against the process's own uid)."""
     _courier()
     decoy = subprocess.Popen(["sleep", "60"])  # root's; SIGHUP would end it
     try:
-        result = _root_sig("reload", "-p", str(decoy.pid))
+        result = _root_sig("reload", "-p", str(decoy.pid), cwd=tmp_path)  # the pipe: ./
         assert result.returncode == 3 and "is not avtool serve (sleep 60)" in result.stderr
         time.sleep(0.3)
         assert decoy.poll() is None

@@ -34,6 +34,7 @@ from avtool.sigclient import (
     _Fds,
     _read_answer,
     _remove_if_ours,
+    is_avtool_serve,
     request,
     target,
 )
@@ -464,3 +465,27 @@ def test_help_with_a_broken_config_still_shows_paths(tmp_path: Path) -> None:
     result = runner.invoke(app, ["sig", "-h"], env={"COLUMNS": "200", "AVTOOL_CONFIG": str(conf)})
     assert result.exit_code == 0 and "has 1 error(s)" in result.output
     assert "Pid file: /run/courier/avtool.pid" in result.output
+
+
+@pytest.mark.parametrize(
+    ("argv", "serve"),
+    [
+        (["/usr/bin/python3", "/usr/local/bin/avtool", "serve", "--name", "avtool"], True),
+        (["/usr/local/bin/avtool", "serve"], True),
+        (["python3", "-m", "avtool", "serve", "-f", "x.conf"], True),
+        (
+            ["/opt/venv/bin/python3.11", "-I", "-X", "utf8", "-m", "avtool", "--debug", "serve"],
+            True,
+        ),
+        (["/usr/local/bin/avtool", "sig", "serve"], False),  # serve as an argument of sig
+        (["python3", "-m", "avtool", "scan", "serve"], False),
+        (["python3", "-c", "import avtool", "serve"], False),
+        (["python3", "-m", "avtoolx", "serve"], False),
+        (["sshd:", "/usr/sbin/sshd", "-D"], False),
+        (["/usr/bin/sleep", "avtool", "serve"], False),
+        (["bash", "/usr/local/bin/avtool", "serve"], False),
+        ([], False),
+    ],
+)
+def test_what_counts_as_the_daemon_s_command_line(argv: list[str], serve: bool) -> None:
+    assert is_avtool_serve(argv) is serve
