@@ -8,7 +8,7 @@ import signal
 import subprocess
 from pathlib import Path
 
-from avtool.updates import SCRIPT
+from avtool.updates import SCRIPT, STATE_DIR
 
 SHARE = Path(__file__).resolve().parents[2] / "share"
 
@@ -19,6 +19,8 @@ def test_the_installer_and_the_drop_in_name_avtool_s_script() -> None:
     rule = (SHARE / "sudoers.avtool-get-ides").read_text().splitlines()[-1]
     assert rule == f'AVTOOL_UPDATERS ALL = (root) NOPASSWD: {SCRIPT} "", {SCRIPT} new'
     assert f"Install: root-owned, mode 0755, as {SCRIPT}" in (SHARE / "get_ides.sh").read_text()
+    assert re.search(rf"^state={re.escape(str(STATE_DIR))}\s", installer, re.M)
+    assert f"\nSTATE_DIR={STATE_DIR}\n" in (SHARE / "get_ides.sh").read_text()
 
 
 def test_under_sudo_the_caller_cannot_choose_the_settings_file(tmp_path: Path) -> None:
