@@ -3,7 +3,8 @@
 # for ClamAV): update the signatures, check that they load, tell the running filter to reload.
 # Progress goes to stdout (the body of the tagged message), problems to stderr with '#'
 # severities (none: critical, '#': error, '##': warning, ...), and the last line is
-# "subject: OK" or "subject: FAILED <why>" (the tag of the message's Subject).
+# "subject: OK", "subject: FAILED <why>" or "subject: SKIPPED busy|interval" (the tag of the
+# message's Subject; a skip exits 0, so that maildrop keeps the mail and nothing is redelivered).
 #
 #   get_ides.sh        update (freshclam), check, reload
 #   get_ides.sh new    first full install: fetch the whole database, then check and reload
