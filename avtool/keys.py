@@ -264,3 +264,19 @@ LOCK_TIMEOUT = key(
     30.0,
     "seconds `avtool scan --move-to` waits for an mbox locked by another program",
 )
+
+
+# ---- avtool run-get-ides (mail-driven updates) -------------------------------------------------
+UPDATE_INTERVAL = key(
+    "updates.min_interval",
+    Seconds(0.0, 7 * 86400.0),
+    3600.0,
+    "run-get-ides: a mail within this many seconds of the last update is kept, tagged SKIPPED "
+    "(root's get_ides.sh enforces its own MIN_INTERVAL too)",
+)
+UPDATE_SENDERS = key(
+    "updates.senders",
+    TextList(Text(r"[^\s]+", "must be an address glob")),
+    (),
+    "run-get-ides: envelope-sender globs that may start an update; empty: any (forgeable!)",
+)

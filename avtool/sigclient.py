@@ -17,6 +17,16 @@ The pipe, one request at a time, and stale pipes:
   run as root (the daemon writes as owner; a later client run as that user, e.g. freshclam's
   sudo, can still lock and clean it); 0600 when run as the daemon's user; else 0620 with the
   daemon's group. The daemon's ids come from /proc/PID/status, else group ``courier``.
+- Root signals only the avtool daemon. The pid file is written by the daemon's user (courier),
+  who could name any process in it (sshd: SIGHUP/USR1/USR2 end most programs). So as root the
+  process must be ``avtool serve`` (its /proc/PID/cmdline) running with the pid file owner's
+  uid (real, effective, saved: /proc/PID/status), else the request is refused as "not running"
+  (exit 3); ``-p PID`` is checked the same way, against the process's own uid. The check is
+  made on a pidfd (pidfd_open(2)) opened first, and the pidfd is confirmed alive after /proc was
+  read: a pid is not reused while its process exists, so what was read is the process the pidfd
+  names, and the signal goes to that pidfd, never to a recycled pid. And the signal is sent by
+  a child that has dropped to that uid (setgroups, setresgid, setresuid), so even a mistake in
+  the check can only reach a process the pid file owner could signal anyway.
 - The read end is open before the signal is sent, so the daemon's non-blocking open succeeds; a
   write end of our own keeps reads from seeing EOF until the daemon has written. Once it has, that
   end is closed, and EOF without an ``END`` line means the answer was cut short. The wait is
@@ -42,7 +52,7 @@ from typing import Literal
 from avtool import keys as K
 from avtool.config import Config
 from avtool.errors import AvtoolError
-from avtool.ipc import DEBUG_PIPE, END_ERROR, END_OK, alive, read_pid, unsafe_dir
+from avtool.ipc import DEBUG_PIPE, END_ERROR, END_OK, alive, read_pid_file, unsafe_dir
 
 RELOAD_SIGNALS: dict[str | None, signal.Signals] = {
     None: signal.SIGHUP,  # config and virus database
@@ -78,8 +88,13 @@ class Busy(SigError):
 
 @dataclasses.dataclass(frozen=True)
 class Target:
+    """Who to signal, where the answer comes, and, when root asks, the only uid the daemon may
+    run as (the pid file owner's; with -p the process's own), checked and signalled as by
+    ``request``. ``owner`` None: not root, the kernel lets us signal only our own processes."""
+
     pid: int
     pipe: Path
+    owner: int | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -109,35 +124,160 @@ class Answer:
 def target(cfg: Config, pid: int | None) -> Target:
     """Who to signal and where the answer comes: ``-p PID`` uses ./avtool_sig.pipe (serve
     --debug answers there), otherwise the pid file and the configured pipe."""
+    root = os.geteuid() == 0
     if pid is None:
-        found = read_pid(Path(cfg[K.PID_FILE]))
+        found = read_pid_file(Path(cfg[K.PID_FILE]))
         if found is None:
             raise NotRunning(f"the filter is not running: no pid in {cfg[K.PID_FILE]}")
-        if not alive(found):
+        if not alive(found[0]):
             raise NotRunning(
-                f"the filter is not running: stale pid file {cfg[K.PID_FILE]} ({found})"
+                f"the filter is not running: stale pid file {cfg[K.PID_FILE]} ({found[0]})"
             )
-        return Target(found, Path(cfg[K.PIPE]))
+        return Target(found[0], Path(cfg[K.PIPE]), found[1] if root else None)
     if pid <= 0:  # kill() would signal a whole process group
         raise SigError(f"-p {pid}: not a process id", 2)
     if not alive(pid):
         raise NotRunning(f"the filter is not running: no process {pid}")
-    return Target(pid, Path(DEBUG_PIPE))
+    owner = _process_ids(pid, fallback=False)[0] if root else None
+    if root and owner is None:
+        raise NotRunning(f"the filter is not running: cannot read /proc/{pid}")
+    return Target(pid, Path(DEBUG_PIPE), owner)
 
 
 def request(where: Target, signum: int, timeout: float, warn: list[str]) -> Answer:
     """Make the pipe, send ``signum``, return the answer; SigError when it cannot be asked.
     Warnings (a stale pipe removed) are appended to ``warn``."""
-    with _pipe(where, warn) as fds:
+    with _pidfd(where.pid) as pidfd:
+        if where.owner is not None:
+            _check_daemon(where, pidfd)
+        with _pipe(where, warn) as fds:
+            _send(where, pidfd, signum)
+            return _read_answer(fds, where.pid, timeout)
+
+
+# ---- who gets the signal -----------------------------------------------------------------------
+@contextlib.contextmanager
+def _pidfd(pid: int) -> Iterator[int | None]:
+    """A pidfd for ``pid`` (None where the kernel has none: the uid drop still holds)."""
+    try:
+        fd = os.pidfd_open(pid)
+    except ProcessLookupError:
+        raise NotRunning(f"the filter is not running: no process {pid}") from None
+    except OSError as e:
+        if e.errno not in (errno.ENOSYS, errno.EINVAL):
+            raise SigError(f"process {pid}: {e.strerror}", 3) from e
+        yield None
+        return
+    try:
+        yield fd
+    finally:
+        os.close(fd)
+
+
+def is_avtool_serve(argv: list[str]) -> bool:
+    """True for the command lines the daemon runs with: ``avtool [opts] serve ...`` (the
+    console script, directly or as ``python /path/avtool``) and ``python [opts] -m avtool
+    [opts] serve ...``."""
+    if not argv:
+        return False
+    rest: list[str] | None = None
+    if Path(argv[0]).name == "avtool":
+        rest = argv[1:]
+    elif Path(argv[0]).name.startswith("python"):
+        i = 1
+        while i < len(argv) and argv[i].startswith("-") and argv[i] != "-m":
+            i += 2 if argv[i] in ("-W", "-X") else 1
+        if argv[i : i + 2] == ["-m", "avtool"]:
+            rest = argv[i + 2 :]
+        elif i < len(argv) and Path(argv[i]).name == "avtool":
+            rest = argv[i + 1 :]
+    for arg in rest or []:
+        if arg == "serve":
+            return True
+        if not arg.startswith("-"):
+            return False
+    return False
+
+
+def _check_daemon(where: Target, pidfd: int | None) -> None:
+    """Refuse (exit 3, as "not running") unless ``where.pid`` is ``avtool serve`` run by
+    ``where.owner`` (module docstring: what root trusts, and why on a pidfd)."""
+    pid = where.pid
+    try:
+        argv = [a.decode(errors="replace") for a in _read_proc(pid, "cmdline").split(b"\0")]
+        status = _read_proc(pid, "status").decode(errors="replace")
+    except OSError:
+        raise NotRunning(f"the filter is not running: no process {pid}") from None
+    uids: set[int] = set()
+    for line in status.splitlines():
+        if line.startswith("Uid:"):
+            uids = {int(x) for x in line.split()[1:4]}  # real, effective, saved
+    shown = " ".join(a for a in argv if a)[:120] or "?"
+    if not is_avtool_serve([a for a in argv if a]):
+        raise NotRunning(
+            f"the filter is not running: process {pid} is not avtool serve ({shown}); "
+            "refusing to signal it"
+        )
+    if uids != {where.owner}:
+        raise NotRunning(
+            f"the filter is not running: process {pid} ({shown}) runs as uid "
+            f"{','.join(map(str, sorted(uids))) or '?'}, not as uid {where.owner} "
+            "(the pid file's owner); refusing to signal it"
+        )
+    if pidfd is not None:  # still the process we read about: its pid cannot have been reused
         try:
-            os.kill(where.pid, signum)
+            signal.pidfd_send_signal(pidfd, 0)
         except ProcessLookupError:
-            raise NotRunning(f"the filter is not running: no process {where.pid}") from None
-        except PermissionError:
-            raise SigError(
-                f"not allowed to signal process {where.pid}: run as root or as its user", 2
-            ) from None
-        return _read_answer(fds, where.pid, timeout)
+            raise NotRunning(f"the filter is not running: process {pid} ended") from None
+
+
+def _read_proc(pid: int, name: str) -> bytes:
+    fd = os.open(f"/proc/{pid}/{name}", os.O_RDONLY | os.O_CLOEXEC)
+    with os.fdopen(fd, "rb") as f:
+        return f.read(1 << 16)
+
+
+def _send(where: Target, pidfd: int | None, signum: int) -> None:
+    """Signal the process (through its pidfd when there is one); as root, from a child that has
+    become ``where.owner`` first (module docstring)."""
+    owner = where.owner
+    if owner is None or owner == os.geteuid():
+        code = _kill(where.pid, pidfd, signum)
+    else:
+        gid = _process_ids(where.pid)[1]
+        if gid is None:
+            raise NotRunning(f"the filter is not running: cannot read /proc/{where.pid}")
+        child = os.fork()
+        if child == 0:  # pragma: no cover - the child only signals and exits
+            code = 5
+            try:
+                os.setgroups([])
+                os.setresgid(gid, gid, gid)
+                os.setresuid(owner, owner, owner)  # last: it takes the right to change ids
+                code = _kill(where.pid, pidfd, signum)
+            finally:
+                os._exit(code)
+        code = os.waitstatus_to_exitcode(os.waitpid(child, 0)[1])
+    if code == 3:
+        raise NotRunning(f"the filter is not running: no process {where.pid}")
+    if code == 4:
+        raise SigError(f"not allowed to signal process {where.pid}: run as root or as its user", 2)
+    if code != 0:
+        raise SigError(f"could not signal process {where.pid}", 2)
+
+
+def _kill(pid: int, pidfd: int | None, signum: int) -> int:
+    """0 sent, 3 no such process, 4 not allowed."""
+    try:
+        if pidfd is not None:
+            signal.pidfd_send_signal(pidfd, signum)
+        else:
+            os.kill(pid, signum)
+    except ProcessLookupError:
+        return 3
+    except PermissionError:
+        return 4
+    return 0
 
 
 # ---- the pipe ----------------------------------------------------------------------------------
@@ -205,15 +345,16 @@ def _grant(fd: int, pid: int) -> None:
         os.fchmod(fd, 0o620)
 
 
-def _process_ids(pid: int) -> tuple[int | None, int | None]:
-    """Effective uid and gid of ``pid`` (the daemon may have switched user after its start)."""
+def _process_ids(pid: int, *, fallback: bool = True) -> tuple[int | None, int | None]:
+    """Effective uid and gid of ``pid`` (the daemon may have switched user after its start);
+    without /proc, the gid of group courier unless ``fallback`` is False."""
     ids: dict[str, int] = {}
     with contextlib.suppress(OSError, ValueError, IndexError):
         for line in Path(f"/proc/{pid}/status").read_text().splitlines():
             key, _, rest = line.partition(":")
             if key in ("Uid", "Gid"):
                 ids[key] = int(rest.split()[1])  # real, effective, saved, fs
-    if "Gid" not in ids:
+    if "Gid" not in ids and fallback:
         with contextlib.suppress(KeyError):
             ids["Gid"] = grp.getgrnam(DAEMON_GROUP).gr_gid
     return ids.get("Uid"), ids.get("Gid")

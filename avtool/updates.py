@@ -8,10 +8,26 @@ critical, one step lower per leading ``#``, down to debug; ``subject:`` lines ar
 
 Nothing in the message, the arguments or the environment can choose another program: the
 script's path is ``SCRIPT``, fixed when avtool is installed.
+
+Anyone can send mail to the update mailbox with any envelope sender, so what a mail can make
+root do is bounded where root runs: the script takes a lock (one update at a time; a second
+ends at once, "subject: SKIPPED busy") and keeps the time of the last run in ``STATE_DIR``
+(root's, writable by nobody else), refusing a run within its ``MIN_INTERVAL`` ("subject: SKIPPED
+interval"), even when the mailbox user calls sudo directly. This side only adds what it can
+check early and politely: ``updates.senders`` (an allowlist of envelope senders, forgeable but
+it keeps stray mail out) and ``updates.min_interval`` against the script's stamp, so that most
+mails inside the interval do not even start sudo. Every such mail is kept, tagged, and the
+xfilter exits 0: an error exit makes maildrop defer, and Courier would deliver it again.
+
+A timeout stops the wait, never the delivery: under sudo the script's processes are root's and
+cannot be killed from here (killpg gets EPERM), so the script bounds its own run (``timeout``
+in get_ides.sh, RUN_TIMEOUT) and this side returns the message tagged ``[TIMEOUT]``, exit 0.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fnmatch
 import os
 import re
 import select
@@ -24,6 +40,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 SCRIPT = Path("/usr/local/lib/avtool/get_ides.sh")
+# get_ides.sh's STATE_DIR default: its lock (0600) and the time of its last run (``last``,
+# seconds since the epoch, 0644). Not /var/lib/avtool: that one is courier's.
+STATE_DIR = Path("/var/lib/avtool-get-ides")
 MAX_MESSAGE = 8 << 20  # read at most this much of the announcement
 MAX_OUTPUT = 1 << 20  # keep at most this much of the script's stdout (and of its stderr)
 SEVERITIES = [
@@ -44,6 +63,47 @@ class Outcome:
     stdout: bytes
     stderr_lines: list[bytes]
     returncode: int | None  # None: did not start or timed out
+
+
+def skipped(
+    sender: str | None,
+    *,
+    senders: tuple[str, ...],
+    min_interval: float,
+    now: float | None = None,
+) -> Outcome | None:
+    """The outcome of a mail that must not start an update, or None to run the script.
+
+    ``sender``: the envelope sender (maildrop's FROM); None when unknown. A sender outside a
+    non-empty ``senders`` allowlist is skipped, and so is any mail within ``min_interval`` of
+    the script's last run (its stamp in STATE_DIR; root's own check stays the real bound)."""
+    if senders and not (
+        sender and any(fnmatch.fnmatchcase(sender.casefold(), g.casefold()) for g in senders)
+    ):
+        who = clean_tag(sender or "") if sender else "unknown"
+        note = f"skipped: the envelope sender {who} is not in updates.senders\n"
+        return Outcome("SKIPPED sender", note.encode(), [], None)
+    last = last_run()
+    now = time.time() if now is None else now
+    if last is not None and 0 <= now - last < min_interval:
+        stamp = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(last))
+        note = (
+            f"skipped: last update at {stamp}, {now - last:.0f} s ago; "
+            f"updates.min_interval is {min_interval:g} s\n"
+        )
+        return Outcome("SKIPPED interval", note.encode(), [], None)
+    return None
+
+
+def last_run(state_dir: Path | None = None) -> int | None:
+    """When the script last started a run (its stamp), or None when unknown."""
+    path = (state_dir or STATE_DIR) / "last"
+    with contextlib.suppress(OSError, ValueError):
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+        with os.fdopen(fd, "rb") as f:
+            text = f.read(32).strip()
+        return int(text) if text.isdigit() else None
+    return None
 
 
 def severity(line: bytes) -> tuple[int, bytes]:
@@ -97,6 +157,10 @@ def run(
     tag = subject_tag(out, lines)
     if timed_out:
         tag = "TIMEOUT"
+        out += (
+            f"\nno answer from the update script within {timeout:g} s: stopped waiting. Run "
+            "through sudo, it goes on as root until its own RUN_TIMEOUT (get_ides.sh).\n"
+        ).encode()
     elif tag is None:
         tag = "OK" if proc.returncode == 0 else f"FAILED: exit {proc.returncode}"
     body = b"\n".join(x for x in out.splitlines() if not _SUBJECT.match(x.rstrip(b"\r")))
@@ -122,8 +186,7 @@ def _communicate(
     while reading or writers:
         left = until - time.monotonic()
         if left <= 0:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
+            _stop(proc)
             return bytes(bufs[out_fd]), bytes(bufs[err_fd]), True
         readable, writable, _ = select.select(list(reading), writers, [], left)
         for fd in writable:
@@ -144,10 +207,24 @@ def _communicate(
     try:
         proc.wait(max(0.1, until - time.monotonic()))
     except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
+        _stop(proc)
         return bytes(bufs[out_fd]), bytes(bufs[err_fd]), True
     return bytes(bufs[out_fd]), bytes(bufs[err_fd]), False
+
+
+def _stop(proc: subprocess.Popen[bytes]) -> None:
+    """Kill the script's process group if we may, and stop waiting either way.
+
+    Through sudo the group is root's: killpg fails with EPERM, and waiting would block until
+    the script ends. The script bounds itself (RUN_TIMEOUT); we only close our pipe ends."""
+    with contextlib.suppress(PermissionError, ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGKILL)
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        proc.wait(1.0)
+    for stream in (proc.stdin, proc.stdout, proc.stderr):
+        if stream is not None:
+            with contextlib.suppress(OSError):
+                stream.close()
 
 
 def log_stderr(lines: list[bytes], emit: Callable[[int, str], None] | None = None) -> None:

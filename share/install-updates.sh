@@ -19,6 +19,7 @@ set -euo pipefail
 here=$(cd "$(dirname "$0")/.." && pwd)
 script=/usr/local/lib/avtool/get_ides.sh   # = avtool.updates.SCRIPT (a unit test checks)
 drop_in=/etc/sudoers.d/avtool-get-ides
+state=/var/lib/avtool-get-ides   # = get_ides.sh's STATE_DIR = avtool.updates.STATE_DIR
 user="" run_as=root mailbox="" home=/var/lib/avtool-updates avtool=/usr/local/bin/avtool
 say() { printf 'avtool-install-updates: %s\n' "$*"; }
 die() { printf 'avtool-install-updates: %s\n' "$*" >&2; exit 1; }
@@ -46,6 +47,16 @@ install_script() {
   install -d -o root -g root -m 0755 /usr/local/lib/avtool
   install -o root -g root -m 0755 "$here/share/get_ides.sh" "$script"
   say "installed $script (root:root 0755)"
+}
+
+install_state() {
+  # The script's lock and last-run stamp: what bounds forged announcements to one update at a
+  # time and one per MIN_INTERVAL. The user the script runs as owns it, and nobody else may
+  # write it (the mailbox user must not hold the lock or rewind the stamp).
+  local group; group=$(id -gn "$run_as") || die "no such user: $run_as"
+  install -d -o "$run_as" -g "$group" -m 0755 "$state"
+  chown -h "$run_as:$group" "$state/lock" "$state/last" 2>/dev/null || true
+  say "prepared $state ($run_as 0755): the update lock and the time of the last run"
 }
 
 install_sudoers() {
@@ -105,5 +116,6 @@ EOF
 }
 
 install_script
+install_state
 if [[ -n $user ]]; then install_sudoers; fi
 if [[ -n $mailbox ]]; then install_mailbox; fi

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import grp
+import os
 import pwd
 import sys
 from typing import Annotated
 
 import typer
 
-from avtool.errors import UsageError
+from avtool.errors import ConfigError, UsageError
 from avtool.updates import MAX_MESSAGE, SCRIPT
 
 HELP = (
@@ -19,7 +20,12 @@ HELP = (
     "`subject:` line the script printed, and the script's output as the body. The script's "
     "stderr goes to syslog (mail), critical, one step lower per leading '#'.\n\n"
     "The script is fixed at install time: nothing in the message, the arguments or the "
-    "environment can choose another program. ARGS are passed to the script."
+    "environment can choose another program. ARGS are passed to the script.\n\n"
+    "Envelope senders are forgeable: root's script runs at most one update at a time and one "
+    "per its MIN_INTERVAL, whoever asks. Here, updates.senders (globs; empty: any) and "
+    "updates.min_interval skip a mail early: it is kept, tagged [SKIPPED ...], exit 0 (an error "
+    "exit would make maildrop defer it, and Courier deliver it again). The sender is maildrop's "
+    "FROM (its -f)."
 )
 
 
@@ -32,13 +38,29 @@ def run_get_ides(
         float, typer.Option("-t", "--timeout", help="Seconds before the script is killed.")
     ] = 600.0,
 ) -> None:
+    from avtool import keys as K
     from avtool import updates
+    from avtool.config import Config
 
     ids = _ids(run_as) if run_as else None
     message = sys.stdin.buffer.read(MAX_MESSAGE)
     while sys.stdin.buffer.read(1 << 16):  # the rest is drained, so maildrop's write succeeds
         pass
-    outcome = updates.run(message, list(args or []), run_as=ids, timeout=timeout)
+    try:
+        cfg = Config.resolve(role="user")
+    except ConfigError as e:  # kept, tagged, no update: a deferral would only come back
+        body = "".join(f"avtool: config error: {p}\n" for p in e.problems).encode()
+        outcome: updates.Outcome | None = updates.Outcome("FAILED: config", body, [], None)
+    else:
+        outcome = updates.skipped(
+            os.environ.get("FROM"),  # maildrop's -f; never put into a command line
+            senders=cfg[K.UPDATE_SENDERS],
+            min_interval=cfg[K.UPDATE_INTERVAL],
+        )
+    if outcome is None:
+        outcome = updates.run(message, list(args or []), run_as=ids, timeout=timeout)
+    else:
+        updates.log_stderr([b"###" + outcome.stdout.strip()])
     updates.log_stderr(outcome.stderr_lines)
     sys.stdout.buffer.write(updates.tagged_message(message, outcome))
     sys.stdout.flush()

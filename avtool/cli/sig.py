@@ -94,8 +94,13 @@ def sig(
     For freshclam.conf: OnUpdateExecute sudo -n -u courier /usr/local/bin/avtool sig -l reload
     virus (share/sudoers.avtool-sig).
 
+    Run as root, sig signals only an `avtool serve` process running as the owner of the pid
+    file (with -p: as the process's own user), and sends the signal as that user; anything
+    else counts as not running.
+
     Exit status: 0 ok; 1 the daemon reported an error; 2 usage; 3 not running (or stale pid
-    file); 4 another request is in progress; 5 no answer within the timeout.
+    file, or, as root, the pid names no avtool serve of the pid file's owner); 4 another
+    request is in progress; 5 no answer within the timeout.
     """
     from avtool import sigclient, sigstats
 

@@ -27,7 +27,7 @@ from pathlib import Path
 
 import pytest
 
-from avtool.updates import SCRIPT
+from avtool.updates import SCRIPT, STATE_DIR
 from tests.clamd_harness import ClamdServer
 from tests.integration.serve_support import Daemon, config_for, mail, start_daemon
 
@@ -67,10 +67,13 @@ def _run(*cmd: str, **kw: object) -> subprocess.CompletedProcess[str]:
 
 
 @pytest.fixture(scope="module")
-def installed() -> Iterator[Installed]:
+def installed(courier_session: float) -> Iterator[Installed]:
+    """Installed for the module. Courier's session fixture holds the machine-wide e2e lock
+    (tests/e2e/harness.py): the files installed here are the machine's, like its Courier."""
     if reason := _missing():
         pytest.skip(reason)
     saved = {p: p.read_bytes() for p in (SCRIPT, DROP_IN, CONF) if p.exists()}
+    had_state = STATE_DIR.exists()
     _run("userdel", "-r", USER)  # left by an interrupted run: start from nothing
     shutil.rmtree(HOME, ignore_errors=True)
     # avtool as the test user can run it: this checkout's venv, when others can read it.
@@ -99,6 +102,8 @@ def installed() -> Iterator[Installed]:
         _run("userdel", "-r", USER)
         shutil.rmtree(HOME, ignore_errors=True)
         shutil.rmtree(STUB_DIR, ignore_errors=True)
+        if not had_state:
+            shutil.rmtree(STATE_DIR, ignore_errors=True)
 
 
 def test_the_script_is_root_s_and_0755_nothing_setuid(installed: Installed) -> None:
@@ -215,15 +220,30 @@ def _stub_freshclam(db_dir: Path, fail: bool = False) -> None:
     stub.chmod(0o755)
 
 
+def _stub_clamscan() -> None:
+    """A clamscan first on PATH that says who runs it, then runs the real one."""
+    real = shutil.which("clamscan", path="/usr/bin:/bin")
+    STUB_DIR.mkdir(parents=True, exist_ok=True)
+    STUB_DIR.chmod(0o755)
+    stub = STUB_DIR / "clamscan"
+    stub.write_text(f'#!/bin/sh\necho "check uid: $(id -u)"\nexec {real} "$@"\n')
+    stub.chmod(0o755)
+
+
 def _write_conf(clamd: ClamdServer, daemon: Daemon, python: Path) -> None:
     reload = (
         f"cd '{daemon.workdir}' && '{python}' -m avtool sig -f '{daemon.workdir}/avtool.conf' "
         f"-p {daemon.proc.pid} -t 60 reload virus"
     )
+    _settings(f'DB_DIR="{clamd.db_dir}"\nRELOAD_COMMAND="{reload}"\n')
+
+
+def _settings(text: str) -> None:
+    """/etc/avtool/get_ides.conf with the stub dir first on PATH, and no update run yet (the
+    script's stamp removed: each test starts outside the interval)."""
     CONF.parent.mkdir(parents=True, exist_ok=True)
-    CONF.write_text(
-        f'PATH="{STUB_DIR}:$PATH"\nDB_DIR="{clamd.db_dir}"\nRELOAD_COMMAND="{reload}"\n'
-    )
+    CONF.write_text(f'PATH="{STUB_DIR}:$PATH"\n{text}')
+    (STATE_DIR / "last").unlink(missing_ok=True)
 
 
 def _verdict(daemon: Daemon, until_rejected: float = 0.0) -> str:
@@ -244,6 +264,7 @@ def test_an_announcement_updates_checks_and_reloads(
 ) -> None:
     clamd, daemon = scanner
     _stub_freshclam(clamd.db_dir)
+    _stub_clamscan()
     _write_conf(clamd, daemon, installed.python)
     assert _verdict(daemon).startswith("200")  # the signature is not known yet
 
@@ -251,6 +272,8 @@ def test_an_announcement_updates_checks_and_reloads(
 
     assert kept["Subject"] == "[OK] ClamAV daily 27001"
     body = kept.get_content()
+    # the check ran clamscan as clamav, not root, and the real one loaded the new database
+    assert f"check uid: {pwd.getpwnam('clamav').pw_uid}\n" in body, body
     assert "== updating" in body and "daily.cld updated (version: 27001" in body
     assert "== checking that the database loads" in body
     assert "virus:" in body  # avtool sig's answer: each clamd's reload
@@ -300,8 +323,8 @@ def test_run_as_another_user_with_dash_d(installed: Installed) -> None:
         assert done.returncode == 0, done.stderr
         listing = _run("sudo", "-l", "-U", USER).stdout
         assert f'(clamav : clamav) NOPASSWD: {SCRIPT} "", {SCRIPT} new' in listing
-        CONF.parent.mkdir(parents=True, exist_ok=True)
-        CONF.write_text('UPDATE_COMMAND="id -un"\nCHECK_COMMAND=true\nRELOAD_COMMAND=true\n')
+        _settings('UPDATE_COMMAND="id -un"\nCHECK_COMMAND=true\nRELOAD_COMMAND=true\n')
+        assert STATE_DIR.stat().st_uid == pwd.getpwnam("clamav").pw_uid  # the script's own
         clamav = pwd.getpwnam("clamav")
         out = _run(
             "runuser", "-u", USER, "--", str(installed.python), "-m", "avtool", "run-get-ides",
@@ -314,6 +337,7 @@ def test_run_as_another_user_with_dash_d(installed: Installed) -> None:
     finally:
         restored = _run("bash", str(INSTALL), "--user", USER)
         assert restored.returncode == 0, restored.stderr
+        assert STATE_DIR.stat().st_uid == 0
 
 
 def test_a_bounce_is_kept_without_an_update(
@@ -334,3 +358,144 @@ def test_a_bounce_is_kept_without_an_update(
     parsed = email.message_from_bytes(kept[0].read_bytes(), policy=email.policy.default)
     assert parsed["Subject"] == "Undelivered mail"
     assert not (clamd.db_dir / "e2e-update.ndb").exists()  # freshclam never ran
+
+
+# ---- forged announcements: what they can make root do ------------------------------------------
+RUNS = STUB_DIR / "runs"
+
+
+def _counting_freshclam(seconds: float) -> None:
+    """A freshclam that notes each run (as root, in the stub dir) and takes ``seconds``."""
+    STUB_DIR.mkdir(parents=True, exist_ok=True)
+    STUB_DIR.chmod(0o755)
+    RUNS.unlink(missing_ok=True)
+    stub = STUB_DIR / "freshclam"
+    stub.write_text(
+        f"#!/bin/sh\necho $$ >> '{RUNS}'\nsleep {seconds}\necho 'daily.cld is up to date'\n"
+    )
+    stub.chmod(0o755)
+
+
+def _runs() -> list[str]:
+    return RUNS.read_text().split() if RUNS.exists() else []
+
+
+def _clear_mailbox() -> None:
+    for sub in ("new", "cur"):
+        for old in (HOME / "Maildir" / sub).iterdir():
+            old.unlink()
+
+
+def _maildrop(sender: str, subject: str) -> subprocess.Popen[str]:
+    """One delivery as Courier makes it (the .courier file: maildrop -f SENDER), started."""
+    with tempfile.TemporaryFile("w+") as message:
+        message.write(f"From: {sender}\nTo: {USER}@example.test\nSubject: {subject}\n\nx\n")
+        message.seek(0)
+        return subprocess.Popen(
+            ["runuser", "-u", USER, "--", "env", "-i", f"HOME={HOME}", "PATH=/usr/bin:/bin",
+             "maildrop", "-f", sender],
+            stdin=message, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        )  # fmt: skip
+
+
+def _kept_subjects() -> list[str]:
+    kept = [p for sub in ("new", "cur") for p in (HOME / "Maildir" / sub).iterdir()]
+    subjects = []
+    for path in kept:
+        parsed = email.message_from_bytes(path.read_bytes(), policy=email.policy.default)
+        subjects.append(str(parsed["Subject"]))
+    return sorted(subjects)
+
+
+def _kept_bodies() -> str:
+    return "".join(
+        p.read_text(errors="replace")
+        for sub in ("new", "cur")
+        for p in (HOME / "Maildir" / sub).iterdir()
+    )
+
+
+def test_concurrent_forged_announcements_make_one_update(installed: Installed) -> None:
+    """Five deliveries at once (Courier runs several): one update runs; every mail is kept,
+    the others tagged SKIPPED; every maildrop exits 0 (nothing deferred, nothing redelivered)."""
+    _counting_freshclam(3)
+    _settings("CHECK_COMMAND=true\nRELOAD_COMMAND=true\n")
+    _clear_mailbox()
+    procs = [_maildrop(f"forger{i}@example.com", f"forged {i}") for i in range(5)]
+    for proc in procs:
+        _, err = proc.communicate(timeout=120)
+        assert proc.returncode == 0, err
+    assert len(_runs()) == 1
+    subjects = _kept_subjects()
+    assert len(subjects) == 5, subjects
+    assert sum(s.startswith("[OK] forged ") for s in subjects) == 1, subjects
+    assert sum(s.startswith("[SKIPPED ") for s in subjects) == 4, subjects
+
+
+def test_a_mail_within_the_interval_is_skipped_and_root_enforces_it(
+    installed: Installed,
+) -> None:
+    _counting_freshclam(0)
+    _settings("CHECK_COMMAND=true\nRELOAD_COMMAND=true\n")
+    _clear_mailbox()
+    first = _maildrop("forger@example.com", "first")
+    assert first.wait(120) == 0
+    second = _maildrop("forger@example.com", "second")
+    assert second.wait(120) == 0  # not an error: maildrop would defer, Courier redeliver
+    assert _kept_subjects() == ["[OK] first", "[SKIPPED interval] second"]
+    assert "skipped: last update at " in _kept_bodies()
+    # The mailbox user cannot go around the xfilter: sudo runs the script, which says no.
+    direct = _run("runuser", "-u", USER, "--", "sudo", "-n", str(SCRIPT), input="x\n")
+    assert direct.returncode == 0 and direct.stdout.splitlines()[-1] == "subject: SKIPPED interval"
+    assert "skipped: last update at " in direct.stdout
+    assert len(_runs()) == 1
+
+
+def test_a_sender_outside_the_allowlist_starts_no_update(installed: Installed) -> None:
+    _counting_freshclam(0)
+    _settings("CHECK_COMMAND=true\nRELOAD_COMMAND=true\n")
+    _clear_mailbox()
+    conf_dir = HOME / ".config" / "avtool"  # the mailbox user's own avtool config
+    owner = pwd.getpwnam(USER)
+    for path in (HOME / ".config", conf_dir):
+        path.mkdir(exist_ok=True)
+        os.chown(path, owner.pw_uid, owner.pw_gid)
+    (conf_dir / "avtool.conf").write_text('[updates]\nsenders = ["*@lists.clamav.net"]\n')
+    try:
+        forged = _maildrop("forger@example.com", "forged")
+        assert forged.wait(120) == 0
+        assert _runs() == []
+        assert _kept_subjects() == ["[SKIPPED sender] forged"]
+        allowed = _maildrop("announce@lists.clamav.net", "real")
+        assert allowed.wait(120) == 0
+        assert len(_runs()) == 1 and "[OK] real" in _kept_subjects()
+    finally:
+        shutil.rmtree(HOME / ".config", ignore_errors=True)
+
+
+def test_a_hanging_update_under_sudo_ends_without_a_second_run(installed: Installed) -> None:
+    """freshclam hangs. Through sudo the script is root's: the xfilter cannot kill it; it stops
+    waiting at its timeout and keeps the mail tagged [TIMEOUT], exit 0. Had it failed, maildrop
+    would defer and Courier deliver again: that second run (here: the xfilter run again at
+    once) finds the lock or the stamp and runs nothing. The script's own RUN_TIMEOUT then
+    kills the hung step."""
+    _counting_freshclam(120)
+    _settings("RUN_TIMEOUT=8\nCHECK_COMMAND=true\nRELOAD_COMMAND=true\n")
+    xfilter = ["runuser", "-u", USER, "--", "env", "-i", f"HOME={HOME}", "PATH=/usr/bin:/bin",
+               "FROM=forger@example.com", str(installed.python), "-m", "avtool", "run-get-ides",
+               "-t", "2"]  # fmt: skip
+    started = time.monotonic()
+    first = _run(*xfilter, input="Subject: daily\n\nx\n")
+    assert time.monotonic() - started < 15
+    assert first.returncode == 0, first.stderr
+    assert "Subject: [TIMEOUT] daily" in first.stdout and "Traceback" not in first.stderr
+    again = _run(*xfilter, input="Subject: daily\n\nx\n")  # what a redelivery would do
+    assert again.returncode == 0, again.stderr
+    assert "Subject: [SKIPPED " in again.stdout
+    (pid,) = _runs()
+    assert Path(f"/proc/{pid}").exists()  # still hanging, as root
+    deadline = time.monotonic() + 30
+    while Path(f"/proc/{pid}").exists() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not Path(f"/proc/{pid}").exists()  # RUN_TIMEOUT: the script killed it
+    assert len(_runs()) == 1

@@ -479,6 +479,8 @@ def get_ides(private_dir: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, Pa
     script.write_text(RECORDER.format(record=record))
     script.chmod(0o755)
     monkeypatch.setattr(updates, "SCRIPT", script)
+    monkeypatch.setattr(updates, "STATE_DIR", private_dir / "state")  # no stamp: no early skip
+    monkeypatch.delenv("FROM", raising=False)
     evil = private_dir / "evil-bin"
     evil.mkdir()
     for name in ("sudo", "sh", "bash", "env", "get_ides.sh", "freshclam", "avtool", "cat"):
@@ -602,3 +604,36 @@ def test_run_get_ides_has_no_way_to_name_another_script(get_ides: dict[str, Path
             del os.environ[var]
     assert result.exit_code == 0
     assert get_ides["record"].exists() and not get_ides["marker"].exists()
+
+
+def test_run_get_ides_skips_a_sender_outside_updates_senders(
+    get_ides: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A forged announcement from a sender the allowlist does not name: kept, tagged, exit 0
+    (no maildrop retry), and the script never runs."""
+    conf = tmp_path / "avtool.conf"
+    conf.write_text('[updates]\nsenders = ["*@lists.clamav.net"]\n')
+    monkeypatch.setenv("AVTOOL_CONFIG", str(conf))
+    monkeypatch.setenv("FROM", "forger@example.com")
+    result = runner.invoke(app, ["run-get-ides"], input=b"Subject: daily\n\nbody\n")
+    assert result.exit_code == 0, result.output
+    assert not get_ides["record"].exists()
+    out = result.stdout_bytes
+    assert b"Subject: [SKIPPED sender] daily" in out
+    assert b"skipped: the envelope sender forger@example.com is not in updates.senders" in out
+    monkeypatch.setenv("FROM", "announce@lists.clamav.net")
+    result = runner.invoke(app, ["run-get-ides"], input=b"Subject: daily\n\nbody\n")
+    assert result.exit_code == 0 and get_ides["record"].exists()
+
+
+def test_run_get_ides_a_config_error_is_kept_not_deferred(
+    get_ides: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    conf = tmp_path / "avtool.conf"
+    conf.write_text("[updates]\nmin_interval = -1\n")
+    monkeypatch.setenv("AVTOOL_CONFIG", str(conf))
+    result = runner.invoke(app, ["run-get-ides"], input=b"Subject: daily\n\nbody\n")
+    assert result.exit_code == 0 and "Traceback" not in result.output
+    assert b"Subject: [FAILED: config] daily" in result.stdout_bytes
+    assert b"updates.min_interval: must be >= 0" in result.stdout_bytes
+    assert not get_ides["record"].exists()

@@ -163,13 +163,24 @@ def test_stats_json_prometheus_table_and_status(daemon: Daemon) -> None:
     assert f"socket {daemon.socket_path}" in status.stdout
 
 
+def _lookalike(code: str, **kw: Any) -> subprocess.Popen[bytes]:
+    """A process whose command line is an avtool serve's (``python DIR/avtool serve``), so that
+    sig run as root accepts to signal it, running ``code``; started once it prints a line."""
+    directory = Path(tempfile.mkdtemp(prefix="avl", dir="/tmp"))
+    directory.chmod(0o755)
+    script = directory / "avtool"
+    script.write_text(code)
+    script.chmod(0o644)
+    proc = subprocess.Popen([sys.executable, str(script), "serve"], stdout=subprocess.PIPE, **kw)
+    assert proc.stdout is not None and proc.stdout.readline()  # its handlers are in place
+    shutil.rmtree(directory)
+    return proc
+
+
 def _deaf_process() -> subprocess.Popen[bytes]:
     """A process that ignores every signal sig sends: it never answers."""
     code = "import signal, time\nfor s in (1, 10, 12, 23): signal.signal(s, signal.SIG_IGN)\n"
-    proc = subprocess.Popen([sys.executable, "-c", code + "print(1, flush=True)\ntime.sleep(60)"],
-                            stdout=subprocess.PIPE)  # fmt: skip
-    assert proc.stdout is not None and proc.stdout.readline()  # its handlers are in place
-    return proc
+    return _lookalike(code + "print(1, flush=True)\ntime.sleep(60)\n")
 
 
 def test_no_answer_exit_5_within_the_timeout(daemon: Daemon) -> None:
@@ -188,7 +199,7 @@ def test_no_answer_exit_5_within_the_timeout(daemon: Daemon) -> None:
 
 
 def test_process_that_dies_on_the_signal_exit_3_at_once(daemon: Daemon) -> None:
-    sleeper = subprocess.Popen(["sleep", "60"])  # SIGHUP ends it without an answer
+    sleeper = _lookalike("import time\nprint(1, flush=True)\ntime.sleep(60)\n")  # SIGHUP ends it
     try:
         started = time.monotonic()
         result = sig(daemon, "reload", pid=sleeper.pid, timeout="60")
@@ -385,3 +396,133 @@ def test_reloaded_verbosity_applies_and_max_connections_waits_for_a_restart(
     finally:
         assert d.stop() == 0
         shutil.rmtree(state, ignore_errors=True)
+
+
+# ---- root never signals a process that is not the avtool daemon ---------------------------------
+# The pid file is written by the daemon's user (courier): it can name any pid in it. Each decoy
+# records the signals it gets (and who sent them, si_uid) instead of dying of them.
+RECORDER = (
+    "import signal, sys\n"
+    "sigs = {signal.SIGHUP, signal.SIGUSR1, signal.SIGUSR2, signal.SIGURG}\n"
+    "signal.pthread_sigmask(signal.SIG_BLOCK, sigs)\n"
+    "print('ready', flush=True)\n"
+    "while True:\n"
+    "    info = signal.sigwaitinfo(sigs)\n"
+    "    print(info.si_signo, info.si_uid, flush=True)\n"
+)
+
+
+def _courier() -> Any:
+    import pwd
+
+    if os.geteuid() != 0:
+        pytest.skip("the attack is on root's avtool sig")
+    try:
+        return pwd.getpwnam("courier")
+    except KeyError:
+        pytest.skip("no user courier")
+
+
+def _signals(proc: subprocess.Popen[bytes], wait: float = 1.0) -> list[str]:
+    """What the recorder printed within ``wait`` seconds (it only prints what it got)."""
+    import select
+
+    assert proc.stdout is not None
+    got: list[str] = []
+    fd = proc.stdout.fileno()
+    until = time.monotonic() + wait
+    while (left := until - time.monotonic()) > 0 and select.select([fd], [], [], left)[0]:
+        chunk = os.read(fd, 4096)
+        if not chunk:
+            break
+        got += chunk.decode().split()
+    return got
+
+
+@pytest.fixture
+def courier_pid_file() -> Any:
+    """A pid file as the daemon's user writes it: courier's file in courier's directory, and
+    the answers pipe in a directory of root's (sig creates it there)."""
+    user = _courier()
+    top = Path(tempfile.mkdtemp(prefix="avp", dir="/tmp"))
+    top.chmod(0o755)
+    run_dir = top / "run"
+    run_dir.mkdir()
+    os.chown(run_dir, user.pw_uid, user.pw_gid)
+    pid_file = run_dir / "avtool.pid"
+
+    def name(pid: int) -> list[str]:
+        pid_file.write_text(f"{pid}\n")
+        os.chown(pid_file, user.pw_uid, user.pw_gid)
+        return ["--set", f"serve.pid_file={pid_file}", "--set", f"serve.pipe={top}/avtool.pipe"]
+
+    yield name
+    shutil.rmtree(top, ignore_errors=True)
+
+
+def _root_sig(*args: str, cwd: Path = Path("/")) -> subprocess.CompletedProcess[str]:
+    cmd = [sys.executable, "-m", "avtool", "sig", "-f", "/dev/null", "-t", "1", *args]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=60, cwd=cwd)
+
+
+@pytest.mark.parametrize(
+    "action", [("reload",), ("reload", "config"), ("reload", "virus"), ("stats",)]
+)
+def test_root_refuses_a_pid_file_naming_another_program(
+    courier_pid_file: Any, action: tuple[str, ...]
+) -> None:
+    """courier names a root process (sshd, here a recorder run as root) in its pid file: root's
+    sig refuses, exit 3 as for "not running", and the process gets no signal."""
+    decoy = subprocess.Popen([sys.executable, "-c", RECORDER], stdout=subprocess.PIPE)
+    try:
+        assert decoy.stdout is not None and decoy.stdout.readline() == b"ready\n"
+        result = _root_sig(*action, *courier_pid_file(decoy.pid))
+        assert result.returncode == 3, result.stderr
+        assert f"process {decoy.pid} is not avtool serve" in result.stderr
+        assert "refusing to signal it" in result.stderr and "Traceback" not in result.stderr
+        assert _signals(decoy) == [] and decoy.poll() is None
+    finally:
+        decoy.kill()
+        decoy.wait()
+
+
+def test_root_refuses_a_lookalike_that_runs_as_another_user(courier_pid_file: Any) -> None:
+    """A process that looks like avtool serve but is root's, named in courier's pid file (the
+    command line alone proves nothing: anyone can start a script called avtool)."""
+    decoy = _lookalike(RECORDER)
+    try:
+        result = _root_sig("reload", *courier_pid_file(decoy.pid))
+        assert result.returncode == 3, result.stderr
+        assert "runs as uid 0, not as uid" in result.stderr and "pid file's owner" in result.stderr
+        assert _signals(decoy) == [] and decoy.poll() is None
+    finally:
+        decoy.kill()
+        decoy.wait()
+
+
+def test_root_refuses_dash_p_naming_another_program(tmp_path: Path) -> None:
+    """-p PID given by root gets the same check (against the process's own uid)."""
+    _courier()
+    decoy = subprocess.Popen(["sleep", "60"])  # root's; SIGHUP would end it
+    try:
+        result = _root_sig("reload", "-p", str(decoy.pid), cwd=tmp_path)  # the pipe: ./
+        assert result.returncode == 3 and "is not avtool serve (sleep 60)" in result.stderr
+        time.sleep(0.3)
+        assert decoy.poll() is None
+    finally:
+        decoy.kill()
+        decoy.wait()
+
+
+def test_root_signals_the_daemon_as_the_pid_file_owner(courier_pid_file: Any) -> None:
+    """The daemon's user's own process passes, and the signal comes from that user, not root:
+    even a wrong check could only reach what courier can signal anyway."""
+    user = _courier()
+    daemonish = _lookalike(RECORDER, user=user.pw_uid, group=user.pw_gid)
+    try:
+        result = _root_sig("reload", *courier_pid_file(daemonish.pid))
+        assert result.returncode == 5, result.stderr  # asked, and it never answers
+        assert _signals(daemonish) == ["1", str(user.pw_uid)]  # SIGHUP, sent as courier
+    finally:
+        daemonish.kill()
+        daemonish.wait()

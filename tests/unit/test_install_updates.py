@@ -8,7 +8,7 @@ import signal
 import subprocess
 from pathlib import Path
 
-from avtool.updates import SCRIPT
+from avtool.updates import SCRIPT, STATE_DIR
 
 SHARE = Path(__file__).resolve().parents[2] / "share"
 
@@ -19,6 +19,8 @@ def test_the_installer_and_the_drop_in_name_avtool_s_script() -> None:
     rule = (SHARE / "sudoers.avtool-get-ides").read_text().splitlines()[-1]
     assert rule == f'AVTOOL_UPDATERS ALL = (root) NOPASSWD: {SCRIPT} "", {SCRIPT} new'
     assert f"Install: root-owned, mode 0755, as {SCRIPT}" in (SHARE / "get_ides.sh").read_text()
+    assert re.search(rf"^state={re.escape(str(STATE_DIR))}\s", installer, re.M)
+    assert f"\nSTATE_DIR={STATE_DIR}\n" in (SHARE / "get_ides.sh").read_text()
 
 
 def test_under_sudo_the_caller_cannot_choose_the_settings_file(tmp_path: Path) -> None:
@@ -35,12 +37,13 @@ def test_under_sudo_the_caller_cannot_choose_the_settings_file(tmp_path: Path) -
 
 
 def _first_step(env: dict[str, str]) -> None:
-    """Run get_ides.sh until it starts its first step (the settings are read by then), then
-    stop it: with the default settings that step is a real freshclam, slow when offline."""
+    """Run get_ides.sh until it says which settings it read, then stop it while it still
+    reads the message (our stdin, kept open): before it takes the system's lock and stamp, or
+    starts a real freshclam (slow when offline)."""
     with subprocess.Popen(
-        ["sh", str(SHARE / "get_ides.sh")], stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+        ["sh", str(SHARE / "get_ides.sh")], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
         stderr=subprocess.DEVNULL, env=env, start_new_session=True,
     ) as proc:  # fmt: skip
         assert proc.stdout is not None
-        assert proc.stdout.readline().startswith(b"== updating")
+        assert proc.stdout.readline().startswith(b"== settings: ")
         os.killpg(proc.pid, signal.SIGKILL)

@@ -34,6 +34,7 @@ from avtool.sigclient import (
     _Fds,
     _read_answer,
     _remove_if_ours,
+    is_avtool_serve,
     request,
     target,
 )
@@ -306,7 +307,8 @@ def cfg(tmp_path: Path) -> Config:
 
 def test_target_from_the_pid_file(cfg: Config, tmp_path: Path) -> None:
     (tmp_path / "a.pid").write_text(f"{os.getpid()}\n")
-    assert target(cfg, None) == Target(os.getpid(), tmp_path / "a.p")
+    owner = os.geteuid() if os.geteuid() == 0 else None  # the file's owner: this user
+    assert target(cfg, None) == Target(os.getpid(), tmp_path / "a.p", owner)
 
 
 def test_target_no_pid_file_exit_3(cfg: Config) -> None:
@@ -322,7 +324,8 @@ def test_target_stale_pid_file_exit_3(cfg: Config, tmp_path: Path) -> None:
 
 
 def test_target_dash_p_uses_the_pipe_in_the_cwd(cfg: Config) -> None:
-    assert target(cfg, os.getpid()) == Target(os.getpid(), Path("avtool_sig.pipe"))
+    owner = os.geteuid() if os.geteuid() == 0 else None  # -p: the process's own uid
+    assert target(cfg, os.getpid()) == Target(os.getpid(), Path("avtool_sig.pipe"), owner)
     with pytest.raises(NotRunning, match="no process"):
         target(cfg, _dead_pid())
 
@@ -462,3 +465,27 @@ def test_help_with_a_broken_config_still_shows_paths(tmp_path: Path) -> None:
     result = runner.invoke(app, ["sig", "-h"], env={"COLUMNS": "200", "AVTOOL_CONFIG": str(conf)})
     assert result.exit_code == 0 and "has 1 error(s)" in result.output
     assert "Pid file: /run/courier/avtool.pid" in result.output
+
+
+@pytest.mark.parametrize(
+    ("argv", "serve"),
+    [
+        (["/usr/bin/python3", "/usr/local/bin/avtool", "serve", "--name", "avtool"], True),
+        (["/usr/local/bin/avtool", "serve"], True),
+        (["python3", "-m", "avtool", "serve", "-f", "x.conf"], True),
+        (
+            ["/opt/venv/bin/python3.11", "-I", "-X", "utf8", "-m", "avtool", "--debug", "serve"],
+            True,
+        ),
+        (["/usr/local/bin/avtool", "sig", "serve"], False),  # serve as an argument of sig
+        (["python3", "-m", "avtool", "scan", "serve"], False),
+        (["python3", "-c", "import avtool", "serve"], False),
+        (["python3", "-m", "avtoolx", "serve"], False),
+        (["sshd:", "/usr/sbin/sshd", "-D"], False),
+        (["/usr/bin/sleep", "avtool", "serve"], False),
+        (["bash", "/usr/local/bin/avtool", "serve"], False),
+        ([], False),
+    ],
+)
+def test_what_counts_as_the_daemon_s_command_line(argv: list[str], serve: bool) -> None:
+    assert is_avtool_serve(argv) is serve

@@ -121,3 +121,53 @@ def test_message_without_subject_gets_one(script: Path) -> None:
     write(script, "echo 'subject: OK'\n")
     outcome = updates.run(b"From: a@b\n\nbody\n", [], run_as=None, timeout=10)
     assert b"\nSubject: [OK]\n" in updates.tagged_message(b"From: a@b\n\nbody\n", outcome)
+
+
+# ---- forged announcements: the xfilter's own early checks, and a timeout under sudo ----------
+@pytest.fixture
+def state(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """get_ides.sh's state dir, here the test's own."""
+    path = tmp_path / "state"
+    path.mkdir()
+    monkeypatch.setattr(updates, "STATE_DIR", path)
+    return path
+
+
+def test_a_sender_outside_the_allowlist_is_skipped(state: Path) -> None:
+    allow = ("*@lists.clamav.net", "virusdb@example.org")
+    outcome = updates.skipped("evil@example.com", senders=allow, min_interval=0)
+    assert outcome is not None and outcome.tag == "SKIPPED sender"
+    assert b"evil@example.com is not in updates.senders" in outcome.stdout
+    for sender in ("Announce@Lists.ClamAV.net", "virusdb@example.org"):
+        assert updates.skipped(sender, senders=allow, min_interval=0) is None
+    assert updates.skipped(None, senders=allow, min_interval=0) is not None  # unknown: no
+    assert updates.skipped(None, senders=(), min_interval=0) is None  # no allowlist: any
+
+
+def test_within_the_interval_of_the_script_s_stamp_is_skipped(state: Path) -> None:
+    (state / "last").write_text("1700000000\n")
+    outcome = updates.skipped(None, senders=(), min_interval=3600, now=1700000600)
+    assert outcome is not None and outcome.tag == "SKIPPED interval"
+    assert outcome.stdout.startswith(b"skipped: last update at 2023-11-14 22:13:20 UTC, 600 s")
+    assert updates.skipped(None, senders=(), min_interval=3600, now=1700003601) is None
+    (state / "last").unlink()
+    assert updates.skipped(None, senders=(), min_interval=3600, now=1700000600) is None
+
+
+def test_a_timeout_that_cannot_kill_root_s_script_still_returns(
+    script: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Through sudo the script's process group is root's: killpg fails with EPERM (the fault is
+    simulated here; tests/e2e/test_updates.py has the real sudo). The xfilter stops waiting,
+    tags [TIMEOUT], and does not raise (an error exit makes maildrop redeliver)."""
+    write(script, "exec sleep 30\n")
+
+    def eperm(pgid: int, signum: int) -> None:
+        raise PermissionError(1, "Operation not permitted")
+
+    monkeypatch.setattr(updates.os, "killpg", eperm)
+    started = time.monotonic()
+    outcome = updates.run(ANNOUNCEMENT, [], run_as=None, timeout=1)
+    assert time.monotonic() - started < 5
+    assert outcome.tag == "TIMEOUT" and outcome.returncode is None
+    assert b"stopped waiting" in outcome.stdout
