@@ -156,7 +156,8 @@ def _file(path: str, *, named: bool) -> Iterator[Item]:
         return
     source = OpenFile(fd)
     try:
-        size = os.fstat(fd).st_size
+        st = os.fstat(fd)
+        size = st.st_size
         head = os.pread(fd, _PEEK, 0)
     except OSError as e:
         yield Problem(path, f"cannot read: {why(e)}")
@@ -168,7 +169,7 @@ def _file(path: str, *, named: bool) -> Iterator[Item]:
     elif kind == "mbox":
         yield from mbox.messages(path, source, size)
     elif kind == "message":
-        yield Message(path, "file", "", path, size)
+        yield Message(path, "file", "", path, size, dev=st.st_dev, ino=st.st_ino)
     else:
         text = "not a mail message or mailbox (unrecognised or binary data); skipped"
         yield Problem(path, text, error=named)

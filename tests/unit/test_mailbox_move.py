@@ -98,14 +98,7 @@ def test_across_filesystems_copies_fsyncs_and_unlinks(
     src = md / "cur" / "1.a.h:2,S"
     os.chmod(src, 0o640)
     os.utime(src, (1_000_000_000, 1_000_000_000))
-    real_rename = os.rename
-
-    def rename(a: str, b: str) -> None:
-        if str(a) == str(src):  # only the direct move crosses "filesystems"
-            raise OSError(errno.EXDEV, "Invalid cross-device link")
-        real_rename(a, b)
-
-    monkeypatch.setattr(os, "rename", rename)
+    monkeypatch.setattr(os, "link", _exdev_for_links(os.link))
     synced: list[int] = []
     real_fsync = os.fsync
     monkeypatch.setattr(os, "fsync", lambda fd: (synced.append(fd), real_fsync(fd))[1])
@@ -123,13 +116,14 @@ def test_across_filesystems_failed_unlink_is_undone(
 ) -> None:
     md = maildir(tmp_path / "Maildir", [("cur", "1.a.h:2,S", plain("stays"))])
     src = md / "cur" / "1.a.h:2,S"
-    monkeypatch.setattr(os, "rename", _exdev_for(src, os.rename))
+    monkeypatch.setattr(os, "link", _exdev_for_links(os.link))
     real_unlink = os.unlink
 
-    def unlink(path: str) -> None:
-        if str(path) == str(src):
+    def unlink(path: str, *, dir_fd: int | None = None) -> None:
+        in_source = dir_fd is not None and os.fstat(dir_fd).st_ino == src.parent.stat().st_ino
+        if str(path) == src.name and in_source:
             raise PermissionError(errno.EACCES, "Permission denied")
-        real_unlink(path)
+        real_unlink(path, dir_fd=dir_fd)
 
     monkeypatch.setattr(os, "unlink", unlink)
     [event] = move(open_quarantine(str(tmp_path / "q")), victims(messages(md)), lock_timeout=1)
@@ -138,13 +132,15 @@ def test_across_filesystems_failed_unlink_is_undone(
     assert snapshot(tmp_path / "q") == {}  # exactly one place
 
 
-def _exdev_for(src: Path, real: object) -> object:
-    def rename(a: str, b: str) -> None:
-        if str(a) == str(src):
-            raise OSError(errno.EXDEV, "Invalid cross-device link")
-        real(a, b)  # type: ignore[operator]
+def _exdev_for_links(real: object) -> object:
+    """os.link as across filesystems for the move's link of the scanned file by descriptor."""
 
-    return rename
+    def link(a: str, b: str, **kwargs: object) -> None:
+        if str(a).startswith("/proc/self/fd/"):
+            raise OSError(errno.EXDEV, "Invalid cross-device link")
+        real(a, b, **kwargs)  # type: ignore[operator]
+
+    return link
 
 
 def test_interrupted_batch_leaves_each_message_in_exactly_one_place(
@@ -155,11 +151,11 @@ def test_interrupted_batch_leaves_each_message_in_exactly_one_place(
     real_rename = os.rename
     calls = {"n": 0}
 
-    def rename(a: str, b: str) -> None:
+    def rename(a: str, b: str, **kwargs: object) -> None:
         calls["n"] += 1
         if calls["n"] == 3:
             raise KeyboardInterrupt
-        real_rename(a, b)
+        real_rename(a, b, **kwargs)  # type: ignore[arg-type]
 
     monkeypatch.setattr(os, "rename", rename)
     with pytest.raises(KeyboardInterrupt):

@@ -1,0 +1,163 @@
+"""Directories root acts in, and who else can change them: one rule for the pid file, the ``sig``
+answers pipe, ``avtool scan --move-to`` and the mailboxes it moves messages out of.
+
+A user who can write a directory can put a file, link or fifo of their own under any name in
+it, and rename or replace any subdirectory, between our check and our use. So:
+
+- Where we create names (``others_can_write``): a directory that is not world-writable and
+  belongs to root or to us. Group-writable is the admin's choice (Debian's /run/courier is
+  root:courier 0775, /var/mail root:mail 2775).
+- A path is opened one component at a time, openat(2) with ``O_NOFOLLOW|O_DIRECTORY``
+  (``open_dir``, ``open_parent``). A symbolic link is followed only when the directory that
+  holds it passes the rule above: then only root, we or the admin's group could have made it
+  (path_resolution(7) follows any link, whoever put it there). The descriptor is then used for
+  every open, rename, link and unlink (``dir_fd=``): swapping a directory on the path for a link
+  after it was opened changes nothing for us.
+- ``private`` (the ``--move-to`` target): besides, no other user may replace any directory on
+  the way (its parent passes the rule, or is sticky and the directory is root's or ours, as
+  /tmp/x), nor write the last one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import stat
+
+_DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+MAX_LINKS = 40  # path_resolution(7): Linux follows at most 40 links in one path
+
+
+class Unsafe(Exception):
+    """Acting on this path would follow a name that another user controls."""
+
+
+def others_can_write(st: os.stat_result, where: str, trusted: tuple[int, ...] = ()) -> str | None:
+    """Why the directory ``where`` (``st``: its stat) lets others put names in it, or None.
+
+    ``trusted``: owners to accept besides root and us (``sig`` accepts the daemon's user)."""
+    if st.st_mode & stat.S_IWOTH:
+        return f"{where} is writable by every user (mode {stat.S_IMODE(st.st_mode):04o})"
+    if st.st_uid not in (0, os.geteuid(), *trusted):
+        return f"{where} belongs to another user (uid {st.st_uid})"
+    return None
+
+
+def open_dir(path: str, *, private: bool = False, create: bool = False) -> int:
+    """A descriptor of the directory ``path``, opened without following a name that another
+    user controls (module docstring). ``create``: missing directories are made, mode 0700.
+    Unsafe when that cannot be done; OSError when a directory is missing or unreadable."""
+    fd, _ = _walk(path, last=False, private=private, create=create)
+    return fd
+
+
+def open_parent(path: str) -> tuple[int, str]:
+    """(descriptor of the directory holding the file ``path``, the file's name in it). A
+    symbolic link as the last component is followed under the same rule; the name returned
+    is then that of the file it names."""
+    return _walk(path, last=True, private=False, create=False)
+
+
+def same_dir(fd: int, path: str) -> bool:
+    """Whether ``path`` still leads to the directory open as ``fd`` (it was not moved or
+    replaced meanwhile), by the same safe walk."""
+    try:
+        now = open_dir(path)
+    except (OSError, Unsafe):
+        return False
+    try:
+        a, b = os.fstat(fd), os.fstat(now)
+    finally:
+        os.close(now)
+    return (a.st_dev, a.st_ino) == (b.st_dev, b.st_ino)
+
+
+def _walk(path: str, *, last: bool, private: bool, create: bool) -> tuple[int, str]:
+    parts = _components(os.path.abspath(path))
+    if last and not parts:
+        raise IsADirectoryError(errno.EISDIR, "is a directory", path)
+    stack = [(os.open("/", _DIR), "/")]  # the real directories walked through, from /
+    links = 0
+    try:
+        while parts:
+            name = parts.pop(0)
+            if name == "..":
+                if len(stack) > 1:
+                    os.close(stack.pop()[0])
+                continue
+            fd, shown = stack[-1]
+            here = os.path.join(shown, name)
+            target = _link(fd, shown, here, name)
+            if target is not None:
+                links += 1
+                if links > MAX_LINKS:
+                    raise OSError(errno.ELOOP, os.strerror(errno.ELOOP), path)
+                if target.startswith("/"):
+                    while len(stack) > 1:
+                        os.close(stack.pop()[0])
+                parts[:0] = _components(target)
+                continue
+            if last and not parts:
+                return os.dup(fd), name
+            stack.append((_open_child(fd, name, here, create), here))
+            if private:
+                _check_private(stack[-2], stack[-1])
+        if private:
+            fd, shown = stack[-1]
+            problem = others_can_write(os.fstat(fd), shown)
+            if problem is not None:
+                raise Unsafe(problem)
+        return os.dup(stack[-1][0]), ""
+    finally:
+        for fd, _ in stack:
+            os.close(fd)
+
+
+def _components(path: str) -> list[str]:
+    return [p for p in path.split("/") if p not in ("", ".")]
+
+
+def _link(fd: int, shown: str, here: str, name: str) -> str | None:
+    """The target of ``name`` in ``fd`` if it is a symbolic link we may follow; None if it is
+    no link (or missing: the open that follows says so). Unsafe if others could have made it."""
+    try:
+        st = os.stat(name, dir_fd=fd, follow_symlinks=False)
+    except FileNotFoundError:
+        return None
+    if not stat.S_ISLNK(st.st_mode):
+        return None
+    problem = others_can_write(os.fstat(fd), shown)
+    if problem is not None:
+        raise Unsafe(f"{here} is a symbolic link, and {problem}")
+    return os.readlink(name, dir_fd=fd)
+
+
+def _open_child(fd: int, name: str, here: str, create: bool) -> int:
+    try:
+        try:
+            return os.open(name, _DIR, dir_fd=fd)
+        except FileNotFoundError:
+            if not create:
+                raise
+        with contextlib.suppress(FileExistsError):
+            os.mkdir(name, 0o700, dir_fd=fd)
+        return os.open(name, _DIR, dir_fd=fd)
+    except OSError as e:
+        if e.errno == errno.ELOOP:  # a link put there since _link looked
+            raise Unsafe(f"{here} became a symbolic link while it was opened") from None
+        raise
+
+
+def _check_private(parent: tuple[int, str], child: tuple[int, str]) -> None:
+    """No other user may replace ``child`` in ``parent``: the parent passes others_can_write,
+    or it is sticky, root's or ours, and the child is root's or ours (chmod(2): in a sticky
+    directory only the owner of an entry or of the directory may rename or remove it)."""
+    pst, cst = os.fstat(parent[0]), os.fstat(child[0])
+    problem = others_can_write(pst, parent[1])
+    if problem is None:
+        return
+    ours = (0, os.geteuid())
+    if pst.st_mode & stat.S_ISVTX and pst.st_uid in ours and cst.st_uid in ours:
+        return
+    raise Unsafe(f"another user could replace {child[1]}: {problem}")
