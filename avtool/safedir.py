@@ -15,7 +15,7 @@ it, and rename or replace any subdirectory, between our check and our use. So:
   after it was opened changes nothing for us.
 - ``private`` (the ``--move-to`` target): besides, no other user may replace any directory on
   the way (its parent passes the rule, or is sticky and the directory is root's or ours, as
-  /tmp/x), nor write the last one.
+  /tmp/x), nor write the last one or its parent (the pid file's rule).
 """
 
 from __future__ import annotations
@@ -100,9 +100,9 @@ def _walk(path: str, *, last: bool, private: bool, create: bool) -> tuple[int, s
                 continue
             if last and not parts:
                 return os.dup(fd), name
-            stack.append((_open_child(fd, name, here, create), here))
+            stack.append((_open_child(fd, name, here, create, shown if private else None), here))
             if private:
-                _check_private(stack[-2], stack[-1])
+                _check_private(stack[-2], stack[-1], last=not parts)
         if private:
             fd, shown = stack[-1]
             problem = others_can_write(os.fstat(fd), shown)
@@ -133,31 +133,47 @@ def _link(fd: int, shown: str, here: str, name: str) -> str | None:
     return os.readlink(name, dir_fd=fd)
 
 
-def _open_child(fd: int, name: str, here: str, create: bool) -> int:
+def _open_child(fd: int, name: str, here: str, create: bool, private: str | None) -> int:
+    """Open ``name`` in ``fd``; ``create`` it if missing, but (``private``: the shown path of
+    ``fd``) never in a directory that others can write: they could have made it first."""
     try:
-        try:
-            return os.open(name, _DIR, dir_fd=fd)
-        except FileNotFoundError:
-            if not create:
-                raise
-        with contextlib.suppress(FileExistsError):
-            os.mkdir(name, 0o700, dir_fd=fd)
+        return open_subdir(fd, name, here)
+    except FileNotFoundError:
+        if not create:
+            raise
+    problem = None if private is None else others_can_write(os.fstat(fd), private)
+    if problem is not None:
+        raise Unsafe(f"another user could replace {here}: {problem}")
+    with contextlib.suppress(FileExistsError):
+        os.mkdir(name, 0o700, dir_fd=fd)
+    return open_subdir(fd, name, here)
+
+
+def open_subdir(fd: int, name: str, shown: str) -> int:
+    """The directory ``name`` in ``fd``, never through a link (Unsafe if it is one)."""
+    try:
         return os.open(name, _DIR, dir_fd=fd)
     except OSError as e:
-        if e.errno == errno.ELOOP:  # a link put there since _link looked
-            raise Unsafe(f"{here} became a symbolic link while it was opened") from None
+        # O_NOFOLLOW on a link fails with ELOOP, or ENOTDIR along with O_DIRECTORY.
+        if e.errno not in (errno.ELOOP, errno.ENOTDIR):
+            raise
+        with contextlib.suppress(OSError):
+            if stat.S_ISLNK(os.stat(name, dir_fd=fd, follow_symlinks=False).st_mode):
+                raise Unsafe(f"{shown} is a symbolic link") from None
         raise
 
 
-def _check_private(parent: tuple[int, str], child: tuple[int, str]) -> None:
+def _check_private(parent: tuple[int, str], child: tuple[int, str], *, last: bool) -> None:
     """No other user may replace ``child`` in ``parent``: the parent passes others_can_write,
     or it is sticky, root's or ours, and the child is root's or ours (chmod(2): in a sticky
-    directory only the owner of an entry or of the directory may rename or remove it)."""
+    directory only the owner of an entry or of the directory may rename or remove it). The
+    ``last`` directory's parent must pass others_can_write itself, as a pid file's does: in
+    /tmp another user could have made the name first."""
     pst, cst = os.fstat(parent[0]), os.fstat(child[0])
     problem = others_can_write(pst, parent[1])
     if problem is None:
         return
     ours = (0, os.geteuid())
-    if pst.st_mode & stat.S_ISVTX and pst.st_uid in ours and cst.st_uid in ours:
+    if not last and pst.st_mode & stat.S_ISVTX and pst.st_uid in ours and cst.st_uid in ours:
         return
     raise Unsafe(f"another user could replace {child[1]}: {problem}")

@@ -238,14 +238,7 @@ def _subdir(parent: int, shown: str, name: str) -> int:
     """``tmp/``, ``new/`` or ``cur/`` of the target, made 0700 if missing, never a link."""
     with contextlib.suppress(FileExistsError):
         os.mkdir(name, 0o700, dir_fd=parent)
-    try:
-        fd = os.open(
-            name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=parent
-        )
-    except OSError as e:
-        if e.errno == errno.ELOOP:
-            raise safedir.Unsafe(f"{shown} is a symbolic link") from None
-        raise
+    fd = safedir.open_subdir(parent, name, shown)
     try:
         _private(fd, shown)
     except BaseException:

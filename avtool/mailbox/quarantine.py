@@ -26,10 +26,9 @@ from avtool.mailbox import maildir, mbox, mh
 from avtool.mailbox.locking import Busy
 from avtool.mailbox.message import Message, Problem, read_head
 from avtool.mailbox.walk import STDIN, why
-from avtool.safedir import Unsafe, open_dir, open_parent
+from avtool.safedir import Unsafe, open_dir, open_parent, open_subdir
 
 _FILE = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC
-_DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 LEFT = "left where it was"
 
 
@@ -139,7 +138,7 @@ def _open_scanned(m: Message) -> tuple[int, str, int, Message]:
 def _open_in_maildir(folder: int, m: Message) -> tuple[int, str, int, Message]:
     scanned_as = os.path.basename(m.path)
     for sub in (m.subdir, *(s for s in maildir.SUBDIRS if s != m.subdir)):
-        sub_fd = os.open(sub, _DIR, dir_fd=folder)
+        sub_fd = open_subdir(folder, sub, os.path.join(m.mailbox, sub))
         try:
             with os.scandir(sub_fd) as entries:
                 names = [
