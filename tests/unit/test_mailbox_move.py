@@ -14,6 +14,7 @@ from avtool.mailbox import mbox as M
 from avtool.mailbox.maildir import Maildir, relocate
 from avtool.mailbox.message import printable, sender_and_subject
 from avtool.mailbox.mh import maildir_flags, sequences
+from avtool.safedir import Unsafe
 from tests.mailboxes import maildir, mbox_bytes, plain, snapshot
 
 
@@ -182,6 +183,51 @@ def test_gone_message_is_a_problem(tmp_path: Path) -> None:
     os.unlink(m.path)
     [event] = move(open_quarantine(str(tmp_path / "q")), [(m, "")], lock_timeout=1)
     assert event == Problem(m.where, "not moved: no such file or directory")
+
+
+def test_copies_from_an_mbox_are_0600_whatever_the_umask(tmp_path: Path) -> None:
+    box = tmp_path / "bob"
+    box.write_bytes(mbox_bytes([plain("one"), plain("two")], ["RO", ""]))
+    os.chmod(box, 0o644)
+    old = os.umask(0o022)
+    try:
+        q = open_quarantine(str(tmp_path / "q"))
+        events = list(move(q, victims(messages(box)), lock_timeout=1))
+    finally:
+        os.umask(old)
+    moved = [Path(e.to) for e in events if isinstance(e, Moved)]
+    assert len(moved) == 2
+    assert {oct(p.stat().st_mode & 0o777) for p in moved} == {"0o600"}
+    for d in ("", "tmp", "new", "cur"):
+        assert oct((tmp_path / "q" / d).stat().st_mode & 0o777) == "0o700"
+
+
+def test_an_existing_wider_target_is_tightened(tmp_path: Path) -> None:
+    q = maildir(tmp_path / "q", [("cur", "1.a.h:2,S", plain("kept"))])
+    for d in (q, q / "tmp", q / "new", q / "cur"):
+        d.chmod(0o755)
+    Maildir(str(q)).close()
+    for d in (q, q / "tmp", q / "new", q / "cur"):
+        assert oct(d.stat().st_mode & 0o777) == "0o700", d
+    assert (q / "cur" / "1.a.h:2,S").read_bytes() == plain("kept")
+
+
+@pytest.mark.parametrize("sub", ["", "cur"])
+def test_a_target_others_can_write_is_refused(tmp_path: Path, sub: str) -> None:
+    q = maildir(tmp_path / "q", [])
+    (q / sub).chmod(0o777)
+    with pytest.raises(Unsafe, match="is writable by every user"):
+        Maildir(str(q))
+    assert oct((q / sub).stat().st_mode & 0o777) == "0o777"  # refused, not changed
+
+
+def test_a_target_subdir_that_is_a_link_is_refused(tmp_path: Path) -> None:
+    q = maildir(tmp_path / "q", [])
+    (tmp_path / "elsewhere").mkdir()
+    (q / "new").rmdir()
+    (q / "new").symlink_to(tmp_path / "elsewhere")
+    with pytest.raises(Unsafe, match="new is a symbolic link"):
+        Maildir(str(q))
 
 
 def test_quarantine_that_is_a_file_is_refused(tmp_path: Path) -> None:
