@@ -117,6 +117,9 @@ def test_private_sticky_dir_on_the_way_but_not_as_the_parent(base: Path) -> None
     with pytest.raises(Unsafe, match=f"another user could replace {sticky / 'q'}: {sticky} is wri"):
         open_dir(str(sticky / "q"), private=True, create=True)
     assert not (sticky / "q").exists()  # nothing made there
+    (sticky / "q").mkdir()  # ours, and yet in a dir that others can write: the pid file's rule
+    with pytest.raises(Unsafe, match=f"another user could replace {sticky / 'q'}: {sticky} is wri"):
+        open_dir(str(sticky / "q"), private=True)
 
 
 @as_root
