@@ -245,6 +245,35 @@ def test_folder_swapped_for_a_link_after_the_scan(
     assert result.exit_code == 2
 
 
+def mbox_box(world: World) -> tuple[Path, Path, Path]:
+    folder = world.home / "mail"
+    folder.mkdir()
+    (folder / "passwd").write_bytes(mbox_bytes([plain("hello"), VIRUS]))
+    return folder / "passwd", folder, folder / "passwd"
+
+
+@pytest.mark.parametrize(
+    "make", [maildir_box, mh_box, loose_file, mbox_box], ids=["maildir", "mh", "file", "mbox"]
+)
+def test_with_no_attack_the_owner_s_infected_mail_moves(
+    sock: str, world: World, make: Callable[..., Any]
+) -> None:
+    """The same mailboxes, left alone: root moves the infected message and only that one."""
+    scanned, _, message = make(world)
+    world.owned(scanned)
+    before = snapshot(scanned)
+    result = scan(sock, world, scanned)
+    assert result.exit_code == 1, result.output
+    [(where, data)] = quarantined(world).items()
+    if message.name == "passwd":
+        assert data in mbox_bytes([VIRUS]) and message.read_bytes() == mbox_bytes([plain("hello")])
+        assert message.stat().st_uid == pwd.getpwnam("nobody").pw_uid  # still the owner's
+    else:
+        assert data == VIRUS and not message.exists()
+        assert len(snapshot(scanned)) == len(before) - 1
+    assert "MOVED" in result.output and where in result.output
+
+
 def test_message_swapped_for_another_file_after_the_scan(
     sock: str, world: World, monkeypatch: pytest.MonkeyPatch
 ) -> None:
