@@ -30,6 +30,7 @@ from avtool.safedir import Unsafe, open_dir, open_parent, open_subdir
 
 _FILE = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC
 LEFT = "left where it was"
+_OTHER = "its name holds another file than the one scanned"
 
 
 @dataclass(frozen=True, slots=True)
@@ -136,20 +137,18 @@ def _open_scanned(m: Message) -> tuple[int, str, int, Message]:
 
 
 def _open_in_maildir(folder: int, m: Message) -> tuple[int, str, int, Message]:
-    scanned_as = os.path.basename(m.path)
+    replaced = False
     for sub in (m.subdir, *(s for s in maildir.SUBDIRS if s != m.subdir)):
         sub_fd = open_subdir(folder, sub, os.path.join(m.mailbox, sub))
         try:
             with os.scandir(sub_fd) as entries:
-                names = [
-                    e.name
-                    for e in entries
-                    if e.name.partition(":")[0] == m.key and e.inode() == m.ino
-                ]
-            if sub == m.subdir and scanned_as not in names:
-                names.append(scanned_as)  # _Replaced if it holds another file now
+                names = [e.name for e in entries if e.name.partition(":")[0] == m.key]
             for name in names:
-                fd = _open_if_scanned(sub_fd, name, m)
+                try:
+                    fd = _open_if_scanned(sub_fd, name, m)
+                except _Replaced:
+                    replaced = True
+                    continue
                 if fd is not None:
                     info = name.partition(":")[2]
                     path = os.path.join(m.mailbox, sub, name)
@@ -158,6 +157,8 @@ def _open_in_maildir(folder: int, m: Message) -> tuple[int, str, int, Message]:
             os.close(sub_fd)
             raise
         os.close(sub_fd)
+    if replaced:
+        raise _Replaced(_OTHER)
     raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), m.path)
 
 
@@ -176,7 +177,7 @@ def _open_if_scanned(dir_fd: int, name: str, m: Message) -> int | None:
     if stat.S_ISREG(st.st_mode) and (st.st_dev, st.st_ino) == (m.dev, m.ino):
         return fd
     os.close(fd)
-    raise _Replaced("its name holds another file than the one scanned")
+    raise _Replaced(_OTHER)
 
 
 def _move_mbox(
