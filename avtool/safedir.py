@@ -26,6 +26,10 @@ import os
 import stat
 
 _DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+# On the way, directories are opened O_PATH: search permission is all a path needs
+# (path_resolution(7)); the one returned is opened for reading if it can be (fsync, listing).
+_PATH = os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+_FILE = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC
 MAX_LINKS = 40  # path_resolution(7): Linux follows at most 40 links in one path
 
 
@@ -59,25 +63,21 @@ def open_parent(path: str) -> tuple[int, str]:
     return _walk(path, last=True, private=False, create=False)
 
 
-def same_dir(fd: int, path: str) -> bool:
-    """Whether ``path`` still leads to the directory open as ``fd`` (it was not moved or
-    replaced meanwhile), by the same safe walk."""
+def open_file(path: str) -> int:
+    """The file ``path`` open for reading through open_parent, never through a link as its
+    last step, and without blocking (a fifo) or becoming a controlling terminal."""
+    dir_fd, name = open_parent(path)
     try:
-        now = open_dir(path)
-    except (OSError, Unsafe):
-        return False
-    try:
-        a, b = os.fstat(fd), os.fstat(now)
+        return os.open(name, _FILE, dir_fd=dir_fd)
     finally:
-        os.close(now)
-    return (a.st_dev, a.st_ino) == (b.st_dev, b.st_ino)
+        os.close(dir_fd)
 
 
 def _walk(path: str, *, last: bool, private: bool, create: bool) -> tuple[int, str]:
     parts = _components(os.path.abspath(path))
     if last and not parts:
         raise IsADirectoryError(errno.EISDIR, "is a directory", path)
-    stack = [(os.open("/", _DIR), "/")]  # the real directories walked through, from /
+    stack = [(os.open("/", _PATH), "/")]  # the real directories walked through, from /
     links = 0
     try:
         while parts:
@@ -99,7 +99,7 @@ def _walk(path: str, *, last: bool, private: bool, create: bool) -> tuple[int, s
                 parts[:0] = _components(target)
                 continue
             if last and not parts:
-                return os.dup(fd), name
+                return _readable(fd), name
             stack.append((_open_child(fd, name, here, create, shown if private else None), here))
             if private:
                 _check_private(stack[-2], stack[-1], last=not parts)
@@ -108,7 +108,7 @@ def _walk(path: str, *, last: bool, private: bool, create: bool) -> tuple[int, s
             problem = others_can_write(os.fstat(fd), shown)
             if problem is not None:
                 raise Unsafe(problem)
-        return os.dup(stack[-1][0]), ""
+        return _readable(stack[-1][0]), ""
     finally:
         for fd, _ in stack:
             os.close(fd)
@@ -137,7 +137,7 @@ def _open_child(fd: int, name: str, here: str, create: bool, private: str | None
     """Open ``name`` in ``fd``; ``create`` it if missing, but (``private``: the shown path of
     ``fd``) never in a directory that others can write: they could have made it first."""
     try:
-        return open_subdir(fd, name, here)
+        return open_subdir(fd, name, here, _PATH)
     except FileNotFoundError:
         if not create:
             raise
@@ -146,13 +146,21 @@ def _open_child(fd: int, name: str, here: str, create: bool, private: str | None
         raise Unsafe(f"another user could replace {here}: {problem}")
     with contextlib.suppress(FileExistsError):
         os.mkdir(name, 0o700, dir_fd=fd)
-    return open_subdir(fd, name, here)
+    return open_subdir(fd, name, here, _PATH)
 
 
-def open_subdir(fd: int, name: str, shown: str) -> int:
+def _readable(fd: int) -> int:
+    """A new descriptor of the directory open (O_PATH) as ``fd``, for reading if allowed."""
+    try:
+        return os.open(".", _DIR, dir_fd=fd)
+    except PermissionError:
+        return os.dup(fd)  # search only (0711): enough to open what is in it by name
+
+
+def open_subdir(fd: int, name: str, shown: str, flags: int = _DIR) -> int:
     """The directory ``name`` in ``fd``, never through a link (Unsafe if it is one)."""
     try:
-        return os.open(name, _DIR, dir_fd=fd)
+        return os.open(name, flags, dir_fd=fd)
     except OSError as e:
         # O_NOFOLLOW on a link fails with ELOOP, or ENOTDIR along with O_DIRECTORY.
         if e.errno not in (errno.ELOOP, errno.ENOTDIR):

@@ -38,7 +38,7 @@ from avtool.mailbox.maildir import Maildir, copy_range, relocate
 from avtool.mailbox.mbox import digest
 from avtool.mailbox.message import read_head, sender_and_subject
 from avtool.mailbox.walk import why
-from avtool.safedir import Unsafe
+from avtool.safedir import Unsafe, open_file
 
 log = logging.getLogger("avtool.scan")
 
@@ -291,21 +291,23 @@ class _Worker:
     def _scan(self, m: Message) -> Result | Problem:
         if m.source is not None:
             return self._examine(m, m.source.fd, m.offset)
-        # O_NONBLOCK: a message swapped for a fifo by the mailbox's owner must not hang the
-        # scan in open(2) (fifo(7)); it is then no regular file, and not scanned.
-        flags = os.O_RDONLY | os.O_NOCTTY | os.O_NONBLOCK | os.O_CLOEXEC
-        if m.format != "file":
-            flags |= os.O_NOFOLLOW  # a file in a user's mailbox swapped for a link: not read
+        # Through safedir: the mailbox's owner may swap a folder for a link (to /dev, where an
+        # open alone has effects) between the listing and this open. O_NONBLOCK: a message
+        # swapped for a fifo must not hang the scan in open(2) (fifo(7)).
         try:
-            fd = os.open(m.path, flags)
-        except FileNotFoundError:
-            again = relocate(m) if m.format == "maildir" else None
-            if again is None:
-                return Problem(m.where, "gone before it was scanned (deleted meanwhile)", False)
-            m = again
-            fd = os.open(m.path, flags)
+            try:
+                fd = open_file(m.path)
+            except FileNotFoundError:
+                again = relocate(m) if m.format == "maildir" else None
+                if again is None:
+                    text = "gone before it was scanned (deleted meanwhile)"
+                    return Problem(m.where, text, False)
+                m = again
+                fd = open_file(m.path)
         except OSError as e:
             return Result(m, Failed(f"cannot open: {why(e)}"))
+        except Unsafe as e:
+            return Result(m, Failed(f"not opened: {e}"))
         try:
             st = os.fstat(fd)
             if not stat.S_ISREG(st.st_mode):

@@ -39,6 +39,7 @@ from avtool import scanner
 from avtool.cli.app import app, main
 from tests.clamd_harness import REPO, ClamdServer
 from tests.integration.test_scan import Recorder
+from tests.integration.test_security import OpenWatch
 from tests.mailboxes import EICAR, mbox_bytes, plain, snapshot, with_attachment
 
 pytestmark = [
@@ -293,6 +294,42 @@ def test_message_swapped_for_another_file_after_the_scan(
     line = one_line(result.output, "not moved")
     assert "its name holds another file than the one scanned; left where it was" in line
     assert result.exit_code == 2
+
+
+def test_folder_swapped_between_the_listing_and_the_scan_is_not_followed(
+    engine_config: Any, world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The scan itself opens nothing through the owner's links either: ``cur/`` swapped for a
+    link to a root directory once the message was listed (in /dev, an open alone can have
+    effects: a watchdog starts, a tape rewinds). inotify shows every open in that directory."""
+    md, folder, message = maildir_box(world)
+    world.owned(md)
+    world.root_file(message.name)
+    real_walk = scanner.walk_inputs
+
+    def walk(*args: Any, **kwargs: Any) -> Iterator[Any]:
+        for item in real_walk(*args, **kwargs):
+            if getattr(item, "path", "") == str(message):
+                attacker("swap", str(folder), str(world.etc)).wait(10)
+            yield item
+
+    monkeypatch.setattr(scanner, "walk_inputs", walk)
+    watch = OpenWatch(world.etc)
+    try:
+        report = Recorder()
+        summary = scanner.run(engine_config(), [str(md)], report, options=scanner.Options(jobs=1))
+        assert watch.events() == []
+    finally:
+        watch.close()
+    [failed] = [r for r in report.results if r.status == "failed"]
+    assert failed.message.path == str(message)
+    reason = failed.verdict.reason  # type: ignore[union-attr]
+    uid = pwd.getpwnam("nobody").pw_uid
+    assert (
+        reason
+        == f"not opened: {folder} is a symbolic link, and {md} belongs to another user (uid {uid})"
+    )
+    assert summary.exit_code == 2
 
 
 # ---- (4) nothing hangs root's scan ------------------------------------------------------------

@@ -8,6 +8,8 @@ import errno
 import os
 import pwd
 import shutil
+import subprocess
+import sys
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,6 +18,7 @@ import pytest
 
 from avtool.ipc import unsafe_dir
 from avtool.safedir import Unsafe, open_dir, open_parent, others_can_write
+from tests.clamd_harness import REPO
 
 as_root = pytest.mark.skipif(os.geteuid() != 0, reason="chown to another user needs root")
 
@@ -137,3 +140,27 @@ def test_the_pid_file_and_the_target_share_the_rule(base: Path) -> None:
     expected = f"{base} is writable by every user (mode 0777)"
     assert others_can_write(base.stat(), str(base)) == expected
     assert unsafe_dir(base / "avtool.pid") == expected
+
+
+@as_root
+def test_a_dir_we_may_only_search_is_walked_through(base: Path) -> None:
+    """O_PATH on the way: a user reads a file below a dir they may search but not list
+    (0711), as path resolution lets them (path_resolution(7))."""
+    (base / "home").mkdir(mode=0o711)
+    (base / "home").chmod(0o711)
+    (base / "home" / "x.eml").write_text("Subject: hi\n\nhello\n")
+    (base / "home" / "x.eml").chmod(0o644)
+    code = (
+        "import os, sys; from avtool.safedir import open_file; "
+        "print(os.read(open_file(sys.argv[1]), 11))"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code, str(base / "home" / "x.eml")],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        cwd=REPO,
+        user="nobody",
+        check=False,
+    )
+    assert proc.stdout == "b'Subject: hi'\n", proc.stderr
