@@ -171,7 +171,9 @@ class Maildir:
         try:
             os.link(f"/proc/self/fd/{fd}", tmp, dst_dir_fd=self.dirs["tmp"], follow_symlinks=True)
         except OSError as e:
-            if e.errno not in (errno.EXDEV, errno.EPERM):
+            # ENOENT: no /proc (or the file was deleted meanwhile: then the caller's check of
+            # its name fails, and the copy is undone).
+            if e.errno not in (errno.EXDEV, errno.EPERM, errno.ENOENT):
                 raise
             self._write(tmp, fd, 0, st.st_size, st)
         return self._place(tmp, subdir, key, info)
