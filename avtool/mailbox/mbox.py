@@ -213,7 +213,8 @@ def _rewrite(
             raise Changed("it or its directory was moved or replaced meanwhile; not changed")
         os.replace(tmp, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
         replaced = True
-        os.fsync(dir_fd)
+        with contextlib.suppress(OSError):  # moved; a crash now can only leave a second copy
+            os.fsync(dir_fd)
     except BaseException:
         if not replaced:
             if made:
