@@ -153,9 +153,9 @@ class Maildir:
 
     def close(self) -> None:
         for fd in (self.fd, *self.dirs.values()):
-            with contextlib.suppress(OSError):
+            if fd >= 0:
                 os.close(fd)
-        self.dirs = {}
+        self.fd, self.dirs = -1, {}
 
     def take(self, fd: int, st: os.stat_result, subdir: str, key: str, info: str) -> str:
         """Put in the file open as ``fd`` (``st``: its fstat) as ``subdir/key[:info]``, or under
