@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import TextIO
 
 from avtool.errors import DaemonError
+from avtool.safedir import others_can_write
 
 END_OK = "END ok"
 END_ERROR = "END error"
@@ -24,21 +25,16 @@ DEBUG_PIPE = "avtool_sig.pipe"  # with serve --debug and sig -p: in the current 
 
 def unsafe_dir(path: Path, trusted: tuple[int, ...] = ()) -> str | None:
     """Why the directory holding ``path`` is no place for a pid file or the answers pipe, or
-    None. Others must not be able to write it: in a dir that anyone may write (world-writable,
-    sticky or not: /tmp) or that another user owns, they could put a file, link or fifo of
-    their own under the name between our checks and our use. Group-writable is the admin's
-    choice (Debian's /run/courier is root:courier 0775). ``trusted``: more owners to accept
-    besides root and us (``sig`` accepts the daemon's user: it writes the answer anyway)."""
+    None: others could put a file, link or fifo of their own under the name between our checks
+    and our use (safedir.others_can_write, the rule ``scan --move-to`` uses too). ``trusted``:
+    more owners to accept besides root and us (``sig`` accepts the daemon's user: it writes
+    the answer anyway)."""
     parent = path.parent
     try:
         st = os.stat(parent)
     except OSError:
         return None  # creating the file fails then, with its own error
-    if st.st_mode & stat.S_IWOTH:
-        return f"{parent} is writable by every user (mode {stat.S_IMODE(st.st_mode):04o})"
-    if st.st_uid not in (0, os.geteuid(), *trusted):
-        return f"{parent} belongs to another user (uid {st.st_uid})"
-    return None
+    return others_can_write(st, str(parent), trusted)
 
 
 class PidFile:

@@ -262,7 +262,7 @@ LOCK_TIMEOUT = key(
     "scan.lock_timeout",
     Seconds(0.0, 600.0),
     30.0,
-    "seconds `avtool scan --move-to` waits for an mbox locked by another program",
+    "seconds `avtool scan --move-to` waits for an mbox's fcntl, flock and dot locks, then skips it",
 )
 
 

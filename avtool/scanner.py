@@ -18,6 +18,7 @@ import logging
 import os
 import queue
 import re
+import stat
 import threading
 import time
 from collections.abc import Sequence
@@ -38,6 +39,7 @@ from avtool.mailbox.maildir import Maildir, copy_range, relocate
 from avtool.mailbox.mbox import digest
 from avtool.mailbox.message import read_head, sender_and_subject
 from avtool.mailbox.walk import why
+from avtool.safedir import Unsafe, open_file
 
 log = logging.getLogger("avtool.scan")
 
@@ -144,39 +146,42 @@ def run(
     _preflight(engine)
     jobs = options.jobs or cfg[K.JOBS] or default_jobs(engine)
     dest, exclude = _quarantine(options.move_to)
-    spooled = spool_stdin(stdin) if STDIN in paths and stdin is not None else None
-    summary = Summary(jobs=jobs)
-    worker = _Worker(cfg, engine, options, moving=dest is not None)
-    victims: list[tuple[Message, str]] = []
+    with contextlib.ExitStack() as cleanup:
+        if dest is not None:
+            cleanup.callback(dest.close)
+        spooled = spool_stdin(stdin) if STDIN in paths and stdin is not None else None
+        summary = Summary(jobs=jobs)
+        worker = _Worker(cfg, engine, options, moving=dest is not None)
+        victims: list[tuple[Message, str]] = []
 
-    def record(item: Result | Problem) -> None:
-        if isinstance(item, Problem):
-            summary.note(item)
-            report.problem(item)
-            return
-        summary.add(item)
-        report.result(item)
-        if dest is not None and isinstance(item.verdict, Infected):
-            # No open mbox descriptor may outlive the scan: closing any descriptor of a file
-            # drops this process's fcntl locks on it (fcntl(2)), which the move then takes.
-            victims.append((replace(item.message, source=None), item.digest))
+        def record(item: Result | Problem) -> None:
+            if isinstance(item, Problem):
+                summary.note(item)
+                report.problem(item)
+                return
+            summary.add(item)
+            report.result(item)
+            if dest is not None and isinstance(item.verdict, Infected):
+                # No open mbox descriptor may outlive the scan: closing any descriptor of a file
+                # drops this process's fcntl locks on it (fcntl(2)), which the move then takes.
+                victims.append((replace(item.message, source=None), item.digest))
 
-    counter = _Counter(paths, spooled, exclude) if options.count else None
-    started = time.monotonic()
-    _scan_all(paths, spooled, exclude, jobs, worker, record, counter, report)
-    summary.seconds = time.monotonic() - started
-    if counter is not None:
-        counter.stop.set()
-        counter.thread.join()
-    if dest is not None and victims:
-        for event in move(dest, victims, lock_timeout=cfg[K.LOCK_TIMEOUT]):
-            if isinstance(event, Problem):
-                summary.note(event)
-                report.problem(event)
-            else:
-                summary.moved += 1
-                report.moved(event)
-    return summary
+        counter = _Counter(paths, spooled, exclude) if options.count else None
+        started = time.monotonic()
+        _scan_all(paths, spooled, exclude, jobs, worker, record, counter, report)
+        summary.seconds = time.monotonic() - started
+        if counter is not None:
+            counter.stop.set()
+            counter.thread.join()
+        if dest is not None and victims:
+            for event in move(dest, victims, lock_timeout=cfg[K.LOCK_TIMEOUT]):
+                if isinstance(event, Problem):
+                    summary.note(event)
+                    report.problem(event)
+                else:
+                    summary.moved += 1
+                    report.moved(event)
+        return summary
 
 
 def _scan_all(
@@ -287,20 +292,29 @@ class _Worker:
     def _scan(self, m: Message) -> Result | Problem:
         if m.source is not None:
             return self._examine(m, m.source.fd, m.offset)
-        flags = os.O_RDONLY | os.O_NOCTTY | os.O_CLOEXEC
-        if m.format != "file":
-            flags |= os.O_NOFOLLOW  # a file in a user's mailbox swapped for a link: not read
+        # Through safedir: the mailbox's owner may swap a folder for a link (to /dev, where an
+        # open alone has effects) between the listing and this open. O_NONBLOCK: a message
+        # swapped for a fifo must not hang the scan in open(2) (fifo(7)).
         try:
-            fd = os.open(m.path, flags)
-        except FileNotFoundError:
-            again = relocate(m) if m.format == "maildir" else None
-            if again is None:
-                return Problem(m.where, "gone before it was scanned (deleted meanwhile)", False)
-            m = again
-            fd = os.open(m.path, flags)
+            try:
+                fd = open_file(m.path)
+            except FileNotFoundError:
+                again = relocate(m) if m.format == "maildir" else None
+                if again is None:
+                    text = "gone before it was scanned (deleted meanwhile)"
+                    return Problem(m.where, text, False)
+                m = again
+                fd = open_file(m.path)
         except OSError as e:
             return Result(m, Failed(f"cannot open: {why(e)}"))
+        except Unsafe as e:
+            return Result(m, Failed(f"not opened: {e}"))
         try:
+            st = os.fstat(fd)
+            if not stat.S_ISREG(st.st_mode):
+                return Result(m, Failed("not a regular file any more (replaced meanwhile)"))
+            # What a move may act on: this inode, the one scanned (quarantine.py).
+            m = replace(m, dev=st.st_dev, ino=st.st_ino)
             return self._examine(m, fd, 0)
         finally:
             os.close(fd)
@@ -354,14 +368,19 @@ def _pread_all(fd: int, offset: int, size: int) -> bytes:
 
 def _quarantine(path: str | None) -> tuple[Maildir | None, set[tuple[int, int]]]:
     """The quarantine Maildir (checked before anything is scanned) and what not to walk into:
-    the quarantine itself, or a rescan would find the messages it holds and move them again."""
+    the quarantine itself, or a rescan would find the messages it holds and move them again.
+
+    Refused when another user could write it or replace a directory on its path (the rule of
+    the pid file, safedir.py): root moves mail there."""
     if path is None:
         return None, set()
     try:
         dest = open_quarantine(path)
-        st = os.stat(dest.path)
     except OSError as e:
         raise UsageError(f"--move-to {path}: {why(e)}") from None
+    except Unsafe as e:
+        raise UsageError(f"--move-to {path}: refused: {e}") from None
+    st = os.fstat(dest.fd)
     return dest, {(st.st_dev, st.st_ino)}
 
 

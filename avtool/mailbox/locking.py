@@ -10,6 +10,11 @@ The dot lock ``MAILBOX.lock`` is made NFS-safe as liblockfile does: a unique tem
 to the lock name, and a check of the link count. A lock file older than 5 minutes is stale and
 removed (maillock(3): "if the lockfile is older then 5 minutes, it will be removed"). Without
 write access to the directory the dot lock is skipped, as Python's mailbox does.
+
+The dot lock is made, checked and removed through the descriptor of the mbox's directory
+(``dir_fd``, never following a link): root locking a user's mbox must not create or remove a
+file wherever that user points the directory's name (safedir.py). Every lock is tried without
+blocking, so a lock held forever costs ``timeout`` seconds, never a hang.
 """
 
 from __future__ import annotations
@@ -31,8 +36,9 @@ class Busy(Exception):
 
 
 @contextlib.contextmanager
-def locked(path: str, fd: int, timeout: float) -> Iterator[None]:
-    """Hold fcntl, flock and dot locks on ``path`` (open read-write as ``fd``) for the block.
+def locked(dir_fd: int, name: str, fd: int, timeout: float) -> Iterator[None]:
+    """Hold fcntl, flock and dot locks on the mbox ``name`` in the directory open as ``dir_fd``
+    (the mbox open read-write as ``fd``) for the block.
 
     Each lock is tried without blocking; when one is busy all are released and the attempt
     starts over after a short random pause (Policy 11.6: no deadlock with programs that take
@@ -40,7 +46,7 @@ def locked(path: str, fd: int, timeout: float) -> Iterator[None]:
     """
     end = time.monotonic() + timeout
     while True:
-        held = _try_all(path, fd)
+        held = _try_all(dir_fd, name, fd)
         if held is not None:
             break
         if time.monotonic() >= end:
@@ -49,10 +55,10 @@ def locked(path: str, fd: int, timeout: float) -> Iterator[None]:
     try:
         yield
     finally:
-        _release(path, fd, dotlock=held)
+        _release(dir_fd, name, fd, dotlock=held)
 
 
-def _try_all(path: str, fd: int) -> bool | None:
+def _try_all(dir_fd: int, name: str, fd: int) -> bool | None:
     """Take all three; None if one is busy (none held then), else whether a dot lock is held."""
     try:
         fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -68,21 +74,22 @@ def _try_all(path: str, fd: int) -> bool | None:
             return None
         raise
     try:
-        dotlock = _dotlock(path)
+        dotlock = _dotlock(dir_fd, name)
     except BaseException:
-        _release(path, fd, dotlock=False)
+        _release(dir_fd, name, fd, dotlock=False)
         raise
     if dotlock is None:
-        _release(path, fd, dotlock=False)
+        _release(dir_fd, name, fd, dotlock=False)
     return dotlock
 
 
-def _dotlock(path: str) -> bool | None:
+def _dotlock(dir_fd: int, name: str) -> bool | None:
     """True: created; False: no write access to the directory (skipped); None: busy."""
-    lock = path + ".lock"
+    lock = name + ".lock"
     tmp = f"{lock}.{socket.gethostname()}.{os.getpid()}.{random.getrandbits(32):08x}"  # noqa: S311
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
     try:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
+        fd = os.open(tmp, flags, 0o644, dir_fd=dir_fd)
     except OSError as e:
         if e.errno in (errno.EACCES, errno.EROFS, errno.EPERM):
             return False
@@ -92,37 +99,37 @@ def _dotlock(path: str) -> bool | None:
         os.close(fd)
         for _ in range(2):  # a second try after removing a stale lock
             try:
-                os.link(tmp, lock)
+                os.link(tmp, lock, src_dir_fd=dir_fd, dst_dir_fd=dir_fd, follow_symlinks=False)
             except FileExistsError:
-                if not _remove_if_stale(lock):
+                if not _remove_if_stale(dir_fd, lock):
                     return None
                 continue
             # link(2) over NFS can succeed without the reply arriving: trust the link count.
-            if os.stat(tmp).st_nlink == 2:
+            if os.stat(tmp, dir_fd=dir_fd, follow_symlinks=False).st_nlink == 2:
                 return True
             return None
         return None
     finally:
         with contextlib.suppress(OSError):
-            os.unlink(tmp)
+            os.unlink(tmp, dir_fd=dir_fd)
 
 
-def _remove_if_stale(lock: str) -> bool:
+def _remove_if_stale(dir_fd: int, lock: str) -> bool:
     try:
-        age = time.time() - os.stat(lock).st_mtime
+        age = time.time() - os.stat(lock, dir_fd=dir_fd, follow_symlinks=False).st_mtime
     except FileNotFoundError:
         return True  # gone meanwhile: try again
     if age < STALE:
         return False
     with contextlib.suppress(FileNotFoundError):
-        os.unlink(lock)
+        os.unlink(lock, dir_fd=dir_fd)
     return True
 
 
-def _release(path: str, fd: int, *, dotlock: bool) -> None:
+def _release(dir_fd: int, name: str, fd: int, *, dotlock: bool) -> None:
     if dotlock:
         with contextlib.suppress(FileNotFoundError):
-            os.unlink(path + ".lock")
+            os.unlink(name + ".lock", dir_fd=dir_fd)
     with contextlib.suppress(OSError):
         fcntl.flock(fd, fcntl.LOCK_UN)
     with contextlib.suppress(OSError):

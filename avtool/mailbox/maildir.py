@@ -19,6 +19,7 @@ import stat
 import time
 from collections.abc import Iterator
 
+from avtool import safedir
 from avtool.mailbox.message import Message, Problem
 
 SUBDIRS = ("new", "cur")
@@ -50,7 +51,17 @@ def messages(path: str) -> Iterator[Message | Problem]:
                 if not stat.S_ISREG(st.st_mode):
                     continue
                 key, _, info = entry.name.partition(":")
-                yield Message(path, "maildir", key, entry.path, st.st_size, subdir=sub, info=info)
+                yield Message(
+                    path,
+                    "maildir",
+                    key,
+                    entry.path,
+                    st.st_size,
+                    subdir=sub,
+                    info=info,
+                    dev=st.st_dev,
+                    ino=st.st_ino,
+                )
 
 
 def folders(path: str) -> Iterator[str]:
@@ -79,15 +90,17 @@ def relocate(message: Message) -> Message | None:
                 for entry in entries:
                     key, _, info = entry.name.partition(":")
                     if key == message.key:
-                        size = entry.stat(follow_symlinks=False).st_size
+                        st = entry.stat(follow_symlinks=False)
                         return Message(
                             message.mailbox,
                             "maildir",
                             key,
                             entry.path,
-                            size,
+                            st.st_size,
                             subdir=sub,
                             info=info,
+                            dev=st.st_dev,
+                            ino=st.st_ino,
                         )
         except OSError:
             continue
@@ -115,78 +128,72 @@ def placement(flags: str, *, seen: bool = False) -> tuple[str, str]:
     return "new", ""
 
 
-def fsync_dir(path: str) -> None:
-    """Make a rename or unlink in ``path`` durable (rename(2) alone is atomic, not durable)."""
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 class Maildir:
-    """A Maildir to deliver into, created (0700) if missing: the quarantine."""
+    """A Maildir to deliver into (the quarantine of ``scan --move-to``), created if missing.
+
+    Root writes here, so no other user may be able to choose where that is: the directory is
+    opened once with safedir.open_dir(private=True) (no other user can write it or replace a
+    directory on its path, links followed only where others cannot make them), and every later
+    step goes through the descriptors of it and of ``tmp/``, ``new/`` and ``cur/``. They are
+    0700: made so, or an existing wider one tightened (its messages are other people's mail).
+    Unsafe (safedir) or OSError when it cannot be opened so. ``close()`` when done.
+    """
 
     def __init__(self, path: str) -> None:
         self.path = os.path.abspath(path)
-        os.makedirs(self.path, mode=0o700, exist_ok=True)  # makedirs gives 0700 to leaves only
-        for sub in ("tmp", "new", "cur"):
-            os.makedirs(os.path.join(self.path, sub), mode=0o700, exist_ok=True)
-
-    def target(self, subdir: str, key: str, info: str) -> str:
-        """Where a message goes: ``subdir/key[:info]``, or a new unique name if that is taken
-        (or there is no key: messages from mbox, MH and loose files have no Maildir name)."""
-        if not key or os.path.lexists(self._path(subdir, key, info)):
-            key = unique_name()
-        return self._path(subdir, key, info)
-
-    def _path(self, subdir: str, key: str, info: str) -> str:
-        return os.path.join(self.path, subdir, f"{key}:{info}" if info else key)
-
-    def move_file(self, source: str, subdir: str, key: str, info: str) -> str:
-        """Move the file ``source`` in: one atomic rename on the same filesystem; across
-        filesystems (EXDEV) a copy to ``tmp/``, fsync, rename into place, then the unlink of
-        the source. Returns where it is now. A failure undoes the copy, so the message stays
-        in exactly one place; only a hard kill between copy and unlink can leave two."""
-        target = self.target(subdir, key, info)
+        self.fd = safedir.open_dir(self.path, private=True, create=True)
+        self.dirs: dict[str, int] = {}
         try:
-            os.rename(source, target)
-        except OSError as e:
-            if e.errno != errno.EXDEV:
-                raise
-        else:
-            fsync_dir(os.path.dirname(target))
-            fsync_dir(os.path.dirname(source))
-            return target
-        with open(source, "rb") as src:
-            st = os.fstat(src.fileno())
-            self._copy_in(src.fileno(), 0, st.st_size, target, st)
-        try:
-            os.unlink(source)
-            fsync_dir(os.path.dirname(source))
+            _private(self.fd, self.path)
+            for sub in ("tmp", "new", "cur"):
+                self.dirs[sub] = _subdir(self.fd, os.path.join(self.path, sub), sub)
         except BaseException:
-            with contextlib.suppress(OSError):
-                os.unlink(target)  # undo: the message stays where it was, and only there
+            self.close()
             raise
-        return target
+
+    def close(self) -> None:
+        for fd in (self.fd, *self.dirs.values()):
+            if fd >= 0:
+                os.close(fd)
+        self.fd, self.dirs = -1, {}
+
+    def take(self, fd: int, st: os.stat_result, subdir: str, key: str, info: str) -> str:
+        """Put in the file open as ``fd`` (``st``: its fstat) as ``subdir/key[:info]``, or under
+        a new unique name if that is taken. Returns where it is now.
+
+        The inode itself is linked in by its descriptor (link(2) of ``/proc/self/fd/N`` with
+        AT_SYMLINK_FOLLOW, proc(5)): what lands here is exactly the file that was checked,
+        whatever its old name points at by now. Across filesystems (EXDEV), or where the kernel
+        refuses the link (EPERM: fs.protected_hardlinks, for a user who does not own the file),
+        a copy with the file's owner, mode and times, fsynced. The caller removes the old name.
+        """
+        tmp = unique_name()
+        try:
+            os.link(f"/proc/self/fd/{fd}", tmp, dst_dir_fd=self.dirs["tmp"], follow_symlinks=True)
+        except OSError as e:
+            # ENOENT: no /proc (or the file was deleted meanwhile: then the caller's check of
+            # its name fails, and the copy is undone).
+            if e.errno not in (errno.EXDEV, errno.EPERM, errno.ENOENT):
+                raise
+            self._write(tmp, fd, 0, st.st_size, st)
+        return self._place(tmp, subdir, key, info)
 
     def add_range(self, fd: int, offset: int, size: int, subdir: str, info: str) -> str:
         """Deliver ``size`` bytes at ``offset`` of ``fd`` (an mbox message) under a new unique
-        name: written to ``tmp/``, fsynced, renamed into place. Returns the new path."""
-        target = self.target(subdir, "", info)
-        self._copy_in(fd, offset, size, target, None)
-        return target
+        name: written to ``tmp/`` (0600, whatever the umask), fsynced, renamed into place."""
+        tmp = unique_name()
+        self._write(tmp, fd, offset, size, None)
+        return self._place(tmp, subdir, "", info)
 
     def remove(self, path: str) -> None:
-        """Undo a delivery (the mbox rewrite that would have followed it failed)."""
-        os.unlink(path)
-        fsync_dir(os.path.dirname(path))
+        """Undo a delivery (``path`` as returned by take or add_range)."""
+        directory = self.dirs[os.path.basename(os.path.dirname(path))]
+        os.unlink(os.path.basename(path), dir_fd=directory)
+        os.fsync(directory)
 
-    def _copy_in(
-        self, fd: int, offset: int, size: int, target: str, st: os.stat_result | None
-    ) -> None:
-        tmp = os.path.join(self.path, "tmp", unique_name())
-        out = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+    def _write(self, tmp: str, fd: int, offset: int, size: int, st: os.stat_result | None) -> None:
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+        out = os.open(tmp, flags, 0o600, dir_fd=self.dirs["tmp"])
         try:
             try:
                 copy_range(fd, out, offset, size)
@@ -194,18 +201,62 @@ class Maildir:
                     with contextlib.suppress(OSError):  # keep the owner when we can (root)
                         os.fchown(out, st.st_uid, st.st_gid)
                     os.fchmod(out, stat.S_IMODE(st.st_mode))
+                    # Readers show the file's mtime as the delivery date (Maildir spec).
+                    os.utime(out, ns=(st.st_atime_ns, st.st_mtime_ns))
                 os.fsync(out)
             finally:
                 os.close(out)
-            if st is not None:
-                # Readers show the file's mtime as the delivery date (Maildir spec).
-                os.utime(tmp, ns=(st.st_atime_ns, st.st_mtime_ns))
-            os.rename(tmp, target)
         except BaseException:
             with contextlib.suppress(OSError):
-                os.unlink(tmp)
+                os.unlink(tmp, dir_fd=self.dirs["tmp"])
             raise
-        fsync_dir(os.path.dirname(target))
+
+    def _place(self, tmp: str, subdir: str, key: str, info: str) -> str:
+        """Rename ``tmp/tmp`` to ``subdir/key[:info]`` (a new unique name if that is taken)."""
+        directory = self.dirs[subdir]
+        name = f"{key}:{info}" if info else key
+        if not key or _exists(directory, name):
+            key = unique_name()
+            name = f"{key}:{info}" if info else key
+        try:
+            os.rename(tmp, name, src_dir_fd=self.dirs["tmp"], dst_dir_fd=directory)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp, dir_fd=self.dirs["tmp"])
+            raise
+        os.fsync(directory)  # rename(2) is atomic, not durable
+        return os.path.join(self.path, subdir, name)
+
+
+def _exists(dir_fd: int, name: str) -> bool:
+    try:
+        os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+    except FileNotFoundError:
+        return False
+    return True
+
+
+def _subdir(parent: int, shown: str, name: str) -> int:
+    """``tmp/``, ``new/`` or ``cur/`` of the target, made 0700 if missing, never a link."""
+    with contextlib.suppress(FileExistsError):
+        os.mkdir(name, 0o700, dir_fd=parent)
+    fd = safedir.open_subdir(parent, name, shown)
+    try:
+        _private(fd, shown)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def _private(fd: int, shown: str) -> None:
+    """Refuse a directory that others can write; tighten one of ours to 0700."""
+    st = os.fstat(fd)
+    problem = safedir.others_can_write(st, shown)
+    if problem is not None:
+        raise safedir.Unsafe(problem)
+    if stat.S_IMODE(st.st_mode) != 0o700:
+        os.fchmod(fd, 0o700)
 
 
 def copy_range(src: int, dst: int, offset: int, size: int) -> None:

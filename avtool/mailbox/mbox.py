@@ -12,13 +12,15 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
+import random
 import stat
 from collections.abc import Callable, Iterator, Sequence
 from email.parser import BytesHeaderParser
 from email.policy import compat32
 
+from avtool import safedir
 from avtool.mailbox.locking import locked
-from avtool.mailbox.maildir import copy_range, fsync_dir
+from avtool.mailbox.maildir import copy_range
 from avtool.mailbox.message import HEAD_LIMIT, Message, OpenFile, Problem, read_head
 
 CHUNK = 1 << 20
@@ -39,17 +41,19 @@ def messages(path: str, source: OpenFile, size: int) -> Iterator[Message | Probl
     """
     number = 0
     previous: tuple[int, int] | None = None
+    st = os.fstat(source.fd)
+    ident = (st.st_dev, st.st_ino)
     for start, body in boundaries(source.fd, size):
         if previous is not None:
             number += 1
-            yield _message(path, source, number, previous, start, start - 1)
+            yield _message(path, source, ident, number, previous, start, start - 1)
         previous = (start, body)
     if previous is None:
         return
     number += 1
     tail = os.pread(source.fd, 2, size - 2) if size >= 2 else b""
     end = size - 1 if tail == b"\n\n" else size
-    last = _message(path, source, number, previous, size, end)
+    last = _message(path, source, ident, number, previous, size, end)
     yield last
     if not tail.endswith(b"\n"):
         yield Problem(path, f"truncated: message {number} ends in the middle of a line")
@@ -62,11 +66,19 @@ def _has_body(head: bytes) -> bool:
 
 
 def _message(
-    path: str, source: OpenFile, number: int, first: tuple[int, int], end: int, stop: int
+    path: str,
+    source: OpenFile,
+    ident: tuple[int, int],
+    number: int,
+    first: tuple[int, int],
+    end: int,
+    stop: int,
 ) -> Message:
     start, body = first
+    size = max(0, stop - body)
+    dev, ino = ident
     return Message(
-        path, "mbox", str(number), path, max(0, stop - body), body, start, end, source=source
+        path, "mbox", str(number), path, size, body, start, end, source=source, dev=dev, ino=ino
     )
 
 
@@ -154,37 +166,93 @@ def remove(
     directory. If anything fails before that rename, the temp file and the deliveries are undone
     (``undo(where)``) and the mbox is as it was; after it, the move has happened. A hard kill
     between delivery and rename leaves a copy in both places, never in none.
+
+    The mbox's directory may belong to a user (root moving mail out of ``~bob/mail``): it is
+    opened once without following a name that user controls (safedir.open_parent), and the
+    mbox, its locks and the temp file are opened, made and renamed only through that
+    descriptor, the mbox only if it is the file that was scanned (st_dev, st_ino). If the
+    path no longer leads to them when the rewrite is ready (the directory or the file was
+    moved or swapped meanwhile), nothing is changed: Changed. safedir.Unsafe if the path
+    cannot be opened so.
     """
-    real = os.path.realpath(path)
-    fd = os.open(real, os.O_RDWR | os.O_CLOEXEC)
+    dir_fd, name = safedir.open_parent(path)
     try:
-        with locked(path, fd, lock_timeout):
-            st = os.fstat(fd)
-            ordered = sorted(victims, key=lambda v: v[0].start)
-            _check(fd, st.st_size, ordered)
-            done: list[tuple[Message, str]] = []
-            replaced = False
-            tmp = os.path.join(
-                os.path.dirname(real), f".{os.path.basename(real)}.avtool-{os.getpid()}.tmp"
-            )
-            try:
-                for message, _ in ordered:
-                    done.append((message, deliver(fd, message)))
-                _write_kept(fd, st, tmp, [m for m, _ in ordered])
-                os.replace(tmp, real)
-                replaced = True
-                fsync_dir(os.path.dirname(real))
-            except BaseException:
-                if not replaced:
-                    with contextlib.suppress(OSError):
-                        os.unlink(tmp)
-                    for _, where in done:
-                        with contextlib.suppress(OSError):
-                            undo(where)
-                raise
-            return done
+        flags = os.O_RDWR | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC
+        fd = os.open(name, flags, dir_fd=dir_fd)
+        try:
+            _same_file(fd, victims)
+            with locked(dir_fd, name, fd, lock_timeout):
+                return _rewrite(path, dir_fd, name, fd, victims, deliver, undo)
+        finally:
+            os.close(fd)
     finally:
-        os.close(fd)
+        os.close(dir_fd)
+
+
+def _rewrite(
+    path: str,
+    dir_fd: int,
+    name: str,
+    fd: int,
+    victims: Sequence[tuple[Message, str]],
+    deliver: Deliver,
+    undo: Callable[[str], None],
+) -> list[tuple[Message, str]]:
+    st = os.fstat(fd)
+    ordered = sorted(victims, key=lambda v: v[0].start)
+    _check(fd, st.st_size, ordered)
+    done: list[tuple[Message, str]] = []
+    tmp = f".{name}.avtool-{os.getpid()}-{random.getrandbits(32):08x}.tmp"  # noqa: S311
+    made = replaced = False
+    try:
+        for message, _ in ordered:
+            done.append((message, deliver(fd, message)))
+        _write_kept(fd, st, dir_fd, tmp, [m for m, _ in ordered])
+        made = True
+        if not _still_at(path, dir_fd, name, st):
+            raise Changed("it or its directory was moved or replaced meanwhile; not changed")
+        os.replace(tmp, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+        replaced = True
+        with contextlib.suppress(OSError):  # moved; a crash now can only leave a second copy
+            os.fsync(dir_fd)
+    except BaseException:
+        if not replaced:
+            if made:
+                with contextlib.suppress(OSError):
+                    os.unlink(tmp, dir_fd=dir_fd)
+            for _, where in done:
+                with contextlib.suppress(OSError):
+                    undo(where)
+        raise
+    return done
+
+
+def _same_file(fd: int, victims: Sequence[tuple[Message, str]]) -> None:
+    """The file open as ``fd`` is the one the victims were read from (never moved otherwise)."""
+    st = os.fstat(fd)
+    for m, _ in victims:
+        if not stat.S_ISREG(st.st_mode) or (st.st_dev, st.st_ino) != (m.dev, m.ino):
+            raise Changed("not the file that was scanned (replaced since); not changed")
+
+
+def _still_at(path: str, dir_fd: int, name: str, st: os.stat_result) -> bool:
+    """Whether ``path`` still leads, by the same safe walk, to the mbox being rewritten."""
+    try:
+        now_fd, now_name = safedir.open_parent(path)
+    except (OSError, safedir.Unsafe):
+        return False
+    try:
+        a, b = os.fstat(dir_fd), os.fstat(now_fd)
+        file = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+    except OSError:
+        return False
+    finally:
+        os.close(now_fd)
+    return (
+        now_name == name
+        and (a.st_dev, a.st_ino) == (b.st_dev, b.st_ino)
+        and (file.st_dev, file.st_ino) == (st.st_dev, st.st_ino)
+    )
 
 
 def _check(fd: int, size: int, victims: Sequence[tuple[Message, str]]) -> None:
@@ -201,25 +269,34 @@ def _check(fd: int, size: int, victims: Sequence[tuple[Message, str]]) -> None:
             raise Changed(f"changed since the scan (message {m.key}); not changed, scan again")
 
 
-def _write_kept(fd: int, st: os.stat_result, tmp: str, removed: Sequence[Message]) -> None:
-    """Every byte but the removed messages' (From_ line to next From_ line) into ``tmp``, with
-    the mbox's owner, mode and times: readers compare mtime and atime to tell new mail."""
-    out = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+def _write_kept(
+    fd: int, st: os.stat_result, dir_fd: int, tmp: str, removed: Sequence[Message]
+) -> None:
+    """Every byte but the removed messages' (From_ line to next From_ line) into ``tmp`` (made
+    in ``dir_fd``, never through a link), with the mbox's owner, mode and times: readers
+    compare mtime and atime to tell new mail."""
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+    out = os.open(tmp, flags, 0o600, dir_fd=dir_fd)
     try:
+        try:
+            with contextlib.suppress(OSError):
+                os.fchown(out, st.st_uid, st.st_gid)
+            os.fchmod(out, stat.S_IMODE(st.st_mode))
+            pos = 0
+            for m in removed:
+                copy_range(fd, out, pos, m.start - pos)
+                pos = m.end
+            size = st.st_size
+            while True:  # mail appended by a program that ignores the locks is kept too
+                copy_range(fd, out, pos, size - pos)
+                pos, size = size, os.fstat(fd).st_size
+                if size == pos:
+                    break
+            os.utime(out, ns=(st.st_atime_ns, st.st_mtime_ns))
+            os.fsync(out)
+        finally:
+            os.close(out)
+    except BaseException:
         with contextlib.suppress(OSError):
-            os.fchown(out, st.st_uid, st.st_gid)
-        os.fchmod(out, stat.S_IMODE(st.st_mode))
-        pos = 0
-        for m in removed:
-            copy_range(fd, out, pos, m.start - pos)
-            pos = m.end
-        size = st.st_size
-        while True:  # mail appended by a program that ignores the locks is kept too
-            copy_range(fd, out, pos, size - pos)
-            pos, size = size, os.fstat(fd).st_size
-            if size == pos:
-                break
-        os.fsync(out)
-    finally:
-        os.close(out)
-    os.utime(tmp, ns=(st.st_atime_ns, st.st_mtime_ns))
+            os.unlink(tmp, dir_fd=dir_fd)
+        raise

@@ -59,6 +59,10 @@ class Message:
     end: int = 0
     subdir: str = ""  # Maildir: "new" or "cur"
     info: str = ""  # Maildir: what follows ":" in the file name, e.g. "2,FS"
+    # The file's (st_dev, st_ino) when it was listed, then when it was scanned: a move acts
+    # only on that inode (0, 0: unknown, never moved).
+    dev: int = 0
+    ino: int = 0
     source: OpenFile | None = field(default=None, compare=False, repr=False)
 
     @property

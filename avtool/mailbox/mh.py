@@ -47,7 +47,9 @@ def messages(path: str) -> Iterator[Message | Problem]:
             except FileNotFoundError:
                 continue
             if stat.S_ISREG(st.st_mode):
-                yield Message(path, "mh", entry.name, entry.path, st.st_size)
+                yield Message(
+                    path, "mh", entry.name, entry.path, st.st_size, dev=st.st_dev, ino=st.st_ino
+                )
 
 
 def folders(path: str) -> Iterator[str]:
@@ -63,11 +65,20 @@ def folders(path: str) -> Iterator[str]:
     yield from sorted(names)
 
 
-def sequences(path: str) -> dict[str, set[int]]:
-    """The folder's sequences: name -> message numbers (missing or unreadable file: none)."""
+def sequences(path: str, dir_fd: int | None = None) -> dict[str, set[int]]:
+    """The folder's sequences: name -> message numbers (missing or unreadable file: none).
+    ``dir_fd``: the folder, open (root moving a user's mail reads it only through that, and
+    never through a link: safedir.py)."""
     found: dict[str, set[int]] = {}
+    flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC
     try:
-        with open(os.path.join(path, SEQUENCES), encoding="utf-8", errors="replace") as f:
+        if dir_fd is None:
+            fd = os.open(os.path.join(path, SEQUENCES), flags)
+        else:
+            fd = os.open(SEQUENCES, flags, dir_fd=dir_fd)
+        with open(fd, encoding="utf-8", errors="replace") as f:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                return found
             text = f.read()
     except OSError:
         return found

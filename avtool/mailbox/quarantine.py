@@ -1,21 +1,36 @@
 """Moving infected messages into a quarantine Maildir, each keeping its flags.
 
-Maildir, MH and loose files move by rename (maildir.Maildir.move_file). mbox messages are
-delivered to the quarantine first and then cut out of the mbox under its locks (mbox.remove).
-Each failure is a Problem for that message or mailbox; the others still move.
+Root runs this over mailboxes that users own and can change while it runs, so nothing here
+follows a name that such a user controls (safedir.py): each mailbox directory is opened once
+without following their links, and every open, link, rename and unlink goes through that
+descriptor. Only the file that was scanned moves (the st_dev, st_ino the scan recorded).
+
+Maildir, MH and loose files: the scanned file is opened by name in its directory, checked,
+and its inode linked into the quarantine by descriptor (maildir.Maildir.take); the old name is
+then removed only if it still names that inode. mbox messages are delivered to the quarantine
+first and then cut out of the mbox under its locks (mbox.remove). A move that cannot be made
+so is a Problem for that message or mailbox, and the message stays where it was; the others
+still move.
 """
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
+import stat
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from avtool.mailbox import maildir, mbox, mh
 from avtool.mailbox.locking import Busy
 from avtool.mailbox.message import Message, Problem, read_head
 from avtool.mailbox.walk import STDIN, why
+from avtool.safedir import Unsafe, open_dir, open_parent, open_subdir
+
+_FILE = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC
+LEFT = "left where it was"
+_OTHER = "its name holds another file than the one scanned"
 
 
 @dataclass(frozen=True, slots=True)
@@ -27,8 +42,13 @@ class Moved:
 Victim = tuple[Message, str]  # the message and, for mbox, the digest of the bytes scanned
 
 
+class _Replaced(Exception):
+    """The name no longer holds the file that was scanned."""
+
+
 def open_quarantine(path: str) -> maildir.Maildir:
-    """The quarantine Maildir, created if missing. OSError if it cannot be."""
+    """The quarantine Maildir, created if missing. OSError if it cannot be, Unsafe if another
+    user could write it or replace a directory on its path (maildir.Maildir)."""
     if os.path.exists(path) and not os.path.isdir(path):
         raise NotADirectoryError(errno.ENOTDIR, "exists and is not a directory", path)
     return maildir.Maildir(path)
@@ -51,25 +71,113 @@ def move(
 
 
 def _move_file(dest: maildir.Maildir, m: Message) -> Moved | Problem:
+    try:
+        if m.ino == 0:
+            raise _Replaced("not scanned from a file")
+        dir_fd, name, fd, m = _open_scanned(m)
+        try:
+            return Moved(m, _move_open(dest, m, dir_fd, name, fd))
+        finally:
+            os.close(fd)
+            os.close(dir_fd)
+    except (Unsafe, _Replaced) as e:
+        return Problem(m.where, f"not moved: {e}; {LEFT}")
+    except OSError as e:
+        return Problem(m.where, f"not moved: {why(e)}")
+
+
+def _move_open(dest: maildir.Maildir, m: Message, dir_fd: int, name: str, fd: int) -> str:
+    """Link the scanned file (open as ``fd``, named ``name`` in ``dir_fd``) into ``dest``, then
+    remove the old name if it still names that file; else undo. Returns where it went."""
     if m.format == "maildir":
         subdir, key, info = m.subdir, m.key, m.info
     elif m.format == "mh":
-        subdir, info = maildir.placement(mh.maildir_flags(m.key, mh.sequences(m.mailbox)))
+        seqs = mh.sequences(m.mailbox, dir_fd=dir_fd)
+        subdir, info = maildir.placement(mh.maildir_flags(m.key, seqs))
         key = ""
     else:
         subdir, key, info = "new", "", ""
+    st = os.fstat(fd)
+    to = dest.take(fd, st, subdir, key, info)
     try:
+        now = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+        if (now.st_dev, now.st_ino) != (st.st_dev, st.st_ino):
+            raise _Replaced("its name was given to another file during the move")
+        os.unlink(name, dir_fd=dir_fd)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            dest.remove(to)  # undo: the message stays where it was, and only there
+        raise
+    with contextlib.suppress(OSError):  # moved; a crash now can only leave a second copy
+        os.fsync(dir_fd)
+    return to
+
+
+def _open_scanned(m: Message) -> tuple[int, str, int, Message]:
+    """(its directory, its name, the file open, the message as found) for the file that was
+    scanned; FileNotFoundError if it is gone, _Replaced if its name holds another file. A
+    Maildir message renamed by a reader since the scan (a flag change, or read: new/ to cur/)
+    is found again by its unique name and inode."""
+    if m.format == "file":
+        dir_fd, name = open_parent(m.path)
+    else:
+        dir_fd, name = open_dir(m.mailbox), os.path.basename(m.path)
+    try:
+        if m.format != "maildir":
+            fd = _open_if_scanned(dir_fd, name, m)
+            if fd is None:
+                raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), m.path)
+            return dir_fd, name, fd, m
+        found = _open_in_maildir(dir_fd, m)
+    except BaseException:
+        os.close(dir_fd)
+        raise
+    os.close(dir_fd)
+    return found
+
+
+def _open_in_maildir(folder: int, m: Message) -> tuple[int, str, int, Message]:
+    replaced = False
+    for sub in (m.subdir, *(s for s in maildir.SUBDIRS if s != m.subdir)):
+        sub_fd = open_subdir(folder, sub, os.path.join(m.mailbox, sub))
         try:
-            return Moved(m, dest.move_file(m.path, subdir, key, info))
-        except FileNotFoundError:
-            if m.format != "maildir":
-                raise
-            again = maildir.relocate(m)  # a reader renamed it (flags) since the scan
-            if again is None:
-                raise
-            return Moved(again, dest.move_file(again.path, again.subdir, key, again.info))
+            with os.scandir(sub_fd) as entries:
+                names = [e.name for e in entries if e.name.partition(":")[0] == m.key]
+            for name in names:
+                try:
+                    fd = _open_if_scanned(sub_fd, name, m)
+                except _Replaced:
+                    replaced = True
+                    continue
+                if fd is not None:
+                    info = name.partition(":")[2]
+                    path = os.path.join(m.mailbox, sub, name)
+                    return sub_fd, name, fd, replace(m, path=path, subdir=sub, info=info)
+        except BaseException:
+            os.close(sub_fd)
+            raise
+        os.close(sub_fd)
+    if replaced:
+        raise _Replaced(_OTHER)
+    raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), m.path)
+
+
+def _open_if_scanned(dir_fd: int, name: str, m: Message) -> int | None:
+    """``name`` in ``dir_fd`` open, if it is the file that was scanned (st_dev, st_ino); None
+    if there is no such name; _Replaced if it names something else (never followed)."""
+    try:
+        fd = os.open(name, _FILE, dir_fd=dir_fd)
+    except FileNotFoundError:
+        return None
     except OSError as e:
-        return Problem(m.where, f"not moved: {why(e)}")
+        if e.errno == errno.ELOOP:
+            raise _Replaced(f"{name} is a symbolic link now") from None
+        raise
+    st = os.fstat(fd)
+    if stat.S_ISREG(st.st_mode) and (st.st_dev, st.st_ino) == (m.dev, m.ino):
+        return fd
+    os.close(fd)
+    raise _Replaced(_OTHER)
 
 
 def _move_mbox(
@@ -84,6 +192,9 @@ def _move_mbox(
         done = mbox.remove(path, group, deliver, dest.remove, lock_timeout=lock_timeout)
     except (Busy, mbox.Changed) as e:
         yield Problem(path, f"not moved: {e}")
+        return
+    except Unsafe as e:
+        yield Problem(path, f"not moved: {e}; {LEFT}")
         return
     except OSError as e:
         yield Problem(path, f"not moved: {why(e)}")

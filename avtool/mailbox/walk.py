@@ -5,7 +5,8 @@ with ``.mh_sequences`` or only numbered files an MH folder, any other directory 
 file is an mbox if it starts with a From_ line, a message if it starts with a header field;
 anything else is reported and skipped. Symbolic links met while walking are not followed
 (clamd's FollowDirectorySymlinks and FollowFileSymlinks default to no, clamd.conf(5)); links
-named on the command line are.
+named on the command line are, where no other user could have made them: files are opened
+through safedir.open_file, which follows no link in a directory that another user can write.
 
 Every problem is a Problem item in the stream, never an exception: the walk goes on.
 """
@@ -20,6 +21,7 @@ import threading
 from collections.abc import Collection, Generator, Iterator, Sequence
 from typing import BinaryIO, Literal
 
+from avtool import safedir
 from avtool.mailbox import maildir, mbox, mh
 from avtool.mailbox.message import Message, OpenFile, Problem
 
@@ -150,13 +152,17 @@ def _plain(path: str, exclude: Collection[tuple[int, int]]) -> Iterator[Item]:
 
 def _file(path: str, *, named: bool) -> Iterator[Item]:
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOCTTY | os.O_NONBLOCK | os.O_CLOEXEC)
+        fd = safedir.open_file(path)  # root never opens a device a user's link points at
     except OSError as e:
         yield Problem(path, f"cannot read: {why(e)}")
         return
+    except safedir.Unsafe as e:
+        yield Problem(path, f"cannot read: {e}")
+        return
     source = OpenFile(fd)
     try:
-        size = os.fstat(fd).st_size
+        st = os.fstat(fd)
+        size = st.st_size
         head = os.pread(fd, _PEEK, 0)
     except OSError as e:
         yield Problem(path, f"cannot read: {why(e)}")
@@ -168,7 +174,7 @@ def _file(path: str, *, named: bool) -> Iterator[Item]:
     elif kind == "mbox":
         yield from mbox.messages(path, source, size)
     elif kind == "message":
-        yield Message(path, "file", "", path, size)
+        yield Message(path, "file", "", path, size, dev=st.st_dev, ino=st.st_ino)
     else:
         text = "not a mail message or mailbox (unrecognised or binary data); skipped"
         yield Problem(path, text, error=named)

@@ -279,6 +279,39 @@ def test_changed_since_the_scan_is_refused(box: Path, tmp_path: Path) -> None:
     assert snapshot(tmp_path / "q") == {}
 
 
+def test_a_same_length_edit_inside_the_scanned_message_is_refused(
+    box: Path, tmp_path: Path
+) -> None:
+    """Same size, same boundaries: only the digest of the scanned bytes tells (issue 16)."""
+    chosen = victims(box, {"3"})
+    edited = box.read_bytes().replace(b"Subject: m3", b"Subject: X3")
+    box.write_bytes(edited)
+    q = Maildir(str(tmp_path / "q"))
+    with pytest.raises(M.Changed, match=r"changed since the scan \(message 3\)"):
+        M.remove(
+            str(box),
+            chosen,
+            lambda fd, m: q.add_range(fd, m.offset, m.size, "new", ""),
+            q.remove,
+            lock_timeout=0.3,
+        )
+    assert box.read_bytes() == edited
+    assert snapshot(tmp_path / "q") == {}
+
+
+def test_an_mbox_replaced_since_the_scan_is_not_rewritten(box: Path, tmp_path: Path) -> None:
+    """The same bytes in another file under the mbox's name: only the scanned file moves."""
+    chosen = victims(box, {"1"})
+    data = box.read_bytes()
+    copy = box.parent / "copy"
+    copy.write_bytes(data)
+    os.replace(copy, box)
+    q = Maildir(str(tmp_path / "q"))
+    with pytest.raises(M.Changed, match="not the file that was scanned"):
+        M.remove(str(box), chosen, lambda fd, m: "", q.remove, lock_timeout=0.3)
+    assert box.read_bytes() == data and snapshot(tmp_path / "q") == {}
+
+
 def test_mail_appended_after_the_scan_is_kept(box: Path, tmp_path: Path) -> None:
     chosen = victims(box, {"1"})
     with open(box, "ab") as f:

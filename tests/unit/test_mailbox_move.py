@@ -14,6 +14,7 @@ from avtool.mailbox import mbox as M
 from avtool.mailbox.maildir import Maildir, relocate
 from avtool.mailbox.message import printable, sender_and_subject
 from avtool.mailbox.mh import maildir_flags, sequences
+from avtool.safedir import Unsafe
 from tests.mailboxes import maildir, mbox_bytes, plain, snapshot
 
 
@@ -98,14 +99,7 @@ def test_across_filesystems_copies_fsyncs_and_unlinks(
     src = md / "cur" / "1.a.h:2,S"
     os.chmod(src, 0o640)
     os.utime(src, (1_000_000_000, 1_000_000_000))
-    real_rename = os.rename
-
-    def rename(a: str, b: str) -> None:
-        if str(a) == str(src):  # only the direct move crosses "filesystems"
-            raise OSError(errno.EXDEV, "Invalid cross-device link")
-        real_rename(a, b)
-
-    monkeypatch.setattr(os, "rename", rename)
+    monkeypatch.setattr(os, "link", _exdev_for_links(os.link))
     synced: list[int] = []
     real_fsync = os.fsync
     monkeypatch.setattr(os, "fsync", lambda fd: (synced.append(fd), real_fsync(fd))[1])
@@ -123,13 +117,14 @@ def test_across_filesystems_failed_unlink_is_undone(
 ) -> None:
     md = maildir(tmp_path / "Maildir", [("cur", "1.a.h:2,S", plain("stays"))])
     src = md / "cur" / "1.a.h:2,S"
-    monkeypatch.setattr(os, "rename", _exdev_for(src, os.rename))
+    monkeypatch.setattr(os, "link", _exdev_for_links(os.link))
     real_unlink = os.unlink
 
-    def unlink(path: str) -> None:
-        if str(path) == str(src):
+    def unlink(path: str, *, dir_fd: int | None = None) -> None:
+        in_source = dir_fd is not None and os.fstat(dir_fd).st_ino == src.parent.stat().st_ino
+        if str(path) == src.name and in_source:
             raise PermissionError(errno.EACCES, "Permission denied")
-        real_unlink(path)
+        real_unlink(path, dir_fd=dir_fd)
 
     monkeypatch.setattr(os, "unlink", unlink)
     [event] = move(open_quarantine(str(tmp_path / "q")), victims(messages(md)), lock_timeout=1)
@@ -138,13 +133,15 @@ def test_across_filesystems_failed_unlink_is_undone(
     assert snapshot(tmp_path / "q") == {}  # exactly one place
 
 
-def _exdev_for(src: Path, real: object) -> object:
-    def rename(a: str, b: str) -> None:
-        if str(a) == str(src):
-            raise OSError(errno.EXDEV, "Invalid cross-device link")
-        real(a, b)  # type: ignore[operator]
+def _exdev_for_links(real: object) -> object:
+    """os.link as across filesystems for the move's link of the scanned file by descriptor."""
 
-    return rename
+    def link(a: str, b: str, **kwargs: object) -> None:
+        if str(a).startswith("/proc/self/fd/"):
+            raise OSError(errno.EXDEV, "Invalid cross-device link")
+        real(a, b, **kwargs)  # type: ignore[operator]
+
+    return link
 
 
 def test_interrupted_batch_leaves_each_message_in_exactly_one_place(
@@ -155,11 +152,11 @@ def test_interrupted_batch_leaves_each_message_in_exactly_one_place(
     real_rename = os.rename
     calls = {"n": 0}
 
-    def rename(a: str, b: str) -> None:
+    def rename(a: str, b: str, **kwargs: object) -> None:
         calls["n"] += 1
         if calls["n"] == 3:
             raise KeyboardInterrupt
-        real_rename(a, b)
+        real_rename(a, b, **kwargs)  # type: ignore[arg-type]
 
     monkeypatch.setattr(os, "rename", rename)
     with pytest.raises(KeyboardInterrupt):
@@ -186,6 +183,51 @@ def test_gone_message_is_a_problem(tmp_path: Path) -> None:
     os.unlink(m.path)
     [event] = move(open_quarantine(str(tmp_path / "q")), [(m, "")], lock_timeout=1)
     assert event == Problem(m.where, "not moved: no such file or directory")
+
+
+def test_copies_from_an_mbox_are_0600_whatever_the_umask(tmp_path: Path) -> None:
+    box = tmp_path / "bob"
+    box.write_bytes(mbox_bytes([plain("one"), plain("two")], ["RO", ""]))
+    os.chmod(box, 0o644)
+    old = os.umask(0o022)
+    try:
+        q = open_quarantine(str(tmp_path / "q"))
+        events = list(move(q, victims(messages(box)), lock_timeout=1))
+    finally:
+        os.umask(old)
+    moved = [Path(e.to) for e in events if isinstance(e, Moved)]
+    assert len(moved) == 2
+    assert {oct(p.stat().st_mode & 0o777) for p in moved} == {"0o600"}
+    for d in ("", "tmp", "new", "cur"):
+        assert oct((tmp_path / "q" / d).stat().st_mode & 0o777) == "0o700"
+
+
+def test_an_existing_wider_target_is_tightened(tmp_path: Path) -> None:
+    q = maildir(tmp_path / "q", [("cur", "1.a.h:2,S", plain("kept"))])
+    for d in (q, q / "tmp", q / "new", q / "cur"):
+        d.chmod(0o755)
+    Maildir(str(q)).close()
+    for d in (q, q / "tmp", q / "new", q / "cur"):
+        assert oct(d.stat().st_mode & 0o777) == "0o700", d
+    assert (q / "cur" / "1.a.h:2,S").read_bytes() == plain("kept")
+
+
+@pytest.mark.parametrize("sub", ["", "cur"])
+def test_a_target_others_can_write_is_refused(tmp_path: Path, sub: str) -> None:
+    q = maildir(tmp_path / "q", [])
+    (q / sub).chmod(0o777)
+    with pytest.raises(Unsafe, match="is writable by every user"):
+        Maildir(str(q))
+    assert oct((q / sub).stat().st_mode & 0o777) == "0o777"  # refused, not changed
+
+
+def test_a_target_subdir_that_is_a_link_is_refused(tmp_path: Path) -> None:
+    q = maildir(tmp_path / "q", [])
+    (tmp_path / "elsewhere").mkdir()
+    (q / "new").rmdir()
+    (q / "new").symlink_to(tmp_path / "elsewhere")
+    with pytest.raises(Unsafe, match="new is a symbolic link"):
+        Maildir(str(q))
 
 
 def test_quarantine_that_is_a_file_is_refused(tmp_path: Path) -> None:
