@@ -19,7 +19,7 @@ from pathlib import Path
 from avtool import keys as K
 from avtool import logs, policy
 from avtool.config import Config
-from avtool.courier import control, message, protocol
+from avtool.courier import control, message, protocol, unscannable
 from avtool.courier.control import Envelope
 from avtool.courier.protocol import Reply, Request
 from avtool.engine import Engine
@@ -27,7 +27,6 @@ from avtool.engine.verdict import Clean, Unchecked, Verdict
 from avtool.errors import AvtoolError
 
 log = logging.getLogger("avtool")
-PARTIAL = "message/partial: a fragment, clamd cannot scan it"
 
 
 class Prepared:
@@ -126,11 +125,14 @@ class Pipeline:
     def judge(self, prepared: Prepared, verdict: Verdict) -> Judged:
         """The decision on a scanned message (its file still open: the header is peeked
         through it), and whether completing it writes files."""
-        clean = isinstance(verdict, Clean)
-        quick = message.peek_header(prepared.fd, prepared.size) if clean else None
+        quick = None
+        if isinstance(verdict, Clean):
+            head = os.pread(prepared.fd, message.READ_LINE, 0)
+            quick = message.quick_header(head, prepared.size)
+            unseen = unscannable.find(prepared.fd, prepared.size, head)
+            if unseen is not None:  # clamd said OK without looking (courier/unscannable.py)
+                verdict = Unchecked(unseen, verdict.backend)
         request = prepared.request
-        if clean and message.is_partial(request.data_path, quick=quick):
-            verdict = Unchecked(PARTIAL, verdict.backend)
         decision = policy.decide(verdict, prepared.envelope, self.cfg)
         rewrite = False
         kept = decision.action not in ("quarantine", "drop") or bool(decision.keep)

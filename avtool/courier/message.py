@@ -120,12 +120,6 @@ def quick_header(head: bytes, size: int) -> bytes | None:
     return head[:end].lower() if end >= 0 else None
 
 
-def peek_header(fd: int, size: int | None = None) -> bytes | None:
-    """quick_header of the file open on ``fd`` (one pread, the offset left alone), whose size
-    is ``size`` (fstat when not given)."""
-    return quick_header(os.pread(fd, READ_LINE, 0), os.fstat(fd).st_size if size is None else size)
-
-
 def _ruled_out(header: bytes | None, needles: Iterable[bytes]) -> bool:
     """True when a whole ``header`` (quick_header) contains none of ``needles``."""
     return header is not None and not any(needle in header for needle in needles)
@@ -158,28 +152,6 @@ def has_fields(path: str, names: Iterable[str], *, quick: bytes | None = None) -
         return False
     with src:
         return any(name in wanted for _, name in _header(src))
-
-
-def is_partial(path: str, *, quick: bytes | None = None) -> bool:
-    """Whether the message at ``path`` is a fragment: top-level ``Content-Type:
-    message/partial`` (RFC 2046 5.2.2). clamd answers clean for one without looking inside
-    (tests/integration/test_evasion.py); only the reassembled message could be scanned."""
-    src = _open_unless_ruled_out(path, quick, (b"partial",))  # not even the word: no
-    if src is None:
-        return False
-    with src:
-        value: list[bytes] = []
-        for line, name in _header(src):
-            if name is not None or line in (b"\n", b"\r\n"):
-                if value:
-                    break  # the field ended: the first Content-Type counts
-                if name == b"content-type":
-                    value.append(line.split(b":", 1)[1])
-            elif value:
-                value.append(line)  # a continuation of it
-    text = b" ".join(v.strip() for v in value).lower()
-    text = re.sub(rb"\([^()]*\)", b"", text)  # RFC 5322 comments
-    return text.split(b";", 1)[0].replace(b" ", b"").replace(b"\t", b"") == b"message/partial"
 
 
 def _eol(src: BinaryIO) -> bytes:

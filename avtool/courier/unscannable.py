@@ -1,0 +1,286 @@
+"""Messages clamd answers "OK" for without looking: a message whose own type is ``message/*``.
+
+libclamav's mail parser scans the body of a message (the top level, or one embedded in a
+``message/rfc822`` part, decoded when it is base64 or quoted-printable) only when the
+message's own Content-Type is ``message/rfc822``, ``message/delivery-status`` or
+``message/disposition-notification``; for any other ``message/*`` (``partial``, RFC 2046 5.2.2,
+but also ``external-body``, ``global``, a made-up ``message/foo``) it logs "Partial message
+received from MUA/MTA - message cannot be scanned" or "Unsupported message format" and
+answers OK. A ``message/*`` *part* of a multipart is scanned. Found by trial on ClamAV 1.4.6
+(tests/integration/test_evasion.py holds the corpus); clamd's reading of the field, also by
+trial: the last Content-Type counts, comments are dropped, quotes and whitespace around the
+type are dropped, but a subtype with a space or quotes in it (``message/ rfc822``,
+``message/"rfc822"``) is an unknown one. So such a message is "unchecked" and policy.unchecked
+decides.
+
+What is looked at, and why it is safe to be lenient: every Content-Type field of the message,
+found by a search for the name at the start of a line (no MIME walk that could disagree with
+clamd's about boundaries). A field counts unless its header block follows a ``--`` line (the
+header of a multipart's part); one of type ``message`` (after dropping comments, quotes and
+whitespace) whose subtype is not exactly one of the three makes the message unchecked. Being
+wrong errs towards "unchecked": a line in a text body that looks like such a field after a
+blank line, or ``Content-Type: "message/rfc822"`` that clamd would scan.
+
+Not seen: a message inside an attachment or an archive (a base64 ``.eml``, a zip holding one).
+clamd recognises mail there too and answers OK the same way; only clamd could tell.
+
+Cost, as this runs for every clean message: one search of the lower-cased file for
+``content-type`` (the first 64 KiB are already read, see pipeline.judge), and a few
+microseconds per field found. Bounded for hostile input: at most MAX_FIELDS fields and
+MAX_MESSAGE_FIELDS of type ``message`` are looked at, a base64/quoted-printable
+``message/rfc822`` part is decoded at most MAX_DEPTH deep and DECODE_BUDGET bytes in all; past
+a bound the message is unchecked ("too many ... to check").
+"""
+
+from __future__ import annotations
+
+import binascii
+import os
+import re
+from collections.abc import Iterator
+
+NEEDLE = b"content-type"
+CHUNK = 1 << 20
+BACK = 8 << 10  # bytes before a field searched for the start of its header block
+FORWARD = 8 << 10  # bytes after a field's name read for its value and its block
+MAX_VALUE = 2 << 10  # bytes of an unfolded value parsed
+MAX_FIELDS = 10_000
+MAX_MESSAGE_FIELDS = 500
+MAX_DEPTH = 5
+DECODE_BUDGET = 32 << 20
+PARTIAL = "message/partial: a fragment, clamd cannot scan it"
+NOT_SCANNED = "clamd does not scan this type"
+SCANNED = frozenset({b"rfc822", b"delivery-status", b"disposition-notification"})
+
+_COMMENT = re.compile(rb"\([^()]*\)")  # RFC 5322 3.2.2, innermost first (nested: repeated)
+_SPACE = re.compile(rb"[ \t\r\n]+")
+_FIELD = re.compile(rb"[!-9;-~]+[ \t]*:")  # RFC 5322 2.2, with obs-FWS before the colon
+_CTE = re.compile(rb"(?im)^content-transfer-encoding[ \t]*:([^\n]*(?:\n[ \t][^\n]*)*)")
+_PRINTABLE = re.compile(rb"[^!-~]")
+
+
+class TooComplex(Exception):
+    """A bound was reached: the message cannot be checked cheaply enough."""
+
+
+class _Source:
+    """The bytes looked at: a file open on ``fd`` (from ``base``, ``size`` bytes, the first
+    ones already read into ``head``), or bytes in memory (``fd`` -1)."""
+
+    def __init__(self, fd: int, base: int, size: int, head: bytes) -> None:
+        self.fd, self.base, self.size, self.head = fd, base, size, head
+
+    def read(self, start: int, end: int) -> bytes:
+        start, end = max(0, start), min(end, self.size)
+        if end <= len(self.head) or self.fd < 0:
+            return self.head[start:end]
+        out = []
+        while start < end:
+            data = os.pread(self.fd, end - start, self.base + start)
+            if not data:
+                break
+            out.append(data)
+            start += len(data)
+        return b"".join(out)
+
+
+class _Budget:
+    def __init__(self) -> None:
+        self.fields = self.message_fields = 0
+        self.decoded = 0
+
+
+def find(fd: int, size: int, head: bytes, base: int = 0) -> str | None:
+    """Why clamd would not look at the message open on ``fd`` (its ``size`` bytes from
+    ``base``; ``head`` the first ones, already read), for an Unchecked verdict ("message/partial:
+    ...", "message/foo: ...", "too many ... to check"); None when it would. Reads with pread:
+    the file offset is left alone."""
+    try:
+        return _find(_Source(fd, base, size, head), 0, _Budget())
+    except TooComplex as e:
+        return str(e)
+
+
+def find_in(data: bytes) -> str | None:
+    """find() on a message in memory."""
+    return find(-1, len(data), data)
+
+
+def _find(src: _Source, depth: int, budget: _Budget) -> str | None:
+    for pos in _hits(src):
+        budget.fields += 1
+        if budget.fields > MAX_FIELDS:
+            raise TooComplex("too many Content-Type fields to check")
+        found = _check(src, pos, depth, budget)
+        if found is not None:
+            return found
+    return None
+
+
+def _hits(src: _Source) -> Iterator[int]:
+    """Where ``content-type`` occurs, any case, in order."""
+    for offset in range(0, src.size, CHUNK):
+        data = src.read(offset, offset + CHUNK + len(NEEDLE) - 1).lower()
+        at = data.find(NEEDLE)
+        while 0 <= at < CHUNK:
+            yield offset + at
+            at = data.find(NEEDLE, at + 1)
+
+
+def _check(src: _Source, pos: int, depth: int, budget: _Budget) -> str | None:
+    """The verdict of the occurrence at ``pos``, if it starts a Content-Type field."""
+    lo = max(0, pos - BACK)
+    window = src.read(lo, pos + FORWARD)
+    at = pos - lo
+    line = window.rfind(b"\n", 0, at) + 1
+    if window[line:at].strip(b" \t"):
+        return None  # not the start of a line (leading blanks allowed: be lenient)
+    rest = at + len(NEEDLE)
+    while window[rest : rest + 1] in (b" ", b"\t"):
+        rest += 1
+    if window[rest : rest + 1] != b":":
+        return None
+    first = rest + 1
+    while window[first : first + 1] in (b" ", b"\t", b"\r", b"\n"):
+        first += 1
+    letter = window[first : first + 1]
+    if letter.isalpha() and letter not in b"mM":
+        return None  # text/..., multipart/...: the common case, decided without parsing
+    value, block_end = _value(window, rest + 1)
+    kind, subtype = _type(value)
+    if kind != b"message":
+        return None
+    budget.message_fields += 1
+    if budget.message_fields > MAX_MESSAGE_FIELDS:
+        raise TooComplex("too many message/* parts to check")
+    boundary = _part_boundary(window, line, lo)
+    if boundary is None and subtype not in SCANNED:
+        return PARTIAL if subtype == b"partial" else f"message/{_shown(subtype)}: {NOT_SCANNED}"
+    if subtype == b"rfc822":
+        block, body = _block(window, line, block_end)
+        if body >= len(window):
+            raise TooComplex("a message/rfc822 part with a header too long to check")
+        encoding = _encoding(block)
+        if encoding in (b"base64", b"quoted-printable"):
+            return _embedded(src, lo + body, boundary, encoding, depth, budget)
+    return None
+
+
+def _value(window: bytes, start: int) -> tuple[bytes, int]:
+    """The field's value from ``start``, unfolded and at most MAX_VALUE bytes, and where the
+    field ends in ``window``."""
+    end = start
+    while True:
+        nl = window.find(b"\n", end)
+        if nl < 0:
+            end = len(window)
+            break
+        end = nl + 1
+        if window[end : end + 1] not in (b" ", b"\t"):
+            break
+    return _SPACE.sub(b" ", window[start : min(end, start + MAX_VALUE)]), end
+
+
+def _type(value: bytes) -> tuple[bytes, bytes]:
+    """(type, subtype), lower case, as clamd reads them (module docstring): comments out, the
+    type without quotes or whitespace, the subtype with only trailing whitespace dropped."""
+    while b"(" in value:
+        stripped = _COMMENT.sub(b"", value)
+        if stripped == value:
+            break
+        value = stripped
+    value = value.split(b";", 1)[0].lower()
+    if b"/" not in value:
+        return b"", b""  # no type (clamd scans "message" alone as text: by trial)
+    kind, subtype = value.split(b"/", 1)
+    if kind.strip().startswith(b'"') and subtype.rstrip().endswith(b'"'):
+        subtype = subtype.rstrip()[:-1]  # "message/rfc822" quoted whole: clamd drops them
+    return _SPACE.sub(b"", kind.replace(b'"', b"")), subtype.rstrip()
+
+
+def _part_boundary(window: bytes, line: int, lo: int) -> bytes | None:
+    """The ``--`` line before the header block that holds the line at ``line`` (the header of
+    a multipart's part), or None for the header of a message (the top, an embedded message,
+    or a block we cannot see the start of: counted as a message's, the safe side)."""
+    while line > 0:
+        prev = window.rfind(b"\n", 0, line - 1) + 1
+        if prev == 0 and lo > 0:
+            return None
+        text = window[prev : line - 1].rstrip(b"\r")
+        if text.startswith(b"--"):
+            return text.rstrip(b" \t")
+        if not (_FIELD.match(text) or (text[:1] in (b" ", b"\t") and text.strip())):
+            return None
+        line = prev
+    return None
+
+
+def _block(window: bytes, line: int, field_end: int) -> tuple[bytes, int]:
+    """The header block from the field at ``line`` to its blank line, and where the body
+    starts (the window's end when the block goes past it)."""
+    end = field_end
+    while end < len(window):
+        nl = window.find(b"\n", end)
+        if nl < 0:
+            return window[line:], len(window)
+        if window[end:nl].strip(b"\r") == b"":
+            return window[line:end], nl + 1
+        end = nl + 1
+    return window[line:], len(window)
+
+
+def _encoding(block: bytes) -> bytes:
+    match = _CTE.search(block)
+    if match is None:
+        return b""
+    value = match.group(1)
+    while b"(" in value:
+        stripped = _COMMENT.sub(b"", value)
+        if stripped == value:
+            break
+        value = stripped
+    return _SPACE.sub(b"", value.replace(b'"', b"")).lower()
+
+
+def _embedded(
+    src: _Source, start: int, boundary: bytes | None, encoding: bytes, depth: int, budget: _Budget
+) -> str | None:
+    """Decode an encoded message/rfc822 body (to the part's closing boundary, else to the
+    end) and look inside it as in a message of its own."""
+    if depth >= MAX_DEPTH:
+        raise TooComplex("message/rfc822 nested too deep to check")
+    end = src.size
+    if boundary is not None:
+        at = _find_line(src, start, b"\n" + boundary)
+        end = at if at >= 0 else end
+    budget.decoded += end - start
+    if budget.decoded > DECODE_BUDGET:
+        raise TooComplex("too many encoded message/rfc822 parts to check")
+    body = src.read(start, end)
+    if encoding == b"base64":
+        data = b"".join(_b64_line(line) for line in body.splitlines())
+    else:
+        data = binascii.a2b_qp(body)
+    return _find(_Source(-1, 0, len(data), data), depth + 1, budget)
+
+
+def _find_line(src: _Source, start: int, needle: bytes) -> int:
+    """Where ``needle`` (a newline and a line's start) is first found from ``start`` - 1."""
+    for offset in range(max(0, start - 1), src.size, CHUNK):
+        at = src.read(offset, offset + CHUNK + len(needle)).find(needle)
+        if 0 <= at:
+            return offset + at
+    return -1
+
+
+def _b64_line(line: bytes) -> bytes:
+    """A base64 line decoded as leniently as mail readers do: junk skipped, a bad line empty."""
+    try:
+        return binascii.a2b_base64(line)
+    except binascii.Error:
+        return b""
+
+
+def _shown(subtype: bytes) -> str:
+    """The subtype for a log line and a header field: printable ASCII, at most 40 characters."""
+    return _PRINTABLE.sub(b"?", subtype[:40]).decode("ascii")
