@@ -50,7 +50,7 @@ class Prepared:
 @dataclass(frozen=True, slots=True)
 class Judged:
     prepared: Prepared
-    verdict: Verdict
+    verdict: Verdict | None  # None: exempt, not scanned
     decision: policy.Decision
     rewrite: bool  # header fields to add or rename
 
@@ -92,6 +92,9 @@ class Pipeline:
         prepared = self.prepare(request)
         if isinstance(prepared, Outcome):
             return prepared
+        if isinstance(prepared, Judged):  # exempt, with forged X-Virus-* fields to rename
+            prepared.prepared.close()
+            return self.complete(prepared, dry_run)
         try:
             started = time.monotonic()
             verdict = self.engine.scan(prepared.fd, path=request.data_path, deadline=deadline)
@@ -103,9 +106,11 @@ class Pipeline:
 
     # The steps, for the daemon's event loop (loop.py), which scans in between without
     # blocking, and runs complete() in a worker thread when it writes files (judged.writes).
-    def prepare(self, request: Request) -> Outcome | Prepared:
+    def prepare(self, request: Request) -> Outcome | Prepared | Judged:
         """Paths, envelope, exemptions, the open data file: an Outcome when the message needs
-        no scan (exempt, or a bad request), else the Prepared message (the caller closes it)."""
+        no scan (exempt, or a bad request), a Judged when it needs none but its header needs
+        work (exempt with X-Virus-* fields to rename), else the Prepared message. The caller
+        closes what is Prepared (a Judged's too)."""
         try:
             protocol.check_paths(request, self.cfg[K.SPOOL_DIR])
             envelope = control.read_envelope(request.control_paths)
@@ -113,14 +118,27 @@ class Pipeline:
             return Outcome(e.reply, None, None, None, 0, 0.0)
 
         reason = policy.exemption(envelope, self.cfg)
-        if reason is not None:
+        if reason is not None and not self.cfg[K.HEADER_RENAME]:
             return Outcome(Reply(200, "Ok"), policy.exempt(reason), envelope, None, 0, 0.0)
 
         try:
             fd, size = protocol.open_message(request.data_path)
         except protocol.ProtocolError as e:
             return Outcome(e.reply, None, envelope, None, 0, 0.0)
-        return Prepared(request, envelope, fd, size)
+        prepared = Prepared(request, envelope, fd, size)
+        if reason is None:
+            return prepared
+        # Exempt, but a forged X-Virus-Status: Clean must not reach a recipe that trusts it.
+        decision = policy.exempt(reason)
+        try:
+            quick = message.quick_header(os.pread(fd, message.READ_LINE, 0), size)
+            if message.has_fields(request.data_path, policy.RENAMED, quick=quick):
+                return Judged(prepared, None, decision, True)
+        except BaseException:
+            prepared.close()
+            raise
+        prepared.close()
+        return Outcome(Reply(200, "Ok"), decision, envelope, None, 0, 0.0)
 
     def judge(self, prepared: Prepared, verdict: Verdict) -> Judged:
         """The decision on a scanned message (its file still open: the header is peeked
@@ -139,7 +157,7 @@ class Pipeline:
         if decision.code < 400 and kept:  # somebody gets this copy: header work?
             rewrite = bool(decision.headers) or (
                 self.cfg[K.HEADER_RENAME]
-                and message.has_fields(request.data_path, policy.OUR_FIELDS, quick=quick)
+                and message.has_fields(request.data_path, policy.RENAMED, quick=quick)
             )
         return Judged(prepared, verdict, decision, rewrite)
 
@@ -168,7 +186,7 @@ class Pipeline:
         decision: policy.Decision,
         request: Request,
         envelope: Envelope,
-        verdict: Verdict,
+        verdict: Verdict | None,
         rewrite: bool,
     ) -> None:
         if decision.action == "quarantine":
@@ -178,11 +196,15 @@ class Pipeline:
             note = f"{verb} by {self.name}: {decision.reason}"
             control.mark_delivered(envelope, decision.drop, note, time.time())
         if rewrite:
-            rename = list(policy.OUR_FIELDS) if self.cfg[K.HEADER_RENAME] else []
+            rename = list(policy.RENAMED) if self.cfg[K.HEADER_RENAME] else []
             message.rewrite_headers(request.data_path, list(decision.headers), rename)
 
     def _quarantine(
-        self, request: Request, envelope: Envelope, verdict: Verdict, decision: policy.Decision
+        self,
+        request: Request,
+        envelope: Envelope,
+        verdict: Verdict | None,
+        decision: policy.Decision,
     ) -> None:
         """Keep data file, control files and verdict in a 0700 dir of 0600 files."""
         root = Path(self.cfg[K.QUARANTINE_DIR])
@@ -198,13 +220,13 @@ class Pipeline:
             for i, path in enumerate(request.control_paths):
                 _copy_private(path, target / f"control.{i}")
             info = {
-                "verdict": type(verdict).__name__,
+                "verdict": type(verdict).__name__ if verdict is not None else None,
                 "names": list(decision.names),
                 "reason": decision.reason,
                 "sender": envelope.sender,
                 "recipients": [r.address for r in envelope.recipients],
                 "message_id": envelope.message_id,
-                "backend": verdict.backend,
+                "backend": verdict.backend if verdict is not None else None,
                 "time": stamp,
             }
             fd = _create_private(target / "verdict.json")

@@ -347,7 +347,6 @@ CASES: dict[str, Builder] = {
 }
 
 
-
 # Messages whose own type is message/* (not rfc822 and two others): clamd answers OK without
 # looking at their body (avtool/courier/unscannable.py), so avtool must call them unchecked.
 # Each builder puts ``inner``, a whole message holding the payload, behind one variant.
@@ -401,9 +400,7 @@ FRAGMENTS: dict[str, Builder] = {
     "comment": _top(b"message/partial (x)" + FRAGMENT_ID),
     "comment_inside": _top(b"message/part(x)ial" + FRAGMENT_ID),
     "folded": _top(b"message/\n partial" + FRAGMENT_ID),
-    "empty_first": lambda p: (
-        HEAD + b"Content-Type:\nContent-Type: message/partial\n\n" + _inner(p)
-    ),
+    "empty_first": lambda p: HEAD + b"Content-Type:\nContent-Type: message/partial\n\n" + _inner(p),
     "garbage_first": lambda p: (
         HEAD + b"Content-Type: ;;(\nContent-Type: message/partial\n\n" + _inner(p)
     ),

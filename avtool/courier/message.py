@@ -85,18 +85,41 @@ def _header(src: BinaryIO) -> Iterator[tuple[bytes, bytes | None]]:
         at_start = line.endswith(b"\n")
 
 
-def _names(names: Iterable[str]) -> frozenset[bytes]:
+class _Names:
+    """Lower-case field names to match: exact ones, and prefixes (given as ``X-Virus-*``)."""
+
+    __slots__ = ("exact", "prefixes")
+
+    def __init__(self, exact: frozenset[bytes], prefixes: tuple[bytes, ...]) -> None:
+        self.exact, self.prefixes = exact, prefixes
+
+    def __contains__(self, name: bytes | None) -> bool:
+        return name is not None and (name in self.exact or name.startswith(self.prefixes))
+
+    def __bool__(self) -> bool:
+        return bool(self.exact or self.prefixes)
+
+    def needles(self) -> tuple[bytes, ...]:
+        """What a header holding one of the names must contain (for _ruled_out)."""
+        return (*self.exact, *self.prefixes)
+
+
+def _names(names: Iterable[str]) -> _Names:
     return _names_of(tuple(names))
 
 
 @functools.lru_cache(maxsize=64)  # the same few names for every message
-def _names_of(names: tuple[str, ...]) -> frozenset[bytes]:
-    out = set()
+def _names_of(names: tuple[str, ...]) -> _Names:
+    exact, prefixes = set(), []
     for name in names:
-        if not _NAME.fullmatch(name):
+        bare = name.removesuffix("*")
+        if not _NAME.fullmatch(bare):
             raise ValueError(f"not a header field name: {name!r}")
-        out.add(name.lower().encode("ascii"))
-    return frozenset(out)
+        if bare != name:
+            prefixes.append(bare.lower().encode("ascii"))
+        else:
+            exact.add(bare.lower().encode("ascii"))
+    return _Names(frozenset(exact), tuple(prefixes))
 
 
 def _open(path: str) -> io.BufferedReader:
@@ -143,11 +166,12 @@ def _open_unless_ruled_out(
 
 def has_fields(path: str, names: Iterable[str], *, quick: bytes | None = None) -> bool:
     """Whether the header of the message at ``path`` has a field with one of ``names``
-    (case-insensitive). Reads the header only; ``quick`` (quick_header) may spare the open."""
+    (case-insensitive; ``X-Virus-*`` for every name that begins so). Reads the header only;
+    ``quick`` (quick_header) may spare the open."""
     wanted = _names(names)
     if not wanted:
         return False
-    src = _open_unless_ruled_out(path, quick, wanted)
+    src = _open_unless_ruled_out(path, quick, wanted.needles())
     if src is None:
         return False
     with src:
@@ -170,7 +194,8 @@ def rewrite_headers(
     prefix: str = RENAME_PREFIX,
 ) -> None:
     """Put the ``add`` fields (name, value) at the top of the message at ``path``, and rename
-    every incoming field named in ``rename_prefix_for`` to ``prefix`` + its name, in one atomic
+    every incoming field named in ``rename_prefix_for`` (``X-Virus-*``: every name that begins
+    so) to ``prefix`` + its name, in one atomic
     replacement of the file (module docstring). Raises OSError or MessageError; the original
     is then untouched and no temporary file is left."""
     wanted = _names(rename_prefix_for)

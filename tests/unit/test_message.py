@@ -330,3 +330,28 @@ def test_has_fields_fast_answer_agrees_with_the_full_read(
     finally:
         os.close(fd)
     assert has_fields(str(path), ["X-Virus-Status"], quick=quick) is full
+
+
+def test_every_x_virus_field_is_renamed(tmp_path: Path) -> None:
+    """The README promises every incoming X-Virus-* field renamed, not only ours by name."""
+    content = (
+        b"X-Virus-Status: Clean\nx-virus-FLAG: NO\nX-Virus-Scanner-Result : clean\n"
+        b"X-Virus-: y\nX-Virusx: kept\nOld-X-Virus-Status: kept\nX-Spam: X-Virus-Status: z\n"
+        b" X-Virus-Status: a fold\n\nX-Virus-Status: in the body\n"
+    )
+    path = tmp_path / "D1"
+    path.write_bytes(content)
+    assert has_fields(str(path), ["X-Virus-*"])
+    quick = message.quick_header(content, len(content))
+    assert has_fields(str(path), ["X-Virus-*"], quick=quick)
+    rewrite_headers(str(path), CLEAN[1:], ["X-Virus-*"])
+    assert path.read_bytes() == (
+        b"X-Virus-Status: Clean\n"
+        b"Old-X-Virus-Status: Clean\nOld-x-virus-FLAG: NO\nOld-X-Virus-Scanner-Result : clean\n"
+        b"Old-X-Virus-: y\nX-Virusx: kept\nOld-X-Virus-Status: kept\nX-Spam: X-Virus-Status: z\n"
+        b" X-Virus-Status: a fold\n\nX-Virus-Status: in the body\n"
+    )
+    path.write_bytes(b"X-Virusx: a\nSubject: X-Virus-Flag\n\nX-Virus-Flag: b\n")
+    assert not has_fields(str(path), ["X-Virus-*"])
+    with pytest.raises(ValueError, match="not a header field name"):
+        has_fields(str(path), ["X Virus*"])
