@@ -299,16 +299,23 @@ def _private_dirs(path: Path) -> None:
 def _create_private(path: Path) -> int:
     """A new file, 0600 whatever the umask, never through a symlink."""
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
-    os.fchmod(fd, 0o600)
+    try:
+        os.fchmod(fd, 0o600)
+    except BaseException:
+        os.close(fd)
+        raise
     return fd
 
 
 def _copy_private(src: str, dst: Path) -> None:
     """Copy a spool file: opened as the scan opens it (no symlink, regular files only), so a
-    link swapped in since the checks cannot make us copy a file from outside the spool."""
-    src_fd = protocol.open_data(src)
-    fd = _create_private(dst)
-    with os.fdopen(fd, "wb") as out, os.fdopen(src_fd, "rb") as data:
+    link swapped in since the checks cannot make us copy a file from outside the spool. Both
+    descriptors are closed whatever fails (a full disk once leaked the source's: one
+    descriptor per message, until the filter had none left)."""
+    with (
+        os.fdopen(protocol.open_data(src), "rb") as data,
+        os.fdopen(_create_private(dst), "wb") as out,
+    ):
         shutil.copyfileobj(data, out, 1 << 20)
         out.flush()
         os.fsync(out.fileno())
