@@ -268,7 +268,7 @@ def _find_line(src: _Source, start: int, needle: bytes) -> int:
     """Where ``needle`` (a newline and a line's start) is first found from ``start`` - 1."""
     for offset in range(max(0, start - 1), src.size, CHUNK):
         at = src.read(offset, offset + CHUNK + len(needle)).find(needle)
-        if 0 <= at:
+        if at >= 0:
             return offset + at
     return -1
 

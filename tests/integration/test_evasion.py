@@ -21,8 +21,8 @@ import pytest
 from avtool.engine import Clean, Engine
 from tests import evasion
 from tests.conftest import MakeConfig
-from tests.unit import test_unscannable as unscannable_cases
 from tests.integration.serve_support import Daemon, config_for, start_daemon
+from tests.unit import test_unscannable as unscannable_cases
 
 pytestmark = pytest.mark.clamd
 
