@@ -365,7 +365,7 @@ def _find_from(src: _Source, start: int, needle: bytes) -> int:
     """Where ``needle`` is first found from ``start``, or -1."""
     for offset in range(start, src.size, CHUNK):
         at = src.read(offset, offset + CHUNK + len(needle) - 1).find(needle)
-        if 0 <= at:
+        if at >= 0:
             return offset + at
     return -1
 
