@@ -69,6 +69,7 @@ _CT = re.compile(rb"(?im)^[ \t]*content-type[ \t]*:([^\n]*(?:\n[ \t][^\n]*)*)")
 _TOKEN = re.compile(rb"[a-z0-9][a-z0-9!#$&^_.+-]*")  # RFC 2045 5.1, the usual characters
 _CONTAINERS = (b"message", b"multipart")
 _DASHES = b"\n--"
+_BOUNDARY = re.compile(rb'(?i)\bboundary[ \t]*=[ \t]*(?:"([^"]*)"|([^ \t;"]+))')  # RFC 2046 5.1.1
 _PRINTABLE = re.compile(rb"[^!-~]")
 
 
@@ -98,9 +99,13 @@ class _Source:
 
 
 class _Budget:
+    """What has been looked at so far, against the bounds, and the multipart boundaries seen
+    (as their delimiter lines, ``--`` and the boundary)."""
+
     def __init__(self) -> None:
         self.fields = self.container_fields = 0
         self.decoded = 0
+        self.boundaries: set[bytes] = set()
 
 
 def find(fd: int, size: int, head: bytes, base: int = 0) -> str | None:
@@ -120,7 +125,7 @@ def find_in(data: bytes) -> str | None:
 
 
 def _find(src: _Source, depth: int, budget: _Budget) -> str | None:
-    for pos in _hits(src):
+    for pos in _hits(src, budget):
         budget.fields += 1
         if budget.fields > MAX_FIELDS:
             raise TooComplex("too many Content-Type fields to check")
@@ -130,32 +135,42 @@ def _find(src: _Source, depth: int, budget: _Budget) -> str | None:
     return None
 
 
-def _hits(src: _Source) -> Iterator[int]:
+def _hits(src: _Source, budget: _Budget) -> Iterator[int]:
     """Where ``content-type`` occurs, any case, in order, but not in a base64 body (most of the
     bytes of a big message, where no field can be: module docstring). The file is cut at each
-    line that starts with ``--`` (a boundary, or a line that looks like one); a piece whose
-    first block declares base64, and a type that clamd does not parse further, is searched in
-    that block only, and its end is found with a search for "-" alone (memchr(3): base64
-    has none). A small message is searched whole: that costs less than cutting it up."""
+    line that starts with ``--``. A piece is a part whose body clamd only decodes, and is
+    searched in its header only, when the line before it is a boundary some multipart field
+    declared (_check notes them in ``budget``), the piece before it ended its header with a
+    blank line (a "--" line inside a header is no boundary to clamd, by trial), and its own
+    header declares base64 for a type clamd does not parse further. Its end is then found
+    with a search for "-" alone (memchr(3): base64 has none). A small message is searched
+    whole: that costs less than cutting it up."""
     if src.size <= FLAT:
         yield from _needles(src.read(0, src.size).lower(), 0, src.size)
         return
-    start = 0
+    start, opener, whole = 0, b"", True
     for _ in range(MAX_PIECES):
         if start >= src.size:
             return
         head = src.read(start, start + FORWARD)
         block = _first_block(head)
-        skip = block is not None and _base64_leaf(head[:block])
+        skip = (
+            whole
+            and opener in budget.boundaries
+            and block is not None
+            and _base64_leaf(head[:block])
+        )
         end = _dashes(src, start, sparse=skip)
         body = start
-        if block is not None and start + block <= end:
+        whole = block is not None and start + block <= end
+        if block is not None and whole:
             yield from _needles(head[:block].lower(), start, block)
             body = start + block
-        if not skip:
+        if not (skip and whole):
             yield from _all_needles(src, body, end)
         after = _find_from(src, end, b"\n")
         start = src.size if after < 0 else after + 1
+        opener = src.read(end, start).rstrip(b" \t\r\n")
     yield from _all_needles(src, start, src.size)  # too many pieces: the rest, unskipped
 
 
@@ -235,7 +250,7 @@ def _check(src: _Source, pos: int, depth: int, budget: _Budget) -> str | None:
         first += 1
     letter = window[first : first + 1]
     if letter.isalpha() and letter not in b"mM":
-        return None  # text/..., multipart/...: the common case, decided without parsing
+        return None  # text/..., application/...: the common case, decided without parsing
     value, block_end = _value(window, rest + 1)
     kind, subtype = _type(value)
     if kind not in _CONTAINERS:
@@ -246,15 +261,17 @@ def _check(src: _Source, pos: int, depth: int, budget: _Budget) -> str | None:
     boundary = _part_boundary(window, line, lo)
     if kind == b"message" and boundary is None and subtype not in SCANNED:
         return PARTIAL if subtype == b"partial" else f"message/{_shown(subtype)}: {NOT_SCANNED}"
+    if kind == b"multipart" and (declared := _BOUNDARY.search(value)):
+        budget.boundaries.add(b"--" + (declared.group(1) or declared.group(2)).rstrip(b" \t"))
     if kind == b"multipart" or subtype == b"rfc822":  # clamd parses what is inside
         block, body = _block(window, line, block_end)
-        if body >= len(window) and len(window) < at + FORWARD:
-            pass  # the file ends within the block: no body
-        elif body >= len(window):  # a long header block: read on, so far
-            window = src.read(lo, lo + MAX_BLOCK)
+        for more in (1 << 16, MAX_BLOCK):  # a long header block: read on, so far
+            if body < len(window) or lo + len(window) >= src.size:
+                break
+            window = src.read(lo, lo + more)
             block, body = _block(window, line, block_end)
-            if body >= len(window) and len(window) == MAX_BLOCK:
-                raise TooComplex("a header too long to check")
+        if body >= len(window) and lo + len(window) < src.size:
+            raise TooComplex("a header too long to check")
         encoding = _encoding(block)
         if encoding in (b"base64", b"quoted-printable"):
             return _embedded(src, lo + body, boundary, encoding, depth, budget)

@@ -172,3 +172,19 @@ def test_a_file_past_the_first_read(tmp_path: Path) -> None:
         assert os.lseek(fd, 0, os.SEEK_CUR) == 7
     finally:
         os.close(fd)
+
+
+def test_long_headers_and_odd_pieces() -> None:
+    received = b"".join(
+        b"Received: from h%d by example.net; Mon, 1 Jan 2024\n" % i for i in range(600)
+    )
+    top = HEAD + b'Content-Type: multipart/mixed; boundary="o"\n' + received  # 30 KB after it
+    inner = b"Content-Type: message/rfc822\nContent-Transfer-Encoding: base64\n" + received
+    part = inner + b"\n" + base64.encodebytes(INNER)
+    assert find_in(top + b"\n--o\nContent-Type: text/plain\n\nhi\n--o--\n") is None
+    assert find_in(top + b"\n--o\n" + part + b"--o--\n") == PARTIAL
+    # A "--" line inside a part's header: the base64 declared after it hides nothing.
+    big = evasion.attachment(os.urandom(100_000))
+    odd = b"--o\nContent-Type: message/rfc822\n--x\nContent-Transfer-Encoding: base64\n\n"
+    message = _multipart(big) + odd + INNER
+    assert find_in(message) == PARTIAL
