@@ -43,7 +43,7 @@ from __future__ import annotations
 import binascii
 import os
 import re
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 
 NEEDLE = b"content-type"
 CHUNK = 1 << 16  # below glibc's mmap threshold: buffers come from the heap, no page faults
@@ -154,23 +154,24 @@ def _hits(src: _Source, budget: _Budget) -> Iterator[int]:
             return
         head = src.read(start, start + FORWARD)
         block = _first_block(head)
-        skip = (
-            whole
-            and opener in budget.boundaries
-            and block is not None
-            and _base64_leaf(head[:block])
-        )
-        end = _dashes(src, start, sparse=skip)
+        # a "--" line in the first block: a header cut short (by trial: no boundary to clamd)
+        cut = block is None or (b"\n" + head[:block]).find(_DASHES) >= 0
+        skip = whole and not cut and opener in budget.boundaries
+        whole = not cut
         body = start
-        whole = block is not None and start + block <= end
-        if block is not None and whole:
+        if block is not None and not cut:
             yield from _needles(head[:block].lower(), start, block)
             body = start + block
-        if not (skip and whole):
-            yield from _all_needles(src, body, end)
-        after = _find_from(src, end, b"\n")
+            skip = skip and _base64_leaf(head[:block])
+        if skip:
+            end = _dashes(src, body)
+        else:
+            end = yield from _needles_until_dashes(src, body)
+        line = src.read(end, end + 1024)
+        after = line.find(b"\n")
+        after = end + after if after >= 0 else _find_from(src, end, b"\n")
         start = src.size if after < 0 else after + 1
-        opener = src.read(end, start).rstrip(b" \t\r\n")
+        opener = line[: max(0, after - end)].rstrip(b" \t\r\n")
     yield from _all_needles(src, start, src.size)  # too many pieces: the rest, unskipped
 
 
@@ -180,12 +181,32 @@ def _all_needles(src: _Source, start: int, end: int) -> Iterator[int]:
         yield from _needles(src.read(offset, stop + len(NEEDLE) - 1).lower(), offset, stop - offset)
 
 
-def _dashes(src: _Source, start: int, *, sparse: bool) -> int:
+def _needles_until_dashes(src: _Source, start: int) -> Generator[int, None, int]:
+    """The occurrences from ``start`` up to the next line that starts with ``--``; returns
+    where that line starts (the end of the file when there is none). One read and one
+    lower-casing for both searches."""
+    offset, size = start, 1 << 13  # growing: the next "--" line is often near
+    while offset < src.size:
+        stop = min(offset + size, src.size)
+        size = min(2 * size, CHUNK)
+        before = src.read(offset - 1, offset) if offset else b"\n"  # the newline a line needs
+        lowered = (before + src.read(offset, stop + len(NEEDLE) - 1)).lower()
+        dash = lowered.find(_DASHES)  # index i: the "--" line starts at offset + i
+        limit = dash if 0 <= dash < stop - offset else stop - offset
+        at = lowered.find(NEEDLE, 1)
+        while at >= 0 and at - 1 < limit:
+            yield offset + at - 1
+            at = lowered.find(NEEDLE, at + 1)
+        if 0 <= dash < stop - offset:
+            return offset + dash
+        offset = stop
+    return src.size
+
+
+def _dashes(src: _Source, start: int) -> int:
     """Where the next line that starts with ``--`` starts, from the line at ``start`` on (the
-    end of the file when there is none). ``sparse``: few "-" are expected (base64)."""
-    if not sparse:
-        at = _find_from(src, max(0, start - 1), _DASHES)
-        return src.size if at < 0 else at + 1
+    end of the file when there is none), in a base64 body: a search for "-" alone (memchr),
+    the plain search for a chunk where 64 "-" were not one."""
     for offset in range(start, src.size, CHUNK):
         data = (
             src.read(offset - 1, offset + CHUNK + 1) if offset else b"\n" + src.read(0, CHUNK + 1)
@@ -197,7 +218,7 @@ def _dashes(src: _Source, start: int, *, sparse: bool) -> int:
             if data[at - 1 : at] == b"\n" and data[at + 1 : at + 2] == b"-":
                 return offset + at - 1
             at = data.find(b"-", at + 1)
-        else:  # not base64 after all: the plain search, for this chunk
+        else:
             line = data.find(_DASHES, at - 1)
             if 0 <= line <= CHUNK:
                 return offset + line
@@ -379,11 +400,14 @@ def _embedded(
 
 
 def _find_from(src: _Source, start: int, needle: bytes) -> int:
-    """Where ``needle`` is first found from ``start``, or -1."""
-    for offset in range(start, src.size, CHUNK):
-        at = src.read(offset, offset + CHUNK + len(needle) - 1).find(needle)
+    """Where ``needle`` is first found from ``start``, or -1. The first read is small: what is
+    looked for is often near (the end of a line)."""
+    offset, size = start, 1 << 12
+    while offset < src.size:
+        at = src.read(offset, offset + size + len(needle) - 1).find(needle)
         if at >= 0:
             return offset + at
+        offset, size = offset + size, CHUNK
     return -1
 
 
