@@ -48,6 +48,7 @@ from collections.abc import Generator, Iterator
 NEEDLE = b"content-type"
 CHUNK = 1 << 16  # below glibc's mmap threshold: buffers come from the heap, no page faults
 FLAT = 1 << 16  # a message up to this size is searched whole
+DASHES_LOOKED_AT = 32  # "-" looked at one by one before a piece is lower-cased whole
 MAX_PIECES = 5_000  # pieces cut at "--" lines; past them the rest is searched whole
 BACK = 8 << 10  # bytes before a field searched for the start of its header block
 FORWARD = 8 << 10  # bytes after a field's name read for its value and its block
@@ -146,7 +147,7 @@ def _hits(src: _Source, budget: _Budget) -> Iterator[int]:
     with a search for "-" alone (memchr(3): base64 has none). A small message is searched
     whole: that costs less than cutting it up."""
     if src.size <= FLAT:
-        yield from _needles(src.read(0, src.size).lower(), 0, src.size)
+        yield from _needles(src.read(0, src.size), 0, src.size)
         return
     start, opener, whole = 0, b"", True
     for _ in range(MAX_PIECES):
@@ -160,7 +161,7 @@ def _hits(src: _Source, budget: _Budget) -> Iterator[int]:
         whole = not cut
         body = start
         if block is not None and not cut:
-            yield from _needles(head[:block].lower(), start, block)
+            yield from _needles(head[:block], start, block)
             body = start + block
             skip = skip and _base64_leaf(head[:block])
         if skip:
@@ -178,26 +179,22 @@ def _hits(src: _Source, budget: _Budget) -> Iterator[int]:
 def _all_needles(src: _Source, start: int, end: int) -> Iterator[int]:
     for offset in range(start, end, CHUNK):
         stop = min(offset + CHUNK, end)
-        yield from _needles(src.read(offset, stop + len(NEEDLE) - 1).lower(), offset, stop - offset)
+        yield from _needles(src.read(offset, stop + len(NEEDLE) - 1), offset, stop - offset)
 
 
 def _needles_until_dashes(src: _Source, start: int) -> Generator[int, None, int]:
     """The occurrences from ``start`` up to the next line that starts with ``--``; returns
-    where that line starts (the end of the file when there is none). One read and one
-    lower-casing for both searches."""
+    where that line starts (the end of the file when there is none). That line is found
+    first, so that only what comes before it is lower-cased."""
     offset, size = start, 1 << 13  # growing: the next "--" line is often near
     while offset < src.size:
         stop = min(offset + size, src.size)
         size = min(2 * size, CHUNK)
-        before = src.read(offset - 1, offset) if offset else b"\n"  # the newline a line needs
-        lowered = (before + src.read(offset, stop + len(NEEDLE) - 1)).lower()
-        dash = lowered.find(_DASHES)  # index i: the "--" line starts at offset + i
-        limit = dash if 0 <= dash < stop - offset else stop - offset
-        at = lowered.find(NEEDLE, 1)
-        while at >= 0 and at - 1 < limit:
-            yield offset + at - 1
-            at = lowered.find(NEEDLE, at + 1)
-        if 0 <= dash < stop - offset:
+        data = src.read(offset - 1, stop + len(NEEDLE) - 1) if offset else b"\n" + src.read(0, stop)
+        dash = data.find(_DASHES, 0, stop - offset + len(_DASHES))  # the line starts at offset + i
+        end = dash if dash >= 0 else stop - offset
+        yield from _needles(data[: end + len(NEEDLE)], offset - 1, end + 1)
+        if dash >= 0:
             return offset + dash
         offset = stop
     return src.size
@@ -225,11 +222,24 @@ def _dashes(src: _Source, start: int) -> int:
     return src.size
 
 
-def _needles(lowered: bytes, offset: int, limit: int) -> Iterator[int]:
-    at = lowered.find(NEEDLE)
-    while 0 <= at < limit:
-        yield offset + at
-        at = lowered.find(NEEDLE, at + 1)
+def _needles(data: bytes, offset: int, limit: int) -> Iterator[int]:
+    """Where ``content-type`` starts, any case, in ``data`` (at ``offset`` in the file), before
+    ``limit``. Every occurrence has its "-": those are found with memchr(3) and each is
+    looked at; where "-" is common (HTML, CSS) the lower-cased copy is searched instead."""
+    at = data.find(b"-", 7)
+    for _ in range(DASHES_LOOKED_AT):
+        if at < 0 or at - 7 >= limit:
+            return
+        if data[at - 7 : at + 5].lower() == NEEDLE:
+            yield offset + at - 7
+        at = data.find(b"-", at + 1)
+    if at < 0 or at - 7 >= limit:
+        return
+    lowered = data[at - 7 : limit + len(NEEDLE) - 1].lower()
+    found = lowered.find(NEEDLE)
+    while found >= 0:
+        yield offset + at - 7 + found
+        found = lowered.find(NEEDLE, found + 1)
 
 
 def _first_block(head: bytes) -> int | None:
