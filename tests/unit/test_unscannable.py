@@ -188,3 +188,14 @@ def test_long_headers_and_odd_pieces() -> None:
     odd = b"--o\nContent-Type: message/rfc822\n--x\nContent-Transfer-Encoding: base64\n\n"
     message = _multipart(big) + odd + INNER
     assert find_in(message) == PARTIAL
+
+
+@pytest.mark.parametrize("hyphens", [0, 10, 40, 100_000])
+@pytest.mark.parametrize("pad", [0, 100_000])
+def test_the_field_name_in_any_case_after_any_text(hyphens: int, pad: int) -> None:
+    """Found through its "-" one by one, or lower-cased when "-" are many; small or big."""
+    text = b"Content-Type: text/plain\n\n" + b"a-b " * hyphens + b"x" * pad + b"\n"
+    fragment = b"From: c@d\ncOnTeNt-TyPe: message/partial\n\nx\n"
+    message = _multipart(text, b"Content-Type: message/rfc822\n\n" + fragment)
+    assert find_in(message) == PARTIAL
+    assert find_in(message.replace(b"cOnTeNt-TyPe", b"Content-Typo")) is None
