@@ -447,6 +447,10 @@ class Loop:
         if isinstance(prepared, Outcome):
             self._finish(conn, prepared)
             return
+        if isinstance(prepared, Judged):  # exempt, but its header needs work
+            conn.prepared = prepared.prepared
+            self._carry_out(conn, prepared)
+            return
         conn.prepared = prepared
         size_limit = engine.max_size
         if prepared.size > size_limit:
@@ -534,7 +538,11 @@ class Loop:
             prepared.close()
             self._finish(conn, pipeline.internal_error(prepared.request, e))
             return
-        prepared.close()
+        self._carry_out(conn, judged)
+
+    def _carry_out(self, conn: Conn, judged: Judged) -> None:
+        """Complete a judged message: in a worker when that writes files."""
+        judged.prepared.close()
         if judged.writes:
             conn.state = DONE
             self._hand_over(conn, lambda: self._complete_in_worker(conn, judged))

@@ -23,7 +23,11 @@ Action = Literal["accept", "pass", "reject", "drop", "quarantine", "defer"]
 SEVERITY: tuple[Action, ...] = ("quarantine", "drop", "reject", "defer", "pass")
 STATUS_FIELD = "X-Virus-Status"
 SCANNED_FIELD = "X-Virus-Scanned"
-OUR_FIELDS = (STATUS_FIELD, SCANNED_FIELD)
+# Incoming fields renamed to Old-<name> (headers.rename_incoming), on every path, exempt mail
+# included: the README promises every X-Virus-* field, so that a maildrop recipe can trust
+# any X-Virus-* field it sees as ours (a sender forges X-Virus-Status: Clean, or a field of
+# another scanner's that a recipe also reads, such as X-Virus-Flag).
+RENAMED = ("X-Virus-*",)
 PATTERN_KEYS: dict[str, Key[tuple[str, ...]]] = {
     "pass": K.PATTERNS_PASS,
     "reject": K.PATTERNS_REJECT,

@@ -29,6 +29,7 @@ from typing import BinaryIO, Literal, Protocol
 from avtool import keys as K
 from avtool import secondlook
 from avtool.config import Config
+from avtool.courier import unscannable
 from avtool.engine import Clean, Engine, Failed, Infected, Unchecked, Verdict
 from avtool.errors import EngineError, UsageError
 from avtool.explain import Part, explain
@@ -44,6 +45,7 @@ from avtool.safedir import Unsafe, open_file
 log = logging.getLogger("avtool.scan")
 
 Status = Literal["clean", "infected", "unchecked", "failed"]
+UNSCANNABLE_HEAD = 1 << 16
 _THREADS = re.compile(r"^THREADS:.*\bmax (\d+)", re.M)  # clamd STATS: "THREADS: live 1 ... max 12"
 
 
@@ -321,6 +323,13 @@ class _Worker:
 
     def _examine(self, m: Message, fd: int, base: int) -> Result:
         verdict = self._verdict(m, fd, base)
+        if isinstance(verdict, Clean):
+            # clamd answers OK without looking at some messages (courier/unscannable.py)
+            with contextlib.suppress(OSError):
+                head = os.pread(fd, min(m.size, UNSCANNABLE_HEAD), base)
+                unseen = unscannable.find(fd, m.size, head, base)
+                if unseen is not None:
+                    verdict = Unchecked(unseen, verdict.backend)
         sender = subject = None
         if self.headers or not isinstance(verdict, Clean):
             # On a read error the verdict stands; the report just lacks the fields.

@@ -347,6 +347,77 @@ CASES: dict[str, Builder] = {
 }
 
 
+# Messages whose own type is message/* (not rfc822 and two others): clamd answers OK without
+# looking at their body (avtool/courier/unscannable.py), so avtool must call them unchecked.
+# Each builder puts ``inner``, a whole message holding the payload, behind one variant.
+FRAGMENT_ID = b'; id="frag@example.com"; number=1; total=1'
+
+
+def _inner(payload: bytes) -> bytes:
+    return message([TEXT, attachment(payload)])
+
+
+def _top(content_type: bytes) -> Builder:
+    def build(payload: bytes) -> bytes:
+        return HEAD + b"Content-Type: " + content_type + b"\n\n" + _inner(payload)
+
+    return build
+
+
+def _in_rfc822(head: bytes, cte: bytes = b"") -> Builder:
+    """A multipart whose second part is a message/rfc822 (encoded with ``cte``) whose own
+    header has ``head`` (Content-Type lines)."""
+
+    def build(payload: bytes) -> bytes:
+        embedded = HEAD + head + b"\n" + _inner(payload)
+        if cte == b"base64":
+            embedded = b64(embedded)
+        elif cte == b"quoted-printable":
+            embedded = binascii.b2a_qp(embedded).replace(b"message/partial", b"message/=70artial")
+        part = b"Content-Type: message/rfc822\n"
+        part += b"Content-Transfer-Encoding: " + cte + b"\n" if cte else b""
+        return message([TEXT, part + b"\n" + embedded], boundary=b"outer")
+
+    return build
+
+
+def _padded(payload: bytes) -> bytes:
+    """The fragment in a message/rfc822 part after 2 MiB of text: past any first read."""
+    pad = b"Content-Type: text/plain\n\n" + (b"x" * 99 + b"\n") * ((2 << 20) // 100)
+    embedded = HEAD + b"Content-Type: message/partial" + FRAGMENT_ID + b"\n\n" + _inner(payload)
+    return message([TEXT, pad, b"Content-Type: message/rfc822\n\n" + embedded], b"outer")
+
+
+FRAGMENTS: dict[str, Builder] = {
+    "first": _top(b"message/partial" + FRAGMENT_ID),
+    "second_content_type": lambda p: (
+        HEAD + b"Content-Type: text/plain\nContent-Type: message/partial\n\n" + _inner(p)
+    ),
+    "quoted_whole": _top(b'"message/partial"' + FRAGMENT_ID),
+    "quoted_subtype": _top(b'message/"partial"' + FRAGMENT_ID),
+    "upper_case": _top(b"MESSAGE/PARTIAL" + FRAGMENT_ID),
+    "spaces": _top(b"message / partial" + FRAGMENT_ID),
+    "comment": _top(b"message/partial (x)" + FRAGMENT_ID),
+    "comment_inside": _top(b"message/part(x)ial" + FRAGMENT_ID),
+    "folded": _top(b"message/\n partial" + FRAGMENT_ID),
+    "empty_first": lambda p: HEAD + b"Content-Type:\nContent-Type: message/partial\n\n" + _inner(p),
+    "garbage_first": lambda p: (
+        HEAD + b"Content-Type: ;;(\nContent-Type: message/partial\n\n" + _inner(p)
+    ),
+    "crlf": lambda p: _top(b"message/partial" + FRAGMENT_ID)(p).replace(b"\n", b"\r\n"),
+    "other_subtype": _top(b"message/x-anything"),
+    "external_body": _top(b"message/external-body; access-type=x-none"),
+    "in_rfc822": _in_rfc822(b"Content-Type: message/partial" + FRAGMENT_ID + b"\n"),
+    "in_rfc822_second": _in_rfc822(b"Content-Type: text/plain\nContent-Type: message/partial\n"),
+    "in_rfc822_base64": _in_rfc822(b"Content-Type: message/partial\n", b"base64"),
+    "in_rfc822_qp": _in_rfc822(b"Content-Type: message/partial\n", b"quoted-printable"),
+    "in_top_rfc822": lambda p: (
+        HEAD + b"Content-Type: message/rfc822\n\n" + _top(b"message/partial")(p)
+    ),
+    "in_rfc822_after_2m": _padded,
+}
+
+
 def check_hidden(msg: bytes, payload: bytes) -> None:
     """Raise if any 16-byte run of ``payload`` appears in ``msg`` as it is."""
     for i in range(len(payload) - 15):

@@ -85,18 +85,41 @@ def _header(src: BinaryIO) -> Iterator[tuple[bytes, bytes | None]]:
         at_start = line.endswith(b"\n")
 
 
-def _names(names: Iterable[str]) -> frozenset[bytes]:
+class _Names:
+    """Lower-case field names to match: exact ones, and prefixes (given as ``X-Virus-*``)."""
+
+    __slots__ = ("exact", "prefixes")
+
+    def __init__(self, exact: frozenset[bytes], prefixes: tuple[bytes, ...]) -> None:
+        self.exact, self.prefixes = exact, prefixes
+
+    def __contains__(self, name: bytes | None) -> bool:
+        return name is not None and (name in self.exact or name.startswith(self.prefixes))
+
+    def __bool__(self) -> bool:
+        return bool(self.exact or self.prefixes)
+
+    def needles(self) -> tuple[bytes, ...]:
+        """What a header holding one of the names must contain (for _ruled_out)."""
+        return (*self.exact, *self.prefixes)
+
+
+def _names(names: Iterable[str]) -> _Names:
     return _names_of(tuple(names))
 
 
 @functools.lru_cache(maxsize=64)  # the same few names for every message
-def _names_of(names: tuple[str, ...]) -> frozenset[bytes]:
-    out = set()
+def _names_of(names: tuple[str, ...]) -> _Names:
+    exact, prefixes = set(), []
     for name in names:
-        if not _NAME.fullmatch(name):
+        bare = name.removesuffix("*")
+        if not _NAME.fullmatch(bare):
             raise ValueError(f"not a header field name: {name!r}")
-        out.add(name.lower().encode("ascii"))
-    return frozenset(out)
+        if bare != name:
+            prefixes.append(bare.lower().encode("ascii"))
+        else:
+            exact.add(bare.lower().encode("ascii"))
+    return _Names(frozenset(exact), tuple(prefixes))
 
 
 def _open(path: str) -> io.BufferedReader:
@@ -118,12 +141,6 @@ def quick_header(head: bytes, size: int) -> bytes | None:
     if end < 0 and len(head) >= size:
         end = len(head)  # all header
     return head[:end].lower() if end >= 0 else None
-
-
-def peek_header(fd: int, size: int | None = None) -> bytes | None:
-    """quick_header of the file open on ``fd`` (one pread, the offset left alone), whose size
-    is ``size`` (fstat when not given)."""
-    return quick_header(os.pread(fd, READ_LINE, 0), os.fstat(fd).st_size if size is None else size)
 
 
 def _ruled_out(header: bytes | None, needles: Iterable[bytes]) -> bool:
@@ -149,37 +166,16 @@ def _open_unless_ruled_out(
 
 def has_fields(path: str, names: Iterable[str], *, quick: bytes | None = None) -> bool:
     """Whether the header of the message at ``path`` has a field with one of ``names``
-    (case-insensitive). Reads the header only; ``quick`` (quick_header) may spare the open."""
+    (case-insensitive; ``X-Virus-*`` for every name that begins so). Reads the header only;
+    ``quick`` (quick_header) may spare the open."""
     wanted = _names(names)
     if not wanted:
         return False
-    src = _open_unless_ruled_out(path, quick, wanted)
+    src = _open_unless_ruled_out(path, quick, wanted.needles())
     if src is None:
         return False
     with src:
         return any(name in wanted for _, name in _header(src))
-
-
-def is_partial(path: str, *, quick: bytes | None = None) -> bool:
-    """Whether the message at ``path`` is a fragment: top-level ``Content-Type:
-    message/partial`` (RFC 2046 5.2.2). clamd answers clean for one without looking inside
-    (tests/integration/test_evasion.py); only the reassembled message could be scanned."""
-    src = _open_unless_ruled_out(path, quick, (b"partial",))  # not even the word: no
-    if src is None:
-        return False
-    with src:
-        value: list[bytes] = []
-        for line, name in _header(src):
-            if name is not None or line in (b"\n", b"\r\n"):
-                if value:
-                    break  # the field ended: the first Content-Type counts
-                if name == b"content-type":
-                    value.append(line.split(b":", 1)[1])
-            elif value:
-                value.append(line)  # a continuation of it
-    text = b" ".join(v.strip() for v in value).lower()
-    text = re.sub(rb"\([^()]*\)", b"", text)  # RFC 5322 comments
-    return text.split(b";", 1)[0].replace(b" ", b"").replace(b"\t", b"") == b"message/partial"
 
 
 def _eol(src: BinaryIO) -> bytes:
@@ -198,7 +194,8 @@ def rewrite_headers(
     prefix: str = RENAME_PREFIX,
 ) -> None:
     """Put the ``add`` fields (name, value) at the top of the message at ``path``, and rename
-    every incoming field named in ``rename_prefix_for`` to ``prefix`` + its name, in one atomic
+    every incoming field named in ``rename_prefix_for`` (``X-Virus-*``: every name that begins
+    so) to ``prefix`` + its name, in one atomic
     replacement of the file (module docstring). Raises OSError or MessageError; the original
     is then untouched and no temporary file is left."""
     wanted = _names(rename_prefix_for)

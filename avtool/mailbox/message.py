@@ -17,6 +17,11 @@ Format = Literal["file", "maildir", "mbox", "mh"]
 # near the top: From and Subject are set by the sender, Received lines are prepended above).
 HEAD_LIMIT = 64 << 10
 SHOWN = 200  # characters of a From or Subject shown in a report line
+# Characters of a raw field decoded for display. The email package's parsers are quadratic on
+# some input (a From: of 60 KB of backslashes, commas or dots took 23 s, each message): what
+# is shown is SHOWN characters, and an encoded word is at most 75 (RFC 2047 2), so 2 KiB of
+# the raw field is plenty.
+DECODE_LIMIT = 2 << 10
 
 
 class OpenFile:
@@ -104,13 +109,25 @@ def _field(parsed: object, name: str) -> str | None:
     raw = parsed.get(name)  # type: ignore[attr-defined]
     if raw is None:
         return None
+    text, cut = capped(str(raw))
     try:
         # policy.default decodes encoded words; it raises assorted errors (ValueError,
         # IndexError, HeaderParseError) on malformed fields, which spam is full of.
-        value = str(policy.default.header_factory(name, str(raw)))
+        value = str(policy.default.header_factory(name, text))
     except Exception:  # noqa: BLE001 - fall back to the raw text, still shown
-        value = str(raw)
-    return printable(value)
+        value = text
+    return printable(value + (" …" if cut else ""))
+
+
+def capped(raw: str, limit: int = DECODE_LIMIT) -> tuple[str, bool]:
+    """The start of a raw field value, unfolded, at most ``limit`` characters, for decoding
+    (DECODE_LIMIT), and whether it was cut. A cut falls on a space when one is near, so that
+    the last encoded word stays whole."""
+    text = " ".join(raw[: 4 * limit].split())  # unfolded (a fold is a line break + blank)
+    if len(text) <= limit:
+        return text, len(raw) > 4 * limit
+    cut = text.rfind(" ", limit - 80, limit)
+    return text[: cut if cut > 0 else limit], True
 
 
 def printable(text: str, limit: int = SHOWN) -> str:

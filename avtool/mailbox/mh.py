@@ -4,9 +4,10 @@ backups of removed messages, ``.xmhcache``) are not messages."""
 
 from __future__ import annotations
 
+import bisect
 import os
 import stat
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 
 from avtool.mailbox.message import Message, Problem
 
@@ -65,25 +66,61 @@ def folders(path: str) -> Iterator[str]:
     yield from sorted(names)
 
 
-def sequences(path: str, dir_fd: int | None = None) -> dict[str, set[int]]:
+MAX_SEQUENCES_BYTES = 1 << 20  # nmh writes a few lines; more is read no further
+MAX_DIGITS = 18  # a message number past this is no message's (int() also refuses 4300+)
+
+
+class Ranges:
+    """A sequence's message numbers as sorted, disjoint ranges: ``unseen: 1-1000000000``
+    costs two numbers, not a set of a billion (which took root's scan out of memory)."""
+
+    __slots__ = ("highs", "lows")
+
+    def __init__(self, pairs: Iterable[tuple[int, int]]) -> None:
+        self.lows: list[int] = []
+        self.highs: list[int] = []
+        for low, high in sorted(pairs):
+            if self.highs and low <= self.highs[-1] + 1:
+                self.highs[-1] = max(self.highs[-1], high)
+            else:
+                self.lows.append(low)
+                self.highs.append(high)
+
+    def __contains__(self, number: object) -> bool:
+        if not isinstance(number, int):
+            return False
+        at = bisect.bisect_right(self.lows, number) - 1
+        return at >= 0 and number <= self.highs[at]
+
+    @property
+    def ranges(self) -> tuple[tuple[int, int], ...]:
+        return tuple(zip(self.lows, self.highs, strict=True))
+
+
+def sequences(path: str, dir_fd: int | None = None) -> dict[str, Ranges]:
     """The folder's sequences: name -> message numbers (missing or unreadable file: none).
-    ``dir_fd``: the folder, open (root moving a user's mail reads it only through that, and
-    never through a link: safedir.py)."""
-    found: dict[str, set[int]] = {}
-    flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC
+    The file is opened without following a link, only when it is a regular file (not a fifo
+    that would block root's scan), and only its first MAX_SEQUENCES_BYTES are read.
+    ``dir_fd``: the folder, open (root moving a user's mail reads it only through that:
+    safedir.py)."""
     try:
         if dir_fd is None:
-            fd = os.open(os.path.join(path, SEQUENCES), flags)
+            fd = os.open(os.path.join(path, SEQUENCES), _READ)
         else:
-            fd = os.open(SEQUENCES, flags, dir_fd=dir_fd)
-        with open(fd, encoding="utf-8", errors="replace") as f:
-            if not stat.S_ISREG(os.fstat(fd).st_mode):
-                return found
-            text = f.read()
+            fd = os.open(SEQUENCES, _READ, dir_fd=dir_fd)
     except OSError:
-        return found
+        return {}
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            return {}
+        raw = os.read(fd, MAX_SEQUENCES_BYTES)
+    except OSError:
+        return {}
+    finally:
+        os.close(fd)
+    pairs: dict[str, list[tuple[int, int]]] = {}
     name = ""
-    for line in text.splitlines():
+    for line in raw.decode("utf-8", errors="replace").splitlines():
         if line[:1].isspace() and name:  # a continuation line (mh-sequence(5))
             rest = line
         else:
@@ -92,24 +129,33 @@ def sequences(path: str, dir_fd: int | None = None) -> dict[str, set[int]]:
                 name = ""
                 continue
             name = name.strip()
-        numbers = found.setdefault(name, set())
+        found = pairs.setdefault(name, [])
         for part in rest.split():
             low, _, high = part.partition("-")
-            if low.isdigit() and (not high or high.isdigit()):
-                numbers.update(range(int(low), int(high or low) + 1))
-    return found
+            high = high or low
+            if _is_count(low) and _is_count(high) and int(low) <= int(high):
+                found.append((int(low), int(high)))
+    return {name: Ranges(found) for name, found in pairs.items()}
 
 
-def maildir_flags(key: str, seqs: dict[str, set[int]]) -> str:
+def maildir_flags(key: str, seqs: dict[str, Ranges]) -> str:
     """Maildir flags for MH message ``key``, as Python's mailbox converts an MHMessage to a
     MaildirMessage: seen unless in ``unseen``; ``flagged`` -> F, ``replied`` -> R."""
     number = int(key)
-    flags = "" if number in seqs.get("unseen", ()) else "S"
-    if number in seqs.get("flagged", ()):
+    flags = "" if number in seqs.get("unseen", _NONE) else "S"
+    if number in seqs.get("flagged", _NONE):
         flags += "F"
-    if number in seqs.get("replied", ()):
+    if number in seqs.get("replied", _NONE):
         flags += "R"
     return flags
+
+
+_NONE = Ranges(())
+_READ = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC
+
+
+def _is_count(text: str) -> bool:
+    return text.isascii() and text.isdigit() and len(text) <= MAX_DIGITS
 
 
 def _is_number(name: str) -> bool:

@@ -60,3 +60,28 @@ def test_bad_group_is_reported_and_the_rest_goes_on(setup: tuple[Path, Spool]) -
     assert lines[0][:1] in "45" and lines[1] == "200 Ok"
     assert result.returncode == 3
     assert b"bad request" in result.stderr
+
+
+def test_every_fragment_is_unchecked(clamd_server: Any, tmp_path: Path) -> None:
+    """clamd answers OK for a message/partial without looking (courier/unscannable.py): the
+    blocking pipeline (batch-test, TCP pools) calls each variant unchecked, as the loop does
+    (test_evasion.py), and a forwarded message and a bounce still pass."""
+    from tests import evasion
+    from tests.unit.test_unscannable import NOT_FRAGMENTS
+
+    spool = Spool(tmp_path / "spool")
+    spool.root.mkdir()
+    conf = tmp_path / "avtool.conf"
+    extra = '\n[policy]\nunchecked = "reject"\n'
+    conf.write_text(
+        config_for(str(clamd_server.unix_socket), extra).replace("@SPOOL@", str(spool.root))
+    )
+    fragments = [spool.message(build(EICAR)) for build in evasion.FRAGMENTS.values()]
+    passing = [spool.message(message) for message in NOT_FRAGMENTS.values()]
+    result = run_batch(conf, b"".join(request_bytes(*m) for m in fragments + passing))
+    lines = result.stdout.decode().splitlines()
+    assert len(lines) == len(fragments) + len(passing)
+    for name, line in zip(evasion.FRAGMENTS, lines, strict=False):
+        assert line.startswith("550 5.7.1 Message could not be scanned: message/"), name
+    assert lines[len(fragments) :] == ["200 Ok"] * len(passing)
+    assert b"Traceback" not in result.stderr

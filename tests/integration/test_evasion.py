@@ -11,13 +11,18 @@ fail the day clamd starts catching them.
 
 from __future__ import annotations
 
+import tempfile
+import time
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
+from avtool.engine import Clean, Engine
 from tests import evasion
+from tests.conftest import MakeConfig
 from tests.integration.serve_support import Daemon, config_for, start_daemon
+from tests.unit import test_unscannable as unscannable_cases
 
 pytestmark = pytest.mark.clamd
 
@@ -130,3 +135,32 @@ def test_a_fragment_counts_as_unchecked(clamd_server: Any) -> None:
     finally:
         assert d.stop() == 0
     assert "verdict=unchecked: message/partial" in d.log()
+
+
+@pytest.mark.parametrize("name", list(evasion.FRAGMENTS))
+def test_clamd_answers_ok_for_every_fragment(engine_config: MakeConfig, name: str) -> None:
+    """The attack: each variant (tests/evasion.py FRAGMENTS) hides EICAR from clamd, which
+    answers OK (the day it does not, this fails and the case can go)."""
+    engine = Engine.from_config(engine_config())
+    with tempfile.TemporaryFile() as f:
+        f.write(evasion.FRAGMENTS[name](evasion.EICAR))
+        f.flush()
+        assert isinstance(engine.scan(f.fileno(), deadline=time.monotonic() + 20), Clean)
+
+
+def test_every_fragment_counts_as_unchecked(clamd_server: Any) -> None:
+    """...and the filter calls each one unchecked, whatever it holds (policy.unchecked =
+    reject here), while a forwarded message, a bounce and a message/* part pass."""
+    conf = config_for(str(clamd_server.unix_socket), '\n[policy]\nunchecked = "reject"\n')
+    d = start_daemon(conf)
+    try:
+        for name, build in evasion.FRAGMENTS.items():
+            for payload in (evasion.EICAR, evasion.HARMLESS):
+                reply = d.filter(*d.spool.message(build(payload)))
+                assert reply.startswith("550 5.7.1 Message could not be scanned: message/"), name
+        for name, message in unscannable_cases.NOT_FRAGMENTS.items():
+            assert d.filter(*d.spool.message(message)) == "200 Ok\n", name
+    finally:
+        assert d.stop() == 0
+    assert "verdict=unchecked: message/partial: a fragment" in d.log()
+    assert "verdict=unchecked: message/x-anything: clamd does not scan this type" in d.log()

@@ -16,9 +16,11 @@ import pytest
 from avtool.engine import Engine, Infected, Unchecked
 from avtool.mailbox import Moved, Problem
 from avtool.scanner import ClamdUnreachable, Options, Result, clamd_threads, default_jobs, run
+from tests import evasion
 from tests.clamd_harness import ClamdServer
 from tests.conftest import MakeConfig
 from tests.mailboxes import (
+    EICAR,
     Sample,
     attached_testfiles,
     maildir_of,
@@ -197,6 +199,29 @@ def test_messages_over_max_size_are_unchecked(engine_config: MakeConfig, tmp_pat
     assert all(
         isinstance(r.verdict, Unchecked) and r.verdict.reason.startswith("too large")
         for r in rec.results
+    )
+
+
+def test_a_fragment_is_unchecked_not_clean(engine_config: MakeConfig, tmp_path: Path) -> None:
+    """clamd answers OK for a message/partial without looking (courier/unscannable.py): the
+    scan reports it unchecked, in an mbox (a range of a bigger file) as in a Maildir."""
+    fragments = [
+        Sample(name, build(EICAR), False)
+        for name, build in evasion.FRAGMENTS.items()
+        if name != "crlf"  # an mbox of CRLF lines is another test's matter
+    ]
+    mbox_of(tmp_path / "mbox", [Sample("ok", plain("ok"), False), *fragments])
+    maildir_of(tmp_path / "Maildir", fragments)
+    rec = Recorder()
+    summary = run(engine_config(), [str(tmp_path / "mbox"), str(tmp_path / "Maildir")], rec)
+    assert summary.clean == 1 and summary.unchecked == 2 * len(fragments), [
+        (r.message.where, r.verdict) for r in rec.results if not isinstance(r.verdict, Unchecked)
+    ]
+    assert summary.exit_code == 0
+    assert all(
+        r.verdict.reason.startswith("message/")
+        for r in rec.results
+        if isinstance(r.verdict, Unchecked)
     )
 
 

@@ -143,6 +143,46 @@ def test_pass_adds_header_and_renames_forged_one(make_daemon: Any) -> None:
     assert stat.S_IMODE(data.stat().st_mode) == mode
 
 
+FORGED = b"X-Virus-Status: Clean\nX-Virus-Flag: NO\nx-virus-scanner: none\nSubject:"
+
+
+@pytest.mark.parametrize(
+    ("extra", "auth"),
+    [
+        ("skip_relay_clients = true", ""),  # serve_support's control files: RELAYCLIENT set
+        ("skip_authenticated = true", "ialice\n"),
+        ("", ""),  # scanned, clean
+    ],
+)
+def test_every_forged_x_virus_field_is_renamed_exempt_mail_too(
+    make_daemon: Any, extra: str, auth: str
+) -> None:
+    """A sender forges X-Virus-Status: Clean (and fields of other scanners) on mail that
+    avtool does not scan: a recipe trusting X-Virus-* must still see only avtool's."""
+    d: Daemon = make_daemon(f"\n[policy]\n{extra}\n")
+    data, ctls = d.spool.message(
+        mail(attachment=EICAR if extra else None).replace(b"Subject:", FORGED, 1)
+    )
+    if auth:
+        ctls[0].write_text(ctls[0].read_text().replace("ORELAYCLIENT=\n", auth))
+    before = ctls[0].read_text()
+    assert d.filter(data, ctls) == "200 Ok\n"
+    head = data.read_bytes().split(b"\n\n", 1)[0]
+    fields = [line for line in head.split(b"\n") if line.lower().startswith(b"x-virus-")]
+    assert fields == []
+    assert b"\nOld-X-Virus-Status: Clean\nOld-X-Virus-Flag: NO\nOld-x-virus-scanner: none\n" in head
+    assert ctls[0].read_text() == before
+    assert "verdict=not scanned" in d.log() if extra else "verdict=clean" in d.log()
+
+
+def test_exempt_mail_without_such_fields_is_not_rewritten(make_daemon: Any) -> None:
+    d: Daemon = make_daemon("\n[policy]\nskip_relay_clients = true\n")
+    data, ctls = d.spool.message(mail(body=b"X-Virus-Status: Clean in the body\n"))
+    inode = data.stat().st_ino
+    assert d.filter(data, ctls) == "200 Ok\n"
+    assert data.stat().st_ino == inode  # the rewrite replaces the file: it did not happen
+
+
 def test_clean_header_when_configured(make_daemon: Any) -> None:
     d: Daemon = make_daemon("\n[headers]\nclean = true\n")
     data, ctls = d.spool.message(mail())

@@ -1,0 +1,201 @@
+"""Which messages clamd answers OK for without looking (avtool/courier/unscannable.py).
+
+The corpus of tricks is tests/evasion.py's FRAGMENTS; test_evasion.py shows, with a real clamd,
+that clamd answers OK for each of them and that the daemon calls them unchecked."""
+
+from __future__ import annotations
+
+import base64
+import os
+import time
+from pathlib import Path
+
+import pytest
+
+from avtool.courier import unscannable
+from avtool.courier.unscannable import find, find_in
+from tests import evasion
+
+PARTIAL = unscannable.PARTIAL
+HEAD = b"From: a@b\nSubject: s\n"
+
+
+@pytest.mark.parametrize("name", list(evasion.FRAGMENTS))
+def test_every_fragment_is_found(name: str) -> None:
+    found = find_in(evasion.FRAGMENTS[name](evasion.HARMLESS))
+    assert found is not None and found.startswith("message/")
+
+
+@pytest.mark.parametrize("name", list(evasion.FRAGMENTS))
+def test_every_fragment_is_found_after_a_big_attachment(name: str) -> None:
+    """Past the first 64 KiB, where base64 bodies are skipped (not searched for fields)."""
+    fragment = evasion.FRAGMENTS[name](evasion.HARMLESS)
+    big = evasion.attachment(os.urandom(200_000))
+    forwarded = b"Content-Type: message/rfc822\n\n" + fragment
+    found = find_in(evasion.message([evasion.TEXT, big, big, forwarded], boundary=b"big"))
+    assert found is not None and found.startswith("message/")
+
+
+@pytest.mark.parametrize(
+    ("header", "found"),
+    [
+        (b'Content-Type: message/partial; id="a@b"; number=1; total=2\n', PARTIAL),
+        (b"CONTENT-TYPE:Message/Partial;\n id=x\n", PARTIAL),
+        (b"Content-Type: message/partial (a fragment)\n", PARTIAL),
+        (b"Content-Type:\n message/partial; number=1\n", PARTIAL),
+        (b"Content-type : message/partial\n", PARTIAL),  # clamd: not a field; we: the safe side
+        (b"Content-Type: text/plain\nContent-Type: message/partial\n", PARTIAL),  # the second
+        (b"Content-Type: message/partial\nContent-Type: text/plain\n", PARTIAL),
+        (b"Content-Type: message/(a (nested) comment)partial\n", PARTIAL),
+        (b'Content-Type: "message"/partial\n', PARTIAL),
+        (b"Content-Type: mess age/partial\n", PARTIAL),
+        (b"Content-Type: message/foo\n", "message/foo: " + unscannable.NOT_SCANNED),
+        (b"Content-Type: message/\n", "message/: " + unscannable.NOT_SCANNED),
+        (b"Content-Type: message/ rfc822\n", "message/?rfc822: " + unscannable.NOT_SCANNED),
+        (b'Content-Type: message/"rfc822"\n', 'message/"rfc822": ' + unscannable.NOT_SCANNED),
+        (b"Content-Type: message/rfc822x\n", "message/rfc822x: " + unscannable.NOT_SCANNED),
+        (b"Content-Type: message/p\x1b[2Jx\n", "message/p?[2jx: " + unscannable.NOT_SCANNED),
+        # what clamd scans, and what is not a message's own type
+        (b"Content-Type: message/rfc822\n", None),
+        (b"Content-Type: Message/RFC822 (forwarded)\n", None),
+        (b"Content-Type: message/rfc(x)822\n", None),
+        (b'Content-Type: "message/rfc822"\n', None),
+        (b"Content-Type: message/delivery-status\n", None),
+        (b"Content-Type: message/disposition-notification\n", None),
+        (b"Content-Type: message\n", None),
+        (b"Content-Type: message;partial\n", None),
+        (b"Subject: partial\nContent-Type: text/plain\n", None),
+        (b"Content-Type: multipart/mixed; boundary=message/partial\n", None),
+        (b"X-Note: message/partial\n", None),
+        (b"X-Content-Type: message/partial\n", None),
+        (b"Subject: x\n", None),
+    ],
+)
+def test_the_top_header(header: bytes, found: str | None) -> None:
+    assert find_in(HEAD + header + b"\nbody message/partial\n") == found
+
+
+def _multipart(*parts: bytes) -> bytes:
+    body = b"".join(b"--o\n" + part + b"\n" for part in parts)
+    return HEAD + b'Content-Type: multipart/mixed; boundary="o"\n\n' + body + b"--o--\n"
+
+
+INNER = b"From: c@d\nContent-Type: message/partial; number=1\n\nfragment\n"
+NOT_FRAGMENTS = {
+    # A message/* part of a multipart is scanned by clamd (test_evasion.py): not a fragment.
+    "part": _multipart(b"Content-Type: text/plain\n\nhi", b"Content-Type: message/partial\n\nx"),
+    "report": _multipart(
+        b"Content-Type: text/plain\n\nYour message could not be delivered.",
+        b"Content-Type: message/delivery-status\n\nReporting-MTA: dns; x\n",
+        b"Content-Type: message/rfc822\n\nFrom: a@b\nSubject: s\n\nthe message\n",
+    ),
+    "feedback": _multipart(
+        b"Content-Type: message/feedback-report\n\nFeedback-Type: abuse\n",
+        b"Content-Type: message/global-headers\n\nFrom: a@b\n",
+    ),
+    "mid_line": HEAD + b"\nIt says Content-Type: message/partial in the text.\n",
+    "forwarded_base64": _multipart(
+        b"Content-Type: message/rfc822\nContent-Transfer-Encoding: base64\n\n"
+        + base64.encodebytes(b"From: c@d\nContent-Type: text/plain\n\npartial\n")
+    ),
+    "plain": HEAD + b"\nContent-Type is a header field; partial is a word.\n",
+}
+
+
+@pytest.mark.parametrize("name", list(NOT_FRAGMENTS))
+def test_what_clamd_looks_at_is_left_alone(name: str) -> None:
+    assert find_in(NOT_FRAGMENTS[name]) is None
+
+
+def test_a_fragment_in_a_forwarded_message() -> None:
+    for cte, body in [
+        (b"7bit", INNER),
+        (b"base64", base64.encodebytes(INNER)),
+        (b"quoted-printable", INNER.replace(b"partial", b"=70artial")),
+        (b"BASE64 (comment)", base64.encodebytes(INNER)),
+    ]:
+        part = b"Content-Type: message/rfc822\nContent-Transfer-Encoding: " + cte + b"\n\n"
+        message = _multipart(b"Content-Type: text/plain\n\nhi", part + body)
+        assert find_in(message) == PARTIAL, cte
+        assert find_in(message.replace(b"\n", b"\r\n")) == PARTIAL, cte
+
+
+def test_encoded_messages_are_decoded_only_to_a_bound() -> None:
+    message = INNER
+    for _ in range(unscannable.MAX_DEPTH):
+        message = (
+            b"From: a@b\nContent-Type: message/rfc822\nContent-Transfer-Encoding: base64\n\n"
+            + base64.encodebytes(message)
+        )
+    assert find_in(message) == PARTIAL  # five deep
+    deeper = b"Content-Type: message/rfc822\nContent-Transfer-Encoding: base64\n\n"
+    assert find_in(deeper + base64.encodebytes(message)) == (
+        "message/rfc822 nested too deep to check"
+    )
+
+
+def test_hostile_shapes_cost_little() -> None:
+    cases = {
+        "fields": HEAD + b"\n" + b"Content-Type: text/plain\n" * 200_000,
+        "message_fields": _multipart(*[b"Content-Type: message/rfc822\n\nFrom: a\n"] * 2_000),
+        "long_block": HEAD + b"\n" + b"X: y\n" * 400_000 + b"Content-Type: message/rfc822\n",
+        "blank_lines": HEAD + b"\n" + b"\n" * 5_000_000,
+        "long_value": HEAD + b"Content-Type: m" + b" " * 5_000_000 + b"\n\n",
+        "dashes": HEAD + b"\n" + b"--\n" * 1_000_000,
+        "base64_pieces": HEAD + b"\n" + b"--\nContent-Transfer-Encoding: base64\n\nQQ==\n" * 50_000,
+        "hyphens_mid": HEAD
+        + b"\n--\nContent-Transfer-Encoding: base64\n\n"
+        + b"a-" * 1_500_000
+        + b"\n--\nContent-Type: message/rfc822\n\nContent-Type: message/foo\n\n",
+        "hyphens": HEAD + b"\n" + b"--\nContent-Transfer-Encoding: base64\n\n" + b"-" * 3_000_000,
+    }
+    for name, message in cases.items():
+        started = time.monotonic()
+        find_in(message)
+        assert time.monotonic() - started < 1.0, name
+    assert find_in(cases["fields"]) == "too many Content-Type fields to check"
+    assert find_in(cases["hyphens_mid"]) == "message/foo: " + unscannable.NOT_SCANNED
+    assert find_in(cases["message_fields"]) == "too many message/* and multipart/* parts to check"
+
+
+def test_a_file_past_the_first_read(tmp_path: Path) -> None:
+    """From a file: the first bytes given, the rest read with pread; the offset left alone."""
+    message = evasion.FRAGMENTS["in_rfc822_after_2m"](evasion.HARMLESS)
+    path = tmp_path / "msg"
+    path.write_bytes(b"mbox junk\n" + message)
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.lseek(fd, 7, os.SEEK_SET)
+        head = os.pread(fd, 1 << 16, 10)
+        assert find(fd, len(message), head, base=10) == PARTIAL
+        assert find(fd, len(message) - 100_000, head, base=10) is None  # the range only
+        assert os.lseek(fd, 0, os.SEEK_CUR) == 7
+    finally:
+        os.close(fd)
+
+
+def test_long_headers_and_odd_pieces() -> None:
+    received = b"".join(
+        b"Received: from h%d by example.net; Mon, 1 Jan 2024\n" % i for i in range(600)
+    )
+    top = HEAD + b'Content-Type: multipart/mixed; boundary="o"\n' + received  # 30 KB after it
+    inner = b"Content-Type: message/rfc822\nContent-Transfer-Encoding: base64\n" + received
+    part = inner + b"\n" + base64.encodebytes(INNER)
+    assert find_in(top + b"\n--o\nContent-Type: text/plain\n\nhi\n--o--\n") is None
+    assert find_in(top + b"\n--o\n" + part + b"--o--\n") == PARTIAL
+    # A "--" line inside a part's header: the base64 declared after it hides nothing.
+    big = evasion.attachment(os.urandom(100_000))
+    odd = b"--o\nContent-Type: message/rfc822\n--x\nContent-Transfer-Encoding: base64\n\n"
+    message = _multipart(big) + odd + INNER
+    assert find_in(message) == PARTIAL
+
+
+@pytest.mark.parametrize("hyphens", [0, 10, 40, 100_000])
+@pytest.mark.parametrize("pad", [0, 100_000])
+def test_the_field_name_in_any_case_after_any_text(hyphens: int, pad: int) -> None:
+    """Found through its "-" one by one, or lower-cased when "-" are many; small or big."""
+    text = b"Content-Type: text/plain\n\n" + b"a-b " * hyphens + b"x" * pad + b"\n"
+    fragment = b"From: c@d\ncOnTeNt-TyPe: message/partial\n\nx\n"
+    message = _multipart(text, b"Content-Type: message/rfc822\n\n" + fragment)
+    assert find_in(message) == PARTIAL
+    assert find_in(message.replace(b"cOnTeNt-TyPe", b"Content-Typo")) is None
