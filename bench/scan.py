@@ -41,9 +41,9 @@ sys.path.insert(0, str(REPO))  # run as a script: tests/ and bench/ import from 
 
 from avtool.config import Config  # noqa: E402
 from avtool.engine import Clean, Engine, Infected, Verdict  # noqa: E402
-from avtool.mailbox import Message, OpenFile  # noqa: E402
-from avtool.mailbox import mbox as mbox_format  # noqa: E402
-from avtool.mailbox.maildir import copy_range  # noqa: E402
+from avtool.scan.mailbox import Message, OpenFile  # noqa: E402
+from avtool.scan.mailbox import mbox as mbox_format  # noqa: E402
+from avtool.scan.mailbox.maildir import copy_range  # noqa: E402
 from bench.corpus import generate, message  # noqa: E402
 from bench.engine import machine  # noqa: E402
 from tests.clamd_harness import ClamdServer  # noqa: E402

@@ -1,4 +1,4 @@
-"""What the second look (avtool/secondlook.py) costs, on the corpus of bench/corpus.py.
+"""What the second look (avtool/engine/secondlook.py) costs, on the corpus of bench/corpus.py.
 
 One clamd (tests/clamd_harness.py, ``DisableCache yes``, MaxThreads 8), the Engine by FILDES,
 one client thread, each message as the filter handles it: the scan, then the second look when
@@ -25,9 +25,13 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))  # run as a script: tests/ and bench/ import from the repo root
 
-from avtool import policy, secondlook  # noqa: E402
 from avtool.config import Config  # noqa: E402
-from avtool.engine import Engine, Infected  # noqa: E402
+from avtool.daemon import policy  # noqa: E402
+from avtool.engine import (  # noqa: E402
+    Engine,
+    Infected,
+    secondlook,  # noqa: E402
+)
 from bench.corpus import generate  # noqa: E402
 from tests.clamd_harness import ClamdServer  # noqa: E402
 

@@ -81,7 +81,7 @@ def timed(cmd: list[str], env: dict[str, str]) -> float:
 
 def slowest_imports(env: dict[str, str], n: int = 12) -> list[tuple[str, float]]:
     """Cumulative import time (ms) of the serve path (the app, then the server), slowest first."""
-    code = "import avtool.cli.app, avtool.server"
+    code = "import avtool.cli.app, avtool.daemon.server"
     out = subprocess.run(
         [PY, "-X", "importtime", "-c", code], env=env, capture_output=True, text=True, check=True
     ).stderr

@@ -7,9 +7,9 @@ import time
 
 import typer
 
-from avtool import keys as K
 from avtool import logs
 from avtool.cli.common import ConfigFile, SetOption, load_config
+from avtool.config import keys as K
 
 
 def batch_test(
@@ -25,11 +25,11 @@ def batch_test(
     reply is printed as the daemon would send it. Exit 0 if every reply accepts, 1 if a virus
     was found, 3 if any reply was a 4xx.
     """
-    from avtool.batch import requests_from
     from avtool.courier.protocol import ProtocolError, format_reply
+    from avtool.daemon.batch import requests_from
+    from avtool.daemon.pipeline import Pipeline
     from avtool.engine import Engine
     from avtool.engine.verdict import Infected
-    from avtool.pipeline import Pipeline
 
     cfg = load_config(config_file, set_, role="daemon")
     logs.setup(cfg[K.VERBOSITY])

@@ -38,9 +38,9 @@ def run_get_ides(
         float, typer.Option("-t", "--timeout", help="Seconds before the script is killed.")
     ] = 600.0,
 ) -> None:
-    from avtool import keys as K
     from avtool import updates
     from avtool.config import Config
+    from avtool.config import keys as K
 
     ids = _ids(run_as) if run_as else None
     message = sys.stdin.buffer.read(MAX_MESSAGE)

@@ -15,8 +15,8 @@ import typer
 
 from avtool import logs
 from avtool.cli.common import ConfigFile, SetOption, load_config
-from avtool.mailbox import Moved, Problem
-from avtool.scanner import Options, Result, Summary, run
+from avtool.scan.mailbox import Moved, Problem
+from avtool.scan.scanner import Options, Result, Summary, run
 
 Paths = Annotated[
     list[str],

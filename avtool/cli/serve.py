@@ -7,9 +7,9 @@ from typing import Annotated
 
 import typer
 
-from avtool import keys as K
 from avtool import logs
 from avtool.cli.common import ConfigFile, SetOption, load_config, parse_sets
+from avtool.config import keys as K
 
 Debug = Annotated[
     bool,
@@ -40,8 +40,8 @@ def serve(
     Stops on stdin EOF, SIGTERM or SIGQUIT; SIGHUP reloads config and virus DB, SIGUSR1 the
     config, SIGUSR2 the virus DB (see `avtool sig`).
     """
-    from avtool.server import Options, fd3_open
-    from avtool.server import serve as run
+    from avtool.daemon.server import Options, fd3_open
+    from avtool.daemon.server import serve as run
 
     fd3 = fd3_open()  # before anything opens a file that could take the number 3
     cfg = load_config(config_file, set_, role="daemon")

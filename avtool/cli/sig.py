@@ -15,8 +15,8 @@ from avtool.errors import ConfigError
 
 if TYPE_CHECKING:
     from avtool.config import Config
-    from avtool.sigclient import Answer, Target
-    from avtool.sigstats import Stats
+    from avtool.control.client import Answer, Target
+    from avtool.control.stats import Stats
 
 SYSLOG_IDENT = "avtool-sig"
 
@@ -42,8 +42,8 @@ class SigCommand(TyperCommand):
 
 def paths_help() -> str:
     """The files `sig` uses, resolved as it resolves them (avfilter_sig --help showed them)."""
-    from avtool import keys as K
     from avtool.config import SYSTEM_CONFIG, Config
+    from avtool.config import keys as K
 
     try:
         cfg = Config.resolve(role="daemon")
@@ -102,7 +102,8 @@ def sig(
     file, or, as root, the pid names no avtool serve of the pid file's owner); 4 another
     request is in progress; 5 no answer within the timeout.
     """
-    from avtool import sigclient, sigstats
+    from avtool.control import client as sigclient
+    from avtool.control import stats as sigstats
 
     if what is not None and action is not Action.reload:
         raise typer.BadParameter(f"{what} goes with reload only", param_hint="what")

@@ -9,15 +9,15 @@ import tempfile
 import time
 from collections.abc import Iterator
 
-from avtool import keys as K
-from avtool.clamdconf import conf_for, find_clamd_confs
 from avtool.config import Config
+from avtool.config import keys as K
+from avtool.config.kinds import Size
 from avtool.doctor import Finding
 from avtool.doctor.database import check_database
 from avtool.doctor.settings import check_alerts, check_limits
 from avtool.engine import Clean, Engine, Failed, Infected, Unchecked
+from avtool.engine.clamdconf import conf_for, find_clamd_confs
 from avtool.errors import EngineError
-from avtool.kinds import Size
 
 # The EICAR test file, built in two parts so that this source file itself is not flagged.
 EICAR = b"X5O!P%@AP[4\\PZX54(P^)7CC)7}$" + b"EICAR-STANDARD-ANTIVIRUS-TEST-FILE!$H+H*"

@@ -10,8 +10,8 @@ import stat
 from collections.abc import Iterator
 from pathlib import Path
 
-from avtool import keys as K
 from avtool.config import Config
+from avtool.config import keys as K
 from avtool.doctor import Finding
 
 FILTERS = Path("/usr/lib/courier/filters")

@@ -14,9 +14,9 @@ import os
 import time
 from collections.abc import Iterator
 
-from avtool.clamdconf import ClamdConf
 from avtool.doctor import Finding
 from avtool.engine import Backend
+from avtool.engine.clamdconf import ClamdConf
 from avtool.engine.replies import BackendFailure, parse_version
 from avtool.errors import EngineError
 

@@ -12,11 +12,11 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
-from avtool import keys as K
-from avtool.clamdconf import ClamdConf
 from avtool.config import Config
+from avtool.config import keys as K
+from avtool.config.kinds import Size
 from avtool.doctor import Finding, Status
-from avtool.kinds import Size
+from avtool.engine.clamdconf import ClamdConf
 
 _APPLY = "bash share/clamd-config.sh (or edit it), then restart clamd"
 

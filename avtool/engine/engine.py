@@ -9,8 +9,8 @@ import threading
 import time
 from collections.abc import Sequence
 
-from avtool import keys as K
 from avtool.config import Config
+from avtool.config import keys as K
 from avtool.engine.backend import Backend
 from avtool.engine.client import FileProblem
 from avtool.engine.replies import BackendFailure

@@ -1,4 +1,4 @@
-"""One message's scan without blocking: the daemon's loop (avtool/loop.py) drives it.
+"""One message's scan without blocking: the daemon's loop (avtool/daemon/loop.py) drives it.
 
 The same rules as ``Engine.scan``, cut at each wait for clamd: the engine's order (the first
 backend claimed by ``Engine.choose``), FILDES over a kept-open session of each backend in turn

@@ -13,7 +13,7 @@ nothing for its ReadTimeout (clamd.conf(5): 120 s by default, 180 in Debian's cl
 uses the new database (measured). A closed idle session
 shows up as EOF or EPIPE at its next use, which is no fault of clamd: the scan goes again once
 on a new connection (``reused``). Sessions idle longer than IDLE_MAX are closed before clamd
-would. The sockets are non-blocking; the loop (avtool/loop.py) waits for them with epoll.
+would. The sockets are non-blocking; the loop (avtool/daemon/loop.py) waits for them with epoll.
 """
 
 from __future__ import annotations

@@ -17,8 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from avtool import secondlook
-from avtool.engine import Engine, Failed, Infected
+from avtool.engine import Engine, Failed, Infected, secondlook
 from tests.clamd_harness import ClamdServer
 from tests.conftest import make_config
 from tests.integration.serve_support import EICAR, config_for, start_daemon

@@ -13,8 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from avtool import secondlook
-from avtool.engine import Clean, Engine, Infected, Unchecked
+from avtool.engine import Clean, Engine, Infected, Unchecked, secondlook
 from tests.clamd_harness import REPO
 from tests.conftest import make_config
 from tests.debian_clamd import DebianClamd, debian_conf_text

@@ -13,13 +13,12 @@ from typing import Any
 import pytest
 from typer.testing import CliRunner
 
-from avtool import clamdconf
-from avtool.clamdconf import ClamdConf
 from avtool.cli.app import app
 from avtool.config import Config
 from avtool.doctor import courier as doctor_courier
 from avtool.doctor.database import check_database, database_findings
-from avtool.engine import Backend
+from avtool.engine import Backend, clamdconf
+from avtool.engine.clamdconf import ClamdConf
 from tests.clamd_harness import REPO, ClamdServer
 from tests.debian_clamd import DebianClamd
 from tests.fakes.clamd import FakeClamd

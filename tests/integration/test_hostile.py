@@ -372,7 +372,7 @@ def test_idle_clients_beyond_the_reader_threads_do_not_delay_mail(clamd_server: 
     """serve.max_connections = 16 and 48 clients that connect and send nothing, with a 30 s
     read timeout: a clean and an infected message are still answered while every idle client
     waits. A client still sending costs the loop an entry and a timer, not a thread
-    (avtool/loop.py); the loop holds max_connections + 512 connections before it stops
+    (avtool/daemon/loop.py); the loop holds max_connections + 512 connections before it stops
     accepting."""
     conf = hostile_config(str(clamd_server.unix_socket), "max_connections = 16\n", 30.0)
     d = start_daemon(conf)

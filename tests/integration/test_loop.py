@@ -1,4 +1,4 @@
-"""The daemon's event loop (avtool/loop.py) with clamd sessions: kept across messages, and
+"""The daemon's event loop (avtool/daemon/loop.py) with clamd sessions: kept across messages, and
 what happens when clamd ends one (IdleTimeout, a restart, a close just as it is used)."""
 
 from __future__ import annotations

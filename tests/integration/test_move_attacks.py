@@ -10,7 +10,7 @@ names nor loses a message:
 - a message swapped for another file, or for a fifo;
 - a lock held forever; a ``--move-to`` target that another user can write or replace.
 
-The swap before the move runs through a seam, ``avtool.scanner.move`` wrapped so that the
+The swap before the move runs through a seam, ``avtool.scan.scanner.move`` wrapped so that the
 owner's step runs right before it: deterministic, and the same moment as for the code before
 the fix (which moved by path after the scan).
 """
@@ -35,8 +35,8 @@ import pytest
 from typer.testing import CliRunner
 
 from avtool import config as C
-from avtool import scanner
 from avtool.cli.app import app, main
+from avtool.scan import scanner
 from tests.clamd_harness import REPO, ClamdServer
 from tests.integration.test_scan import Recorder
 from tests.integration.test_security import OpenWatch

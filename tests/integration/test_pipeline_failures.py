@@ -24,13 +24,13 @@ from typing import Any
 
 import pytest
 
-from avtool import pipeline as pipeline_module
-from avtool import policy
 from avtool.config import Config
 from avtool.courier import control, message
 from avtool.courier.protocol import Request
+from avtool.daemon import pipeline as pipeline_module
+from avtool.daemon import policy
+from avtool.daemon.pipeline import Outcome, Pipeline
 from avtool.engine import Engine
-from avtool.pipeline import Outcome, Pipeline
 from tests.clamd_harness import ClamdServer
 from tests.conftest import make_config
 from tests.integration.serve_support import (
@@ -253,7 +253,7 @@ def test_a_quarantine_on_a_full_disk_defers_and_leaks_nothing(clamd_server: Clam
 
 BUGGY = """
 import sys
-from avtool import policy
+from avtool.daemon import policy
 from avtool.cli.app import main
 
 def boom(*args, **kwargs):

@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 
 from avtool.engine import Engine, Infected, Unchecked
-from avtool.mailbox import Moved, Problem
-from avtool.scanner import ClamdUnreachable, Options, Result, clamd_threads, default_jobs, run
+from avtool.scan.mailbox import Moved, Problem
+from avtool.scan.scanner import ClamdUnreachable, Options, Result, clamd_threads, default_jobs, run
 from tests import evasion
 from tests.clamd_harness import ClamdServer
 from tests.conftest import MakeConfig

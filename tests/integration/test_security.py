@@ -39,10 +39,10 @@ from typer.testing import CliRunner
 
 from avtool import updates
 from avtool.cli.app import app, main
+from avtool.control.client import SigError, Target, request
+from avtool.control.ipc import PidFile, open_fifo_for_writing
 from avtool.courier.protocol import ProtocolError
 from avtool.errors import DaemonError
-from avtool.ipc import PidFile, open_fifo_for_writing
-from avtool.sigclient import SigError, Target, request
 from tests.e2e.harness import wait_for
 from tests.integration.serve_support import (
     EICAR,
@@ -359,7 +359,7 @@ def test_during_a_scan_only_the_data_file_is_open_and_after_it_nothing() -> None
 
 def test_quarantine_copies_refuse_a_symlink_swapped_in(private_dir: Path) -> None:
     """After the checks, the copy into the quarantine opens the spool file again: no follow."""
-    from avtool.pipeline import _copy_private
+    from avtool.daemon.pipeline import _copy_private
 
     secret = private_dir / "secret"
     secret.write_text("not for the quarantine\n")

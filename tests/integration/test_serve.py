@@ -411,8 +411,8 @@ def test_a_start_that_fails_after_bind_leaves_nothing_behind(
 ) -> None:
     """Signal handlers restored, listener and wake pipe closed, pid file gone; the socket file
     removed after a start by hand (--debug), kept under courierfilter (it refuses: 432)."""
-    from avtool import server as S
     from avtool.config import Config
+    from avtool.daemon import server as S
 
     state = Path(tempfile.mkdtemp(prefix="avf", dir="/tmp"))
     cfg = Config.resolve(

@@ -7,8 +7,8 @@ import io
 
 import pytest
 
-from avtool.batch import requests_from
 from avtool.courier.protocol import ProtocolError, Request, parse_request
+from avtool.daemon.batch import requests_from
 
 
 def on_the_socket(raw: bytes) -> Request | str:

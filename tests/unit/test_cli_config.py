@@ -10,9 +10,9 @@ from typer.testing import CliRunner
 
 from avtool import __version__
 from avtool import config as C
-from avtool import keys as K
 from avtool.cli.app import app, main
 from avtool.config import Config
+from avtool.config import keys as K
 
 runner = CliRunner()
 

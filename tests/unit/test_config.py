@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 
 from avtool import config as C
-from avtool import keys as K
 from avtool.config import Config, Source
+from avtool.config import keys as K
 from avtool.errors import ConfigError
 
 

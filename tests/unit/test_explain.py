@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from avtool.engine import Clean, Infected, Verdict
-from avtool.explain import Part, explain, uuencoded
+from avtool.scan.explain import Part, explain, uuencoded
 from tests.mailboxes import (
     EICAR,
     TESTFILES,

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from avtool.control.ipc import END_ERROR, END_OK, Answer, PidFile, alive, read_pid
 from avtool.errors import DaemonError
-from avtool.ipc import END_ERROR, END_OK, Answer, PidFile, alive, read_pid
 
 
 def test_pid_file_created_and_removed(tmp_path: Path) -> None:

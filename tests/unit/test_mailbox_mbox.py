@@ -14,10 +14,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from avtool.mailbox import Message, OpenFile, Problem
-from avtool.mailbox import mbox as M
-from avtool.mailbox.locking import Busy
-from avtool.mailbox.maildir import Maildir
+from avtool.scan.mailbox import Message, OpenFile, Problem
+from avtool.scan.mailbox import mbox as M
+from avtool.scan.mailbox.locking import Busy
+from avtool.scan.mailbox.maildir import Maildir
 from tests.mailboxes import FROM_LINE, mbox_bytes, plain, snapshot
 
 

@@ -12,12 +12,12 @@ from pathlib import Path
 
 import pytest
 
-from avtool.mailbox import Message, Moved, OpenFile, Problem, move, open_quarantine, walk
-from avtool.mailbox import mbox as M
-from avtool.mailbox.maildir import Maildir, relocate
-from avtool.mailbox.message import SHOWN, capped, printable, sender_and_subject
-from avtool.mailbox.mh import maildir_flags, sequences
 from avtool.safedir import Unsafe
+from avtool.scan.mailbox import Message, Moved, OpenFile, Problem, move, open_quarantine, walk
+from avtool.scan.mailbox import mbox as M
+from avtool.scan.mailbox.maildir import Maildir, relocate
+from avtool.scan.mailbox.message import SHOWN, capped, printable, sender_and_subject
+from avtool.scan.mailbox.mh import maildir_flags, sequences
 from tests.mailboxes import maildir, mbox_bytes, plain, snapshot
 
 
@@ -309,7 +309,7 @@ def test_mh_huge_sequence_ranges_stay_ranges(tmp_path: Path) -> None:
     child = (
         "import resource, sys, time\n"
         "resource.setrlimit(resource.RLIMIT_AS, (512 << 20, 512 << 20))\n"
-        "from avtool.mailbox.mh import maildir_flags, sequences\n"
+        "from avtool.scan.mailbox.mh import maildir_flags, sequences\n"
         "started = time.monotonic()\n"
         "seqs = sequences(sys.argv[1])\n"
         "keys = ('1', '2', '3', '4', '999999999', '1000000000', '1000000001', '1000000002')\n"

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from avtool.mailbox import Message, Problem, spool, walk
-from avtool.mailbox.walk import kind_of
+from avtool.scan.mailbox import Message, Problem, spool, walk
+from avtool.scan.mailbox.walk import kind_of
 from tests.mailboxes import maildir, mbox_bytes, plain
 
 

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from avtool import policy
 from avtool.config import Config
 from avtool.courier.control import Envelope, Recipient
+from avtool.daemon import policy
 from avtool.engine.verdict import Clean, Failed, Infected, Unchecked
 
 

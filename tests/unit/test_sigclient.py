@@ -24,9 +24,8 @@ from typer.testing import CliRunner
 
 from avtool.cli.app import app
 from avtool.config import Config
-from avtool.ipc import END_ERROR, END_OK, Answer, open_fifo_for_writing
-from avtool.sigclient import Answer as SigAnswer
-from avtool.sigclient import (
+from avtool.control.client import Answer as SigAnswer
+from avtool.control.client import (
     Busy,
     NotRunning,
     SigError,
@@ -38,7 +37,8 @@ from avtool.sigclient import (
     request,
     target,
 )
-from avtool.sigstats import Stats, parse_stats, prometheus
+from avtool.control.ipc import END_ERROR, END_OK, Answer, open_fifo_for_writing
+from avtool.control.stats import Stats, parse_stats, prometheus
 
 # The fake daemon is this process: a handler for SIGUSR1 sets a flag (as serve's does), and a
 # thread answers over the pipe with the daemon's own ipc.Answer.
@@ -202,7 +202,7 @@ def test_a_locked_pipe_is_busy_exit_4(daemon: FakeDaemon) -> None:
 def test_a_second_request_while_one_waits_is_busy(daemon: FakeDaemon) -> None:
     sleeper = subprocess.Popen(["sleep", "30"])  # ignores SIGURG: the first request waits
     code = (
-        "import signal, sys\nfrom pathlib import Path\nfrom avtool.sigclient import Target, "
+        "import signal, sys\nfrom pathlib import Path\nfrom avtool.control.client import Target, "
         "request\nrequest(Target(int(sys.argv[1]), Path(sys.argv[2])), signal.SIGURG, 5.0, [])"
     )
     first = subprocess.Popen([sys.executable, "-c", code, str(sleeper.pid), str(daemon.pipe)])

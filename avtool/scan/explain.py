@@ -21,7 +21,7 @@ from email.parser import BytesParser
 from email.policy import compat32
 
 from avtool.engine.verdict import Infected, Verdict
-from avtool.mailbox.message import capped, printable
+from avtool.scan.mailbox.message import capped, printable
 
 Scan = Callable[[bytes], Verdict]
 _BEGIN = re.compile(rb"^begin [0-7]{3,4} (.+?)\r?$", re.M)

@@ -6,9 +6,9 @@ Debian's mail programs take them), quarantine.py (moving infected messages to a 
 Nothing here prints; problems are items in the stream.
 """
 
-from avtool.mailbox.message import Format, Message, OpenFile, Problem
-from avtool.mailbox.quarantine import Moved, move, open_quarantine
-from avtool.mailbox.walk import STDIN, spool, walk
+from avtool.scan.mailbox.message import Format, Message, OpenFile, Problem
+from avtool.scan.mailbox.quarantine import Moved, move, open_quarantine
+from avtool.scan.mailbox.walk import STDIN, spool, walk
 
 __all__ = [
     "STDIN",

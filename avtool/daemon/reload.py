@@ -12,19 +12,19 @@ import threading
 import time
 from typing import TYPE_CHECKING, Any
 
-from avtool import keys as K
 from avtool import logs
-from avtool.clamdconf import conf_for, disk_db_version, running_clamd_confs
 from avtool.config import Config
+from avtool.config import keys as K
+from avtool.config.kinds import KEYS, Key
+from avtool.control.ipc import Answer
+from avtool.daemon.pipeline import Pipeline
 from avtool.engine import Engine
+from avtool.engine.clamdconf import conf_for, disk_db_version, running_clamd_confs
 from avtool.errors import ConfigError, EngineError
-from avtool.ipc import Answer
-from avtool.kinds import KEYS, Key
-from avtool.pipeline import Pipeline
 
 if TYPE_CHECKING:
+    from avtool.daemon.server import FilterServer
     from avtool.engine import Backend
-    from avtool.server import FilterServer
 
 log = logging.getLogger("avtool")
 # serve.max_connections sizes the worker threads, started once.

@@ -39,18 +39,18 @@ from collections import deque
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from avtool import keys as K
-from avtool import policy
+from avtool.config import keys as K
 from avtool.courier import protocol
 from avtool.courier.protocol import Reply, Request, RequestReader
+from avtool.daemon import policy
+from avtool.daemon.pipeline import Judged, Outcome, Pipeline, Prepared
 from avtool.engine import Engine
 from avtool.engine.pending import PendingScan
 from avtool.engine.session import Session
 from avtool.engine.verdict import Verdict
-from avtool.pipeline import Judged, Outcome, Pipeline, Prepared
 
 if TYPE_CHECKING:
-    from avtool.server import FilterServer
+    from avtool.daemon.server import FilterServer
 
 log = logging.getLogger("avtool")
 ACCEPT_PAUSE = 0.5  # seconds without accepting after accept() failed (EMFILE)

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from avtool.kinds import Bool, Choice, Int, Seconds, Size, Text, TextList, key
+from avtool.config.kinds import Bool, Choice, Int, Seconds, Size, Text, TextList, key
 
 if TYPE_CHECKING:
     from avtool.config import Config

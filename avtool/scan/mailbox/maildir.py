@@ -20,7 +20,7 @@ import time
 from collections.abc import Iterator
 
 from avtool import safedir
-from avtool.mailbox.message import Message, Problem
+from avtool.scan.mailbox.message import Message, Problem
 
 SUBDIRS = ("new", "cur")
 _counter = itertools.count()

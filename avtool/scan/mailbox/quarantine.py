@@ -22,11 +22,11 @@ import stat
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, replace
 
-from avtool.mailbox import maildir, mbox, mh
-from avtool.mailbox.locking import Busy
-from avtool.mailbox.message import Message, Problem, read_head
-from avtool.mailbox.walk import STDIN, why
 from avtool.safedir import Unsafe, open_dir, open_parent, open_subdir
+from avtool.scan.mailbox import maildir, mbox, mh
+from avtool.scan.mailbox.locking import Busy
+from avtool.scan.mailbox.message import Message, Problem, read_head
+from avtool.scan.mailbox.walk import STDIN, why
 
 _FILE = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC
 LEFT = "left where it was"

@@ -13,11 +13,11 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from avtool import __version__
-from avtool import keys as K
 from avtool.config import Config
+from avtool.config import keys as K
+from avtool.config.kinds import Key
 from avtool.courier.control import Envelope, Recipient
 from avtool.engine.verdict import Clean, Failed, Infected, Unchecked, Verdict
-from avtool.kinds import Key
 
 Action = Literal["accept", "pass", "reject", "drop", "quarantine", "defer"]
 SEVERITY: tuple[Action, ...] = ("quarantine", "drop", "reject", "defer", "pass")
@@ -125,7 +125,7 @@ def hides(verdict: Verdict, cfg: Config) -> bool:
     """True when a name clamd did not report could make the decision more severe: the names
     found lead to a weaker action than the strongest any name could get (policy.infected, a
     pattern list in use, PUA or heuristics). FILDES and INSTREAM report the first match only,
-    so such a message gets a second look for every name (avtool/secondlook.py)."""
+    so such a message gets a second look for every name (avtool/engine/secondlook.py)."""
     if not isinstance(verdict, Infected):
         return False
     return SEVERITY.index(action_for(verdict.names, cfg)) > SEVERITY.index(strongest(cfg))

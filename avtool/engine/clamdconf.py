@@ -13,7 +13,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from avtool.kinds import Size
+from avtool.config.kinds import Size
 
 DEFAULT_CLAMD_CONF = Path("/etc/clamav/clamd.conf")
 PROC = Path("/proc")  # where running clamds are found (a seam for tests)

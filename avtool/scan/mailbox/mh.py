@@ -9,7 +9,7 @@ import os
 import stat
 from collections.abc import Iterable, Iterator
 
-from avtool.mailbox.message import Message, Problem
+from avtool.scan.mailbox.message import Message, Problem
 
 SEQUENCES = ".mh_sequences"
 

@@ -31,17 +31,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
 
-from avtool import keys as K
 from avtool.config import Config
+from avtool.config import keys as K
+from avtool.control.ipc import DEBUG_PIPE, PidFile
 from avtool.courier import protocol
 from avtool.courier.protocol import Reply, Request
+from avtool.daemon.loop import Loop
+from avtool.daemon.pipeline import Pipeline
+from avtool.daemon.reload import Reloader
+from avtool.daemon.stats import Stats
 from avtool.engine import Engine
 from avtool.errors import UsageError
-from avtool.ipc import DEBUG_PIPE, PidFile
-from avtool.loop import Loop
-from avtool.pipeline import Pipeline
-from avtool.reload import Reloader
-from avtool.stats import Stats
 
 log = logging.getLogger("avtool")
 COURIERFILTER_FD = 3

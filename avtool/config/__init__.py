@@ -18,9 +18,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
+from avtool.config.keys import CHECKS  # importing keys.py registers every key
+from avtool.config.kinds import KEYS, Key
 from avtool.errors import ConfigError
-from avtool.keys import CHECKS  # importing keys.py registers every key
-from avtool.kinds import KEYS, Key
 
 T = TypeVar("T")
 

@@ -16,13 +16,14 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from avtool import keys as K
-from avtool import logs, policy, secondlook
+from avtool import logs
 from avtool.config import Config
+from avtool.config import keys as K
 from avtool.courier import control, message, protocol, unscannable
 from avtool.courier.control import Envelope
 from avtool.courier.protocol import Reply, Request
-from avtool.engine import Engine
+from avtool.daemon import policy
+from avtool.engine import Engine, secondlook
 from avtool.engine.verdict import Clean, Infected, Unchecked, Verdict
 from avtool.errors import AvtoolError
 
@@ -143,8 +144,8 @@ class Pipeline:
 
     def look_again(self, prepared: Prepared, verdict: Verdict, deadline: float) -> Verdict:
         """Every virus name, when the first one would let the message through more gently than
-        another could (policy.hides; avtool/secondlook.py): blocking, so the daemon's loop runs
-        it in a worker."""
+        another could (policy.hides; engine/secondlook.py): blocking, so the daemon's loop
+        runs it in a worker."""
         if not isinstance(verdict, Infected) or not policy.hides(verdict, self.cfg):
             return verdict
         data = secondlook.read_all(prepared.fd, prepared.size)

@@ -9,7 +9,7 @@ first part matches a signature and whose second part is EICAR is answered with t
 only, and so is a zip holding both.
 
 The second look scans every leaf MIME part on its own, as ``scan --explain`` does
-(avtool/explain.py), and the members of zip archives among them (the stdlib opens them; two
+(avtool/scan/explain.py), and the members of zip archives among them (the stdlib opens them; two
 levels deep), each through the same engine (FILDES on an anonymous memory file, INSTREAM over
 TCP). The verdict carries every name found; policy then takes the most severe. A part that
 could not be scanned makes the whole verdict Failed (defer): no proof that nothing hid there.
@@ -35,7 +35,7 @@ import zlib
 from collections.abc import Iterator
 
 from avtool.engine import Engine, Failed, Infected, Unchecked, Verdict
-from avtool.explain import explain
+from avtool.scan.explain import explain
 
 ZIP_DEPTH = 2  # a zip in a part, and zips in that zip, opened by the stdlib
 ZIP_MEMBERS = 256  # members looked at per message, at most

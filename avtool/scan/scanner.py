@@ -26,21 +26,20 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from typing import BinaryIO, Literal, Protocol
 
-from avtool import keys as K
-from avtool import secondlook
 from avtool.config import Config
+from avtool.config import keys as K
 from avtool.courier import unscannable
-from avtool.engine import Clean, Engine, Failed, Infected, Unchecked, Verdict
+from avtool.engine import Clean, Engine, Failed, Infected, Unchecked, Verdict, secondlook
 from avtool.errors import EngineError, UsageError
-from avtool.explain import Part, explain
-from avtool.mailbox import STDIN, Message, Moved, OpenFile, Problem, move, open_quarantine
-from avtool.mailbox import spool as spool_stdin
-from avtool.mailbox import walk as walk_inputs
-from avtool.mailbox.maildir import Maildir, copy_range, relocate
-from avtool.mailbox.mbox import digest
-from avtool.mailbox.message import read_head, sender_and_subject
-from avtool.mailbox.walk import why
 from avtool.safedir import Unsafe, open_file
+from avtool.scan.explain import Part, explain
+from avtool.scan.mailbox import STDIN, Message, Moved, OpenFile, Problem, move, open_quarantine
+from avtool.scan.mailbox import spool as spool_stdin
+from avtool.scan.mailbox import walk as walk_inputs
+from avtool.scan.mailbox.maildir import Maildir, copy_range, relocate
+from avtool.scan.mailbox.mbox import digest
+from avtool.scan.mailbox.message import read_head, sender_and_subject
+from avtool.scan.mailbox.walk import why
 
 log = logging.getLogger("avtool.scan")
 

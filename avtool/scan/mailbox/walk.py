@@ -22,8 +22,8 @@ from collections.abc import Collection, Generator, Iterator, Sequence
 from typing import BinaryIO, Literal
 
 from avtool import safedir
-from avtool.mailbox import maildir, mbox, mh
-from avtool.mailbox.message import Message, OpenFile, Problem
+from avtool.scan.mailbox import maildir, mbox, mh
+from avtool.scan.mailbox.message import Message, OpenFile, Problem
 
 STDIN = "-"
 _PEEK = 4096

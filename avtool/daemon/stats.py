@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 from avtool.engine.verdict import Clean, Failed, Infected, Unchecked
 
 if TYPE_CHECKING:
-    from avtool.pipeline import Outcome
+    from avtool.daemon.pipeline import Outcome
 
 VERDICTS = ("clean", "infected", "unchecked", "failed", "exempt")
 ACTIONS = ("accept", "pass", "reject", "drop", "quarantine", "defer")

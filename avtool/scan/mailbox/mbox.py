@@ -19,9 +19,9 @@ from email.parser import BytesHeaderParser
 from email.policy import compat32
 
 from avtool import safedir
-from avtool.mailbox.locking import locked
-from avtool.mailbox.maildir import copy_range
-from avtool.mailbox.message import HEAD_LIMIT, Message, OpenFile, Problem, read_head
+from avtool.scan.mailbox.locking import locked
+from avtool.scan.mailbox.maildir import copy_range
+from avtool.scan.mailbox.message import HEAD_LIMIT, Message, OpenFile, Problem, read_head
 
 CHUNK = 1 << 20
 _SEP = b"\n\nFrom "

@@ -49,10 +49,10 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Literal
 
-from avtool import keys as K
 from avtool.config import Config
+from avtool.config import keys as K
+from avtool.control.ipc import DEBUG_PIPE, END_ERROR, END_OK, alive, read_pid_file, unsafe_dir
 from avtool.errors import AvtoolError
-from avtool.ipc import DEBUG_PIPE, END_ERROR, END_OK, alive, read_pid_file, unsafe_dir
 
 RELOAD_SIGNALS: dict[str | None, signal.Signals] = {
     None: signal.SIGHUP,  # config and virus database

@@ -1,0 +1,1 @@
+"""The `sig` channel between `avtool sig` and the running daemon."""

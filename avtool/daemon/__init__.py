@@ -1,0 +1,1 @@
+"""The filter daemon: lifecycle, event loop, pipeline, policy, reloads, counters, batch-test."""

@@ -1,0 +1,1 @@
+"""Scanning mail files and mailboxes (`avtool scan`)."""
