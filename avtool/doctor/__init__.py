@@ -2,30 +2,18 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
-from dataclasses import dataclass
-from typing import Literal
+from collections.abc import Iterable
 
 from avtool.config import Config
+from avtool.doctor import clamd, courier
+from avtool.doctor.finding import Check, Finding, Status
 
-Status = Literal["ok", "warn", "fail"]
-
-
-@dataclass(frozen=True)
-class Finding:
-    status: Status
-    what: str
-    fix: str = ""
-
-
-Check = Callable[[Config], Iterable[Finding]]
+__all__ = ["Check", "Finding", "Status", "passed", "run"]
 
 
 def run(cfg: Config, checks: Iterable[Check] | None = None) -> list[Finding]:
     """Every finding of every check, in order. A check that crashes is itself a failure."""
     if checks is None:
-        from avtool.doctor import clamd, courier
-
         checks = [*clamd.CHECKS, courier.check_courier]
     findings: list[Finding] = []
     for check in checks:

@@ -12,8 +12,8 @@ from collections.abc import Iterator
 from avtool.config import Config
 from avtool.config import keys as K
 from avtool.config.kinds import Size
-from avtool.doctor import Finding
 from avtool.doctor.database import check_database
+from avtool.doctor.finding import Finding
 from avtool.doctor.settings import check_alerts, check_limits
 from avtool.engine import Clean, Engine, Failed, Infected, Unchecked
 from avtool.engine.clamdconf import conf_for, find_clamd_confs

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from avtool.config import Config
 from avtool.config import keys as K
-from avtool.doctor import Finding
+from avtool.doctor.finding import Finding
 
 FILTERS = Path("/usr/lib/courier/filters")
 ACTIVE = Path("/etc/courier/filters/active")

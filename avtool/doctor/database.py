@@ -14,7 +14,7 @@ import os
 import time
 from collections.abc import Iterator
 
-from avtool.doctor import Finding
+from avtool.doctor.finding import Finding
 from avtool.engine import Backend
 from avtool.engine.clamdconf import ClamdConf
 from avtool.engine.replies import BackendFailure, parse_version

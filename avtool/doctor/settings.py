@@ -15,7 +15,7 @@ from collections.abc import Iterator
 from avtool.config import Config
 from avtool.config import keys as K
 from avtool.config.kinds import Size
-from avtool.doctor import Finding, Status
+from avtool.doctor.finding import Finding, Status
 from avtool.engine.clamdconf import ClamdConf
 
 _APPLY = "bash share/clamd-config.sh (or edit it), then restart clamd"
