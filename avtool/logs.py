@@ -1,4 +1,5 @@
-"""Logging to stderr, which courierfilter hands to syslog (notes/courier.md §2), by verbosity."""
+"""Logging to stderr, which courierfilter hands to syslog (docs/notes/courier.md §2), by
+verbosity."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""A deterministic corpus of mail for benchmarks (notes/clamav.md section 4).
+"""A deterministic corpus of mail for benchmarks (docs/notes/clamav.md section 4).
 
 500 messages by default: 41% plain text, 20% text+HTML alternative, 26% with a random base64
 attachment of 100 KB-2 MB (log-uniform, so most are small as in real mail), 11% with a zip
@@ -23,7 +23,7 @@ from pathlib import Path
 # Built in two parts so that this source file is not itself flagged.
 EICAR = b"X5O!P%@AP[4\\PZX54(P^)7CC)7}$" + b"EICAR-STANDARD-ANTIVIRUS-TEST-FILE!$H+H*"
 
-# Shares of each kind, per 500 (notes 4: 207 / 102 / 128 / 53 / 10).
+# Shares of each kind, per 500 (docs/notes/clamav.md §4: 207 / 102 / 128 / 53 / 10).
 MIX = (("plain", 207), ("alternative", 102), ("attachment", 128), ("zip", 53), ("eicar", 10))
 _VOCABULARY = (
     "the of and to in is for on that with as this be are from by at or it an was we will "

@@ -1,10 +1,10 @@
 """Engine benchmark: avtool's Engine against clamd's own limit and a raw FILDES loop.
 
-One clamd started by tests/clamd_harness.py with ``DisableCache yes`` (its result cache makes
-repeat runs ~13x faster, notes/clamav.md 2) and MaxThreads 8, scanning the corpus of
+One clamd started by tests/support/clamd_harness.py with ``DisableCache yes`` (its result cache
+makes repeat runs ~13x faster, docs/notes/clamav.md §2) and MaxThreads 8, scanning the corpus of
 bench/corpus.py. Measured: CONTSCAN and MULTISCAN of the corpus dir (clamd alone), the raw FILDES
-loop of notes section 3, and the Engine by FILDES, INSTREAM (TCP) and SCAN with 1 and 4 client
-threads; then a 100 MB message by INSTREAM in a fresh process (peak RSS increase).
+loop of docs/notes/clamav.md §3, and the Engine by FILDES, INSTREAM (TCP) and SCAN with 1 and 4
+client threads; then a 100 MB message by INSTREAM in a fresh process (peak RSS increase).
 
     python bench/engine.py [--count 500] [--out bench/out/engine.json]
 
@@ -38,13 +38,13 @@ sys.path.insert(0, str(REPO))  # run as a script: tests/ and bench/ import from 
 from avtool.config import Config  # noqa: E402
 from avtool.engine import Engine, Infected  # noqa: E402
 from bench.corpus import generate  # noqa: E402
-from tests.clamd_harness import ClamdServer  # noqa: E402
+from tests.support.clamd_harness import ClamdServer  # noqa: E402
 
 BIG = 100 << 20  # the large INSTREAM message
 TARGET_RATIO, TARGET_CPU_MS, TARGET_RSS_MB = 0.95, 0.3, 20.0
 
 
-# ---- the raw client of notes section 3, as the baseline ---------------------------------------
+# ---- the raw client of docs/notes/clamav.md §3, as the baseline ---------------------------
 def _raw_conn(path: str, timeout: float = 120) -> socket.socket:
     s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     s.settimeout(timeout)

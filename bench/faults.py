@@ -27,7 +27,7 @@ The filter is avtool as share/install.sh installs it (the /opt/avtool venv, run 
 user courier), under its own filter name ``avfaults`` with its own config file, so the installed
 ``avtool`` filter and /etc/courier/filters/avtool.conf are never touched; the wrapper puts a
 copy of this tree's ``avtool`` package first on the path, so what runs is the code under test.
-Its clamds are ours (tests/clamd_harness.py), so they can be killed; the garbage clamd is
+Its clamds are ours (tests/support/clamd_harness.py), so they can be killed; the garbage clamd is
 tests/fakes/clamd.py's. The whole run holds the machine-wide Courier lock.
 
     python bench/faults.py [--messages 1000] [--senders 4] [--infected 0.02] [--rate 40]
@@ -61,9 +61,9 @@ REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from tests.clamd_harness import ClamdServer  # noqa: E402
 from tests.e2e import harness  # noqa: E402
 from tests.fakes.clamd import FakeClamd  # noqa: E402
+from tests.support.clamd_harness import ClamdServer  # noqa: E402
 
 NAME = "avfaults"
 ROOT = Path("/var/lib/avtool-e2e/faults")  # config, quarantine; readable by user courier
@@ -317,7 +317,7 @@ class ClamdFailover(Fault):
 def restart_courierfilter() -> None:
     """``courierfilter stop`` + ``start``: the filter stays linked and its socket stays (a dead
     one answers 432), until the new daemon renames its own over it. No moment without a socket,
-    so no moment when Courier accepts mail unfiltered (notes/courier.md §3)."""
+    so no moment when Courier accepts mail unfiltered (docs/notes/courier.md §3)."""
     subprocess.run(["/usr/sbin/courierfilter", "stop"], check=True, capture_output=True)
     harness.wait_for(lambda: not _pidfile_alive(Path("/run/courier/courierfilter.pid")), 20)
     subprocess.run(["/usr/sbin/courierfilter", "start"], check=True, capture_output=True)
@@ -335,8 +335,9 @@ def _socket_accepts() -> bool:
 
 
 class FilterKill(Fault):
-    """SIGKILL the filter: Courier answers 432 while its socket has no listener (notes/courier.md
-    §3); then the safe restart, ``courierfilter stop`` + ``start`` (restart_courierfilter)."""
+    """SIGKILL the filter: Courier answers 432 while its socket has no listener
+    (docs/notes/courier.md §3); then the safe restart, ``courierfilter stop`` + ``start``
+    (restart_courierfilter)."""
 
     name = "filter-kill"
     hold = 1.5

@@ -1,12 +1,12 @@
 """Large mail: 50 MB and 200 MB messages through `avtool serve --debug`, by FILDES and INSTREAM.
 
-A real clamd (tests/clamd_harness.py) with StreamMaxLength, MaxFileSize and MaxScanSize large
-enough for 200 MB; one daemon per transfer: FILDES on clamd's unix socket, INSTREAM on its TCP
+A real clamd (tests/support/clamd_harness.py) with StreamMaxLength, MaxFileSize and MaxScanSize
+large enough for 200 MB; one daemon per transfer: FILDES on clamd's unix socket, INSTREAM on its TCP
 port (127.0.0.1). Each message is a mail with a base64 attachment of random bytes, put in the
-daemon's spool with a control file and filtered through the daemon's socket as Courier does it.
-The daemon's peak RSS (VmHWM, /proc) is read after each message: target < 60 MB, since the
-message is handed over as a descriptor (FILDES) or streamed in chunks (INSTREAM), never read
-whole. A last message carries EICAR after the bulk, so the verdict proves clamd saw it all.
+daemon's spool with a control file and filtered through the daemon's socket as Courier does it. The
+daemon's peak RSS (VmHWM, /proc) is read after each message: target < 60 MB, since the message is
+handed over as a descriptor (FILDES) or streamed in chunks (INSTREAM), never read whole. A last
+message carries EICAR after the bulk, so the verdict proves clamd saw it all.
 
     python bench/largemail.py [--sizes 50,200] [--out bench/out/largemail.json]
 """
@@ -28,8 +28,8 @@ sys.path.insert(0, str(REPO))
 
 from bench.engine import machine  # noqa: E402
 from bench.serve import proc_hwm_mb  # noqa: E402
-from tests.clamd_harness import ClamdServer  # noqa: E402
-from tests.integration.serve_support import EICAR, start_daemon  # noqa: E402
+from tests.support.clamd_harness import ClamdServer  # noqa: E402
+from tests.support.serve import EICAR, start_daemon  # noqa: E402
 
 TARGET_MB = 60.0
 LIMIT = "300M"

@@ -12,7 +12,7 @@ socket dir (Courier's localstatedir) is a temp dir, so nothing lands in the real
 The clamav module scans **by path** (pyclamd ``scan_file``, clamd ``SCAN``): clamd must be
 able to open the data file. What was changed for that (avtool needs none of it: FILDES):
   (a) direct runs: the spool is a temp dir of mode 0755 with files 0644, so the clamd of
-      tests/clamd_harness.py (user clamav) reads it;
+      tests/support/clamd_harness.py (user clamav) reads it;
   (b) through Courier: Courier's tmp is 0770 courier:courier, which clamd (user clamav) cannot
       enter. This benchmark starts its clamd as root (``User root``) instead of clamav. On a
       real server one would rather add clamav to the courier group (``usermod -aG courier
@@ -61,8 +61,8 @@ sys.path.insert(0, str(REPO))
 from bench.corpus import generate  # noqa: E402
 from bench.engine import Result, best, clamd_alone, machine, run, table  # noqa: E402
 from bench.serve import proc_cpu_s, proc_hwm_mb, spool_copy  # noqa: E402
-from tests.clamd_harness import ClamdServer  # noqa: E402
-from tests.integration.serve_support import request_bytes, spawn_fd3, start_daemon  # noqa: E402
+from tests.support.clamd_harness import ClamdServer  # noqa: E402
+from tests.support.serve import request_bytes, spawn_fd3, start_daemon  # noqa: E402
 
 PEER_ROOT = Path("/var/lib/avtool-bench")
 VENV = PEER_ROOT / "pythonfilter-venv"

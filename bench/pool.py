@@ -1,11 +1,11 @@
 """Pool benchmark: one Engine on 1, 2 and 3 clamd backends, each behind a delaying proxy.
 
-Each backend stands for a clamd on another host: its own clamd process (tests/clamd_harness.py,
-``DisableCache yes``, MaxThreads = --slots) on a loopback TCP port, reached through
-bench/delayproxy.py, which adds --delay-ms to every request and lets at most --slots requests
-through at once. So each backend serves about slots / delay scans per second whatever this
-machine's CPUs do, and the backends are the bottleneck: with enough clients (--clients, more
-than backends x slots), throughput should grow with the number of backends.
+Each backend stands for a clamd on another host: its own clamd process
+(tests/support/clamd_harness.py, ``DisableCache yes``, MaxThreads = --slots) on a loopback TCP port,
+reached through bench/delayproxy.py, which adds --delay-ms to every request and lets at most --slots
+requests through at once. So each backend serves about slots / delay scans per second whatever this
+machine's CPUs do, and the backends are the bottleneck: with enough clients (--clients, more than
+backends x slots), throughput should grow with the number of backends.
 
 Runs, on the corpus of bench/corpus.py, by INSTREAM (TCP), every one bounded in count and time:
   1. balance least-busy and round-robin on 1, 2, 3 backends: msg/s, p50/p99, scans per backend;
@@ -35,7 +35,7 @@ from avtool.engine import Clean, Engine, Infected  # noqa: E402
 from bench.corpus import generate  # noqa: E402
 from bench.delayproxy import DelayProxy  # noqa: E402
 from bench.engine import Result, config, machine, run, table  # noqa: E402
-from tests.clamd_harness import ClamdServer  # noqa: E402
+from tests.support.clamd_harness import ClamdServer  # noqa: E402
 
 MAX = "32M"  # StreamMaxLength and scan.max_size: every corpus message fits
 

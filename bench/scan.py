@@ -1,7 +1,8 @@
 """``avtool scan`` benchmark: against clamd's own MULTISCAN, and memory as the mailbox grows.
 
-One clamd started by tests/clamd_harness.py with ``DisableCache yes`` (its result cache makes
-repeat runs ~13x faster, notes/clamav.md 2) and MaxThreads 8, as bench/engine.py does. Measured:
+One clamd started by tests/support/clamd_harness.py with ``DisableCache yes`` (its result cache
+makes repeat runs ~13x faster, docs/notes/clamav.md §2) and MaxThreads 8, as bench/engine.py
+does. Measured:
 
 1. A Maildir of 2,000 messages of bench/corpus.py's realistic mix: clamd MULTISCAN of it (clamd
    alone) and ``avtool scan --quiet`` of it (a real process, stdout a file), two interleaved runs
@@ -46,7 +47,7 @@ from avtool.scan.mailbox import mbox as mbox_format  # noqa: E402
 from avtool.scan.mailbox.maildir import copy_range  # noqa: E402
 from bench.corpus import generate, message  # noqa: E402
 from bench.engine import machine  # noqa: E402
-from tests.clamd_harness import ClamdServer  # noqa: E402
+from tests.support.clamd_harness import ClamdServer  # noqa: E402
 
 TARGET_RATIO, TARGET_RSS = 0.90, 0.10
 FROM_LINE = b"From bench@example.com Mon Jan  1 00:00:00 2024\n"

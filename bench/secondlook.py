@@ -1,12 +1,12 @@
 """What the second look (avtool/engine/secondlook.py) costs, on the corpus of bench/corpus.py.
 
-One clamd (tests/clamd_harness.py, ``DisableCache yes``, MaxThreads 8), the Engine by FILDES,
-one client thread, each message as the filter handles it: the scan, then the second look when
-``policy.hides`` says the first name could hide a more severe one. Two policies, run in turn
+One clamd (tests/support/clamd_harness.py, ``DisableCache yes``, MaxThreads 8), the Engine by
+FILDES, one client thread, each message as the filter handles it: the scan, then the second look
+when ``policy.hides`` says the first name could hide a more severe one. Two policies, run in turn
 (twice each, the best run kept): the defaults (no message qualifies: the cost must be nil) and
-``policy.pass = ["Eicar*"]`` (the 2% EICAR messages qualify). Reported: corpus msg/s, the
-number of second looks, and per qualifying message the first scan and the second look in ms;
-then the worst case, a second look forced on the 10 largest messages.
+``policy.pass = ["Eicar*"]`` (the 2% EICAR messages qualify). Reported: corpus msg/s, the number of
+second looks, and per qualifying message the first scan and the second look in ms; then the worst
+case, a second look forced on the 10 largest messages.
 
     python bench/secondlook.py [--count 500]
 """
@@ -33,7 +33,7 @@ from avtool.engine import (  # noqa: E402
     secondlook,  # noqa: E402
 )
 from bench.corpus import generate  # noqa: E402
-from tests.clamd_harness import ClamdServer  # noqa: E402
+from tests.support.clamd_harness import ClamdServer  # noqa: E402
 
 
 def run(engine: Engine, cfg: Config, paths: list[Path]) -> dict[str, float]:

@@ -1,8 +1,8 @@
 """Daemon benchmark: `avtool serve` on its socket vs a raw FILDES loop, same corpus, same run.
 
-One clamd (tests/clamd_harness.py, ``DisableCache yes``, MaxThreads 8) and the corpus of
+One clamd (tests/support/clamd_harness.py, ``DisableCache yes``, MaxThreads 8) and the corpus of
 bench/corpus.py, each message given a Courier control file in a spool dir. Measured, with 1 and 4
-concurrent clients: the raw FILDES loop of notes/clamav.md §3 (the engine's floor) and
+concurrent clients: the raw FILDES loop of docs/notes/clamav.md §3 (the engine's floor) and
 ``avtool serve --debug`` driven through its unix socket as Courier drives it (one connection per
 message). Reported: messages/s, p50/p99, the daemon's CPU per message (its /proc utime+stime),
 its peak RSS (VmHWM), and the ratio serve / raw FILDES (target >= 0.95).
@@ -30,8 +30,8 @@ sys.path.insert(0, str(REPO))
 
 from bench.corpus import generate  # noqa: E402
 from bench.engine import Result, best, machine, raw_scanner, run, table  # noqa: E402
-from tests.clamd_harness import ClamdServer  # noqa: E402
-from tests.integration.serve_support import (  # noqa: E402
+from tests.support.clamd_harness import ClamdServer  # noqa: E402
+from tests.support.serve import (  # noqa: E402
     Daemon,
     control_text,
     request_bytes,

@@ -1,7 +1,7 @@
 """Soak: the filter daemon at a steady rate for a long time, a virus reload every minute.
 
-A real clamd (tests/clamd_harness.py) and a real ``avtool serve --debug`` (the one the
-integration tests start, tests/integration/serve_support.py), driven through its unix socket
+A real clamd (tests/support/clamd_harness.py) and a real ``avtool serve --debug`` (the one the
+integration tests start, tests/support/serve.py), driven through its unix socket
 exactly as Courier's submit drives it: a fresh data file and control file per message in a spool
 dir, one connection per message, the reply read to its end. 2% of the messages carry EICAR.
 Every minute ``avtool sig -p PID reload virus`` makes every clamd reload and waits for the
@@ -44,8 +44,8 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from bench.engine import machine  # noqa: E402
-from tests.clamd_harness import ClamdServer  # noqa: E402
-from tests.integration.serve_support import (  # noqa: E402
+from tests.support.clamd_harness import ClamdServer  # noqa: E402
+from tests.support.serve import (  # noqa: E402
     EICAR,
     Daemon,
     config_for,

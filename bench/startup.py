@@ -3,10 +3,10 @@
 courierfilter(8) starts /usr/lib/courier/filters/avtool with fd 3 open and waits for it to close:
 that is when the socket accepts mail. This benchmark renders the real wrapper with the repo's
 .venv as prefix, gives it fd 3 as a pipe and a config (AVTOOL_CONFIG) whose socket, pid file and
-pipe are in a temp Courier dir, with a real clamd (tests/clamd_harness.py; serve pings it before
-it binds). Measured, --runs times each: exec to fd 3 closed (target <= 300 ms), and for scale
-`python -c pass` and `python -c "import avtool.cli.app"`. The daemon is stopped by stdin EOF.
-Then `python -X importtime` of the serve path lists the slowest imports.
+pipe are in a temp Courier dir, with a real clamd (tests/support/clamd_harness.py; serve pings it
+before it binds). Measured, --runs times each: exec to fd 3 closed (target <= 300 ms), and for scale
+`python -c pass` and `python -c "import avtool.cli.app"`. The daemon is stopped by stdin EOF. Then
+`python -X importtime` of the serve path lists the slowest imports.
 
     python bench/startup.py [--runs 15] [--out bench/out/startup.json]
 """
@@ -27,8 +27,8 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from bench.engine import machine  # noqa: E402
-from tests.clamd_harness import ClamdServer  # noqa: E402
-from tests.integration.serve_support import spawn_fd3  # noqa: E402
+from tests.support.clamd_harness import ClamdServer  # noqa: E402
+from tests.support.serve import spawn_fd3  # noqa: E402
 
 TARGET_MS = 300.0
 PY = str(REPO / ".venv" / "bin" / "python")

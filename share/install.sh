@@ -149,7 +149,7 @@ install_filter() {
 
 start_courier() {
   # Debian's package ships no .dat files: without them 127.0.0.1 is no relay client and the
-  # local domains are not accepted (notes/courier.md §1)
+  # local domains are not accepted (docs/notes/courier.md §1)
   [[ -e $etc/smtpaccess.dat ]] || makesmtpaccess
   [[ -e $etc/esmtpacceptmailfor.dat ]] || makeacceptmailfor
   [[ -e $etc/aliases.dat ]] || makealiases
@@ -170,7 +170,7 @@ enable_filter() {
     filterctl stop avtool; wait_until 15 test ! -S "$socket" || true
   }
   filterctl start avtool
-  # filterctl's HUP can be lost while courierfilter waits for a filter (notes/courier.md §7)
+  # filterctl's HUP can be lost while courierfilter waits for a filter (docs/notes/courier.md §7)
   if ! wait_until 10 test -S "$socket"; then
     say "no socket yet: courierfilter restart"
     /usr/sbin/courierfilter restart 2>/dev/null || { /usr/sbin/courierfilter stop; sleep 1; /usr/sbin/courierfilter start; }

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from avtool.config import Config
-from tests.clamd_harness import ClamdServer
+from tests.support.clamd_harness import ClamdServer
 
 # Short keys for engine_config(): the clamd.* keys, and scan.max_size as max_size.
 _SHORT = {"max_size": "scan.max_size"}
@@ -19,7 +19,7 @@ _SHORT = {"max_size": "scan.max_size"}
 
 @pytest.fixture(scope="session")
 def clamd_server() -> Iterator[ClamdServer]:
-    """A real clamd (tests/clamd_harness.py) with the test signatures, StreamMaxLength 10M.
+    """A real clamd (tests/support/clamd_harness.py) with the test signatures, StreamMaxLength 10M.
 
     Its dir is short (unix socket paths are limited to 108 bytes) and removed afterwards.
     """
@@ -68,9 +68,9 @@ def engine_config(clamd_server: ClamdServer) -> MakeConfig:
 
 @pytest.fixture(scope="session", autouse=True)
 def _remove_daemon_dirs() -> Iterator[None]:
-    """Daemons started by tests/integration/serve_support.py leave temp dirs: remove them."""
+    """Daemons started by tests/support/serve.py leave temp dirs: remove them."""
     yield
-    from tests.integration.serve_support import cleanup_all
+    from tests.support.serve import cleanup_all
 
     cleanup_all()
 

@@ -64,7 +64,7 @@ VERBOSITY = key(
     "0 errors only, 1 one line per message, 2 details, 3 debug",
 )
 
-# Courier and the filter daemon (courierfilter(8); notes/courier.md).
+# Courier and the filter daemon (courierfilter(8); docs/notes/courier.md).
 FILTER_DIR = key(
     "serve.filter_dir",
     Choice(("allfilters", "filters")),

@@ -97,7 +97,7 @@ def read_pid_file(path: Path) -> tuple[int, int] | None:
 
 
 def alive(pid: int) -> bool:
-    """True if pid runs and is not a zombie (a zombie passes kill -0: notes/courier.md §7)."""
+    """True if pid runs and is not a zombie (a zombie passes kill -0: docs/notes/courier.md §7)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:

@@ -1,7 +1,7 @@
 """Courier control files: the envelope of a message, and marking recipients delivered.
 
 A control file is a list of records, one per line: a letter, then the value. The letters are
-those of courier/libs/comctlfile.h (notes/courier.md section 3):
+those of courier/libs/comctlfile.h (docs/notes/courier.md section 3):
 
     s  envelope sender            f  received-from-MTA        M  Courier's message id
     u  message source (submit)    i  authenticated user id    O  NAME=VALUE environment
@@ -233,7 +233,7 @@ def mark_delivered(
     max_bytes: int = MAX_CONTROL_BYTES,
 ) -> None:
     """Mark ``recipients`` delivered, so that courierd delivers nothing to them and sends no
-    bounce (the drop, notes section 3). Each gets ``I<n> R 250 Ok - <note>`` and
+    bounce (the drop, docs/notes/courier.md §3). Each gets ``I<n> R 250 Ok - <note>`` and
     ``S<n> <now>`` in its own control file; one already done is skipped.
 
     Per file the whole text goes out in one ``write`` on an ``O_APPEND`` descriptor, then

@@ -9,8 +9,8 @@ Courier's own ``Received:``: prepending is how every hop adds its trace fields, 
 The file is streamed, never read whole: the header line by line (in pieces of at most 64 KiB),
 the body in 1 MiB copies, into a temporary file in the same directory that gets the owner,
 group and mode of the original, is fsynced and renamed over it; then the directory is fsynced.
-Replacing the data file this way is what zdkimfilter's filterlib does (notes/peers.md section
-1); Courier reads the file by name after the filter answers (notes/courier.md section 3).
+Replacing the data file this way is what zdkimfilter's filterlib does (docs/notes/peers.md section
+1); Courier reads the file by name after the filter answers (docs/notes/courier.md section 3).
 Handles LF and CRLF files, folded fields, 8-bit bytes, and a message that is all header.
 """
 

@@ -2,7 +2,7 @@
 
 Courier writes, on a fresh connection per message, the data file path + ``\\n``, one or more
 control file paths each + ``\\n``, then an empty line; the filter answers with an SMTP-style
-reply and closes (courierfilter(8), "MAIL FILTER IMPLEMENTATION"; notes/courier.md section 3).
+reply and closes (courierfilter(8), "MAIL FILTER IMPLEMENTATION"; docs/notes/courier.md section 3).
 Nothing here touches a socket; ``check_paths`` and ``open_data`` touch the file system only
 with ``lstat`` and a no-follow ``open``.
 
@@ -27,7 +27,7 @@ from dataclasses import dataclass
 
 from avtool.errors import AvtoolError
 
-MAX_LINE = 4096  # PATH_MAX on Linux; Courier's paths are about 50 bytes (notes section 3)
+MAX_LINE = 4096  # PATH_MAX on Linux; Courier's paths are about 50 bytes (docs/notes/courier.md §3)
 MAX_CONTROLS = 1000  # Courier splits long recipient lists over several control files
 MAX_BYTES = 1 << 20
 # RFC 5321 4.5.3.1.5: a reply line is at most 512 octets with its CRLF.
@@ -50,7 +50,7 @@ class Request:
 class Reply:
     """An SMTP-style answer. ``text`` is one line or several; the first digit of ``code`` is
     what Courier acts on: 0 accept and skip the later filters, 1-3 accept, 4 defer, 5 reject
-    (notes section 3, cdfilters.C)."""
+    (docs/notes/courier.md §3, cdfilters.C)."""
 
     code: int
     text: str | list[str]

@@ -7,7 +7,7 @@ message's own Content-Type is ``message/rfc822``, ``message/delivery-status`` or
 but also ``external-body``, ``global``, a made-up ``message/foo``) it logs "Partial message
 received from MUA/MTA - message cannot be scanned" or "Unsupported message format" and
 answers OK. A ``message/*`` *part* of a multipart is scanned. Found by trial on ClamAV 1.4.6
-(tests/evasion.py FRAGMENTS, tests/integration/test_evasion.py); clamd's reading of the
+(tests/support/evasion.py FRAGMENTS, tests/integration/test_evasion.py); clamd's reading of the
 field, also by trial: the last Content-Type counts, comments are dropped, quotes and
 whitespace around the type are dropped, but a subtype with a space or quotes in it
 (``message/ rfc822``, ``message/"rfc822"``) is an unknown one. So such a message is

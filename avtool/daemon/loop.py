@@ -270,7 +270,7 @@ class Loop:
         self._accepting(False)
         with contextlib.suppress(OSError):
             # The socket file stays while the filter is linked in active/: with no socket at
-            # all Courier accepts mail UNFILTERED (notes/courier.md §3; bench/faults.py saw it).
+            # all Courier accepts mail UNFILTERED (docs/notes/courier.md §3; bench/faults.py).
             self.listener.shutdown(socket.SHUT_RDWR)
         for conn in list(self.reading.values()):
             self._forget_reader(conn)

@@ -31,7 +31,7 @@ log = logging.getLogger("avtool")
 RESTART_KEYS: tuple[Key[Any], ...] = (
     K.FILTER_DIR, K.COURIER_DIR, K.PID_FILE, K.PIPE, K.MAX_SCANS, K.MAX_CONNECTIONS,
 )  # fmt: skip
-SETTLE_S = 1.0  # no version to watch: clamd swaps a small DB in ~50 ms (notes/clamav.md §2)
+SETTLE_S = 1.0  # no version to watch: clamd swaps a small DB in ~50 ms (docs/notes/clamav.md §2)
 
 
 class Reloader:

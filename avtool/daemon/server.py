@@ -1,6 +1,6 @@
 """``avtool serve``: the Courier global filter daemon.
 
-Lifecycle (courierfilter(8); notes/courier.md §3): resolve config -> ping clamd (warn only) ->
+Lifecycle (courierfilter(8); docs/notes/courier.md §3): resolve config -> ping clamd (warn only) ->
 pid file -> bind ``.NAME`` -> listen -> chmod 0660 -> rename to ``NAME`` -> unlink ``NAME`` in
 the other socket dir -> close fd 3 -> serve until stdin EOF, SIGTERM or SIGQUIT -> refuse new
 connections first (shutdown; the socket file stays, so Courier answers 432 and never lets mail

@@ -1,5 +1,5 @@
 """Doctor checks about Courier: filter installed and enabled, socket in place, user courier can
-reach clamd, and Courier filters the mail sources that matter (notes/courier.md §1-3)."""
+reach clamd, and Courier filters the mail sources that matter (docs/notes/courier.md §1-3)."""
 
 from __future__ import annotations
 

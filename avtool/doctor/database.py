@@ -1,7 +1,7 @@
 """Doctor check: does clamd hold real signatures, and how old is its daily database?
 
 From clamd's own VERSION (``ClamAV 1.4.6/27000/Tue Nov 24 09:23:41 2025``, or just ``ClamAV
-1.4.6`` when it loaded no daily database: notes/clamav.md section 2) and, when its clamd.conf
+1.4.6`` when it loaded no daily database: docs/notes/clamav.md section 2) and, when its clamd.conf
 is on this machine, the files in its DatabaseDirectory: ``main`` and ``daily`` (``.cvd`` as
 downloaded, ``.cld`` once freshclam patched it). A clamd with neither holds only test or custom
 signatures (share/install.sh falls back to avtool's test signatures when freshclam cannot

@@ -1,6 +1,6 @@
 """The clamd wire protocol for one address, on top of the ``clamd`` package's client classes.
 
-The package (1.0.2) has bugs that matter to a mail filter (notes/clamav.md section 3): connect()
+The package (1.0.2) has bugs that matter to a mail filter (docs/notes/clamav.md §3): connect()
 before settimeout() (no connect timeout), send() instead of sendall(), 1 KiB INSTREAM chunks,
 no FILDES, a greedy reply regex, and a socket stored on the instance (not thread-safe). These
 subclasses keep its classes and attributes but replace every method that talks: each call opens

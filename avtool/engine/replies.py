@@ -1,6 +1,6 @@
 """clamd's replies as verdicts: pure functions over bytes, tested with tables of byte strings.
 
-The reply shapes are those measured in notes/clamav.md section 2 and written by clamd/session.c
+The reply shapes are those measured in docs/notes/clamav.md section 2 and written by clamd/session.c
 (``conn_reply*``): ``TARGET: OK``, ``TARGET: NAME FOUND``, ``TARGET: MESSAGE ERROR``, or an
 ``ERROR`` about the command itself with no target (``INSTREAM size limit exceeded. ERROR``).
 TARGET is ``stream``, ``fd[N]`` or the scanned path. With the ``z`` prefix each reply ends in

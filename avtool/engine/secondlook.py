@@ -22,7 +22,7 @@ other than zip. ALLMATCHSCAN would, but it needs a path that clamd's user can re
 filter's spool file is not (design.md: no shared permissions; FILDES).
 
 Only Infected messages that ``policy.hides`` picks pay for this: a stdlib MIME parse (about
-4 ms a message, notes/clamav.md section 4) and one clamd scan per part.
+4 ms a message, docs/notes/clamav.md section 4) and one clamd scan per part.
 """
 
 from __future__ import annotations

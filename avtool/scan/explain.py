@@ -2,7 +2,7 @@
 
 Only for messages clamd already called infected: the message is parsed with the stdlib email
 package and every leaf part's decoded payload is scanned on its own. Python-side MIME decoding
-costs half of clamd's own scan (notes/clamav.md section 4), which is why it is not done for
+costs half of clamd's own scan (docs/notes/clamav.md section 4), which is why it is not done for
 every message. Parts are numbered as IMAP numbers them (RFC 3501 section 6.4.5: ``1``, ``2.1``;
 the parts of an attached message/rfc822 under its own number).
 

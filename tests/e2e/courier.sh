@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# A real Courier MTA on this machine for avtool's e2e tests: notes/courier.md sections 2, 6, 7.
+# A real Courier MTA on this machine for avtool's e2e tests: docs/notes/courier.md sections 2, 6, 7.
 #
 #   courier.sh up      install (if missing), configure, start: syslog sink, authdaemond,
 #                      courierfilter, courier, esmtpd on $AVTOOL_E2E_ADDRESS:$AVTOOL_E2E_PORT
@@ -79,7 +79,7 @@ install_packages() {
 	[ ${#need[@]} -eq 0 ] && return 0
 	say "installing ${need[*]}"
 	# postinst would start esmtpd on port 25, on all addresses, without a policy-rc.d that
-	# says no (notes section 1): make one for the install if the machine has none.
+	# says no (docs/notes/courier.md §1): make one for the install if the machine has none.
 	local made_policy=
 	if [ ! -e /usr/sbin/policy-rc.d ]; then
 		printf '#!/bin/sh\nexit 101\n' >/usr/sbin/policy-rc.d
@@ -181,7 +181,7 @@ down() {
 	/usr/sbin/courier stop || true
 	/usr/sbin/courierfilter stop || true
 	/usr/sbin/authdaemond stop || true
-	# The commands return at once; the processes exit within about 0.5 s (notes section 6).
+	# The commands return at once; the processes exit within about 0.5 s (docs/notes/courier.md §6).
 	wait_until 10 port_closed || say "something still listens on $ADDRESS:$PORT"
 	local name
 	for name in couriertcpd courierd courierfilter authdaemond; do

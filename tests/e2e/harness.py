@@ -1,6 +1,6 @@
 """Helpers for tests against a real Courier started by tests/e2e/courier.sh.
 
-What they know comes from notes/courier.md: filter sockets live in allfilters/ (section 3,
+What they know comes from docs/notes/courier.md: filter sockets live in allfilters/ (section 3,
 pitfall 2), ``filterctl`` is asynchronous and can lose its HUP (pitfall 3), every diagnostic
 goes to syslog (pitfall 9, courier.sh's sink writes it to ``SYSLOG``), and a filter runs as
 user courier with ``/usr/bin/python3`` and an empty environment (pitfall 5).

@@ -1,4 +1,4 @@
-"""A /dev/log sink for containers without a syslog daemon (notes/courier.md pitfall 9).
+"""A /dev/log sink for containers without a syslog daemon (docs/notes/courier.md pitfall 9).
 
 Every Courier daemon logs only through syslog(3), and a filter's stderr reaches syslog through
 courierlogger, so without this the e2e tests could not see a single diagnostic. Each datagram

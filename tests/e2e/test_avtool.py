@@ -27,8 +27,8 @@ from typing import Any
 
 import pytest
 
-from tests.debian_clamd import debian_conf_text
 from tests.e2e import harness
+from tests.support.debian_clamd import debian_conf_text
 
 pytestmark = pytest.mark.e2e
 
@@ -110,7 +110,8 @@ def test_installer_checked_everything_and_showed_both_mails(installed: str) -> N
 
 
 def debian_generated() -> list[str]:
-    """Debian's clamd.conf as its postinst generated it (ucf's copy: tests/debian_clamd.py)."""
+    """Debian's clamd.conf as its postinst generated it (ucf's copy:
+    tests/support/debian_clamd.py)."""
     text = debian_conf_text()
     assert text is not None
     return text.splitlines()

@@ -209,7 +209,7 @@ def test_marking_delivered_and_200_drops_silently(e2e_filter: str, count: int) -
     log = harness.wait_completed(qid, mark)
     [entry] = seen(mark, action="drop")
     assert entry["recipients"] == [[r, i, False] for i, r in enumerate(recipients)]
-    assert entry["files"] == 1  # notes section 3: one control file, even for several
+    assert entry["files"] == 1  # docs/notes/courier.md §3: one control file, even for several
     assert seen(mark, after_drop=[True] * count)
     # courierd completed it without a delivery attempt, and without a bounce to the (local)
     # sender: nothing in any Maildir, nothing queued.

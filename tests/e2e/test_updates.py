@@ -28,8 +28,8 @@ from pathlib import Path
 import pytest
 
 from avtool.updates import SCRIPT, STATE_DIR
-from tests.clamd_harness import ClamdServer
-from tests.integration.serve_support import Daemon, config_for, mail, start_daemon
+from tests.support.clamd_harness import ClamdServer
+from tests.support.serve import Daemon, config_for, mail, start_daemon
 
 pytestmark = pytest.mark.e2e
 REPO = Path(__file__).resolve().parents[2]

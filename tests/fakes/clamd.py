@@ -10,7 +10,7 @@ the chunks of INSTREAM up to the zero-length one), then does what its ``behaviou
 - ``mid_reply``: send half a reply, no ``\\0``, and close.
 - ``reset``: close without reading the request, so the client gets ECONNRESET/EPIPE.
 - ``size_limit``: for INSTREAM, read ``limit`` bytes, answer ``INSTREAM size limit exceeded.
-  ERROR`` and hang up at once, the way clamd does (notes/clamav.md section 2); ``lost_reply``
+  ERROR`` and hang up at once, the way clamd does (docs/notes/clamav.md section 2); ``lost_reply``
   sends nothing before hanging up (the reply lost in the reset) but still answers PING.
 """
 

@@ -1,4 +1,4 @@
-"""Fixtures for tests that drive a real ``avtool serve --debug`` (serve_support.py)."""
+"""Fixtures for tests that drive a real ``avtool serve --debug`` (tests/support/serve.py)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from tests.integration.serve_support import Daemon, config_for, start_daemon
+from tests.support.serve import Daemon, config_for, start_daemon
 
 
 @pytest.fixture

@@ -18,9 +18,9 @@ from pathlib import Path
 import pytest
 
 from avtool.engine import Engine, Failed, Infected, secondlook
-from tests.clamd_harness import ClamdServer
 from tests.conftest import make_config
-from tests.integration.serve_support import EICAR, config_for, start_daemon
+from tests.support.clamd_harness import ClamdServer
+from tests.support.serve import EICAR, config_for, start_daemon
 
 pytestmark = pytest.mark.clamd
 

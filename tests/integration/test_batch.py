@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from tests.integration.serve_support import EICAR, Spool, config_for, mail, request_bytes
+from tests.support.serve import EICAR, Spool, config_for, mail, request_bytes
 
 pytestmark = pytest.mark.clamd
 
@@ -66,7 +66,7 @@ def test_every_fragment_is_unchecked(clamd_server: Any, tmp_path: Path) -> None:
     """clamd answers OK for a message/partial without looking (courier/unscannable.py): the
     blocking pipeline (batch-test, TCP pools) calls each variant unchecked, as the loop does
     (test_evasion.py), and a forwarded message and a bounce still pass."""
-    from tests import evasion
+    from tests.support import evasion
     from tests.unit.test_unscannable import NOT_FRAGMENTS
 
     spool = Spool(tmp_path / "spool")

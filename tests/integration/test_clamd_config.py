@@ -14,10 +14,10 @@ from pathlib import Path
 import pytest
 
 from avtool.engine import Clean, Engine, Infected, Unchecked, secondlook
-from tests.clamd_harness import REPO
 from tests.conftest import make_config
-from tests.debian_clamd import DebianClamd, debian_conf_text
-from tests.integration.serve_support import EICAR, mail
+from tests.support.clamd_harness import REPO
+from tests.support.debian_clamd import DebianClamd, debian_conf_text
+from tests.support.serve import EICAR, mail
 
 pytestmark = [
     pytest.mark.clamd,

@@ -1,4 +1,5 @@
-"""tests/clamd_harness.py as a script: `up DIR` leaves a clamd running, `down DIR` stops it."""
+"""tests/support/clamd_harness.py as a script: `up DIR` leaves a clamd running, `down DIR`
+stops it."""
 
 from __future__ import annotations
 
@@ -10,14 +11,14 @@ from pathlib import Path
 
 import pytest
 
-from tests.clamd_harness import REPO, ClamdServer, _is_our_clamd
+from tests.support.clamd_harness import REPO, ClamdServer, _is_our_clamd
 
 pytestmark = pytest.mark.clamd
 
 
 def test_up_then_down_by_script() -> None:
     d = Path(tempfile.mkdtemp(prefix="avh", dir="/tmp"))
-    script = [sys.executable, str(REPO / "tests" / "clamd_harness.py")]
+    script = [sys.executable, str(REPO / "tests" / "support" / "clamd_harness.py")]
     try:
         up = subprocess.run(
             [*script, "up", str(d), "--stream-max", "2M"],

@@ -19,10 +19,10 @@ from avtool.doctor import courier as doctor_courier
 from avtool.doctor.database import check_database, database_findings
 from avtool.engine import Backend, clamdconf
 from avtool.engine.clamdconf import ClamdConf
-from tests.clamd_harness import REPO, ClamdServer
-from tests.debian_clamd import DebianClamd
 from tests.fakes.clamd import FakeClamd
-from tests.integration.serve_support import config_for, start_daemon
+from tests.support.clamd_harness import REPO, ClamdServer
+from tests.support.debian_clamd import DebianClamd
+from tests.support.serve import config_for, start_daemon
 
 pytestmark = pytest.mark.clamd
 
@@ -165,7 +165,8 @@ def _ctime(seconds_ago: float) -> str:
     ("days", "status"), [(0.5, "ok"), (3.0, "warn"), (9.0, "fail")], ids=["fresh", "2d+", "7d+"]
 )
 def test_daily_database_age_from_clamd_s_version(tmp_path: Path, days: float, status: str) -> None:
-    """A fake clamd answering VERSION as clamd does with a daily database (notes 2)."""
+    """A fake clamd answering VERSION as clamd does with a daily database
+    (docs/notes/clamav.md §2)."""
     reply = f"ClamAV 1.4.6/27012/{_ctime(days * 86400)}\0".encode()
     with FakeClamd(tmp_path / "fake.sock", reply=reply) as fake:
         (finding,) = check_database(Backend(fake.address), None, time.time())

@@ -1,6 +1,7 @@
-"""The engine against the real clamd of the session (tests/clamd_harness.py, StreamMaxLength 10M).
+"""The engine against the real clamd of the session (tests/support/clamd_harness.py, StreamMaxLength
+10M).
 
-Signature names come from an unsigned test DB and end in ``.UNOFFICIAL`` (notes/clamav.md 1):
+Signature names come from an unsigned test DB and end in ``.UNOFFICIAL`` (docs/notes/clamav.md §1):
 assert on Infected, and on the name's stem only.
 """
 
@@ -20,9 +21,9 @@ from pathlib import Path
 import pytest
 
 from avtool.engine import Clean, Engine, Failed, Infected, Unchecked
-from tests.clamd_harness import TESTFILES, ClamdServer
 from tests.conftest import MakeConfig
-from tests.integration.serve_support import EICAR, mail
+from tests.support.clamd_harness import TESTFILES, ClamdServer
+from tests.support.serve import EICAR, mail
 
 pytestmark = pytest.mark.clamd
 
@@ -80,14 +81,16 @@ TESTFILE_NAMES = sorted(p.name for p in TESTFILES.glob("*")) if TESTFILES.is_dir
 
 @pytest.mark.parametrize("name", TESTFILE_NAMES)
 def test_every_clamav_testfile_is_infected(engine_config: MakeConfig, name: str) -> None:
-    # clamd unpacks each of them down to the 544-byte clam.exe of avtool-test.hdb (notes 1).
+    # clamd unpacks each of them down to the 544-byte clam.exe of avtool-test.hdb
+    # (docs/notes/clamav.md §1).
     v = Engine.from_config(engine_config()).scan_path(TESTFILES / name)
     assert isinstance(v, Infected), v
     assert v.names[0].startswith(("ClamAV-Test-File", "Eicar-Test-Signature"))
 
 
 def test_testfiles_are_all_there() -> None:
-    assert len(TESTFILE_NAMES) == 44  # Debian's clamav-testfiles; no clam.rar (+dfsg, notes 1)
+    # Debian's clamav-testfiles; no clam.rar (+dfsg, docs/notes/clamav.md §1)
+    assert len(TESTFILE_NAMES) == 44
 
 
 def test_over_max_size_is_unchecked_without_contacting_clamd(
@@ -130,7 +133,8 @@ def test_tcp_instream_verdicts(
 @pytest.mark.skipif(shutil.which("zip") is None, reason="needs Debian's zip (tests/setup.sh)")
 def test_encrypted_zip_is_unchecked(engine_config: MakeConfig, files: Path) -> None:
     # Python's zipfile cannot encrypt; zip -P makes a ZipCrypto archive. Clean content inside:
-    # AlertEncrypted yes flags any encrypted zip (notes 2), which is Unchecked, not Infected.
+    # AlertEncrypted yes flags any encrypted zip (docs/notes/clamav.md §2), which is Unchecked,
+    # not Infected.
     inner = write(files, "notes.txt", b"nothing to see\n")
     archive = files / "secret.zip"
     subprocess.run(
@@ -232,7 +236,8 @@ def test_commands(engine_config: MakeConfig) -> None:
     info = b.describe()
     assert info.reachable and info.error is None
     assert info.version == f"ClamAV {info.engine_version}"
-    assert info.db_version is None  # no daily.cvd: VERSION has no "/daily/date" (notes 2)
+    # no daily.cvd: VERSION has no "/daily/date" (docs/notes/clamav.md §2)
+    assert info.db_version is None
 
 
 def test_reload_picks_up_a_new_signature(
@@ -245,7 +250,8 @@ def test_reload_picks_up_a_new_signature(
     clamd_server.add_signature_file("reload.ndb", f"Avtool-Reload-Test:0:*:{marker.hex()}\n")
     try:
         assert e.backends[0].reload() == "RELOADING"
-        # Concurrent reload: scans use the old DB until the new one is swapped in (notes 2).
+        # Concurrent reload: scans use the old DB until the new one is swapped in
+        # (docs/notes/clamav.md §2).
         end = time.monotonic() + 20
         v = e.scan_path(path)
         while not infected(v, "Avtool-Reload-Test") and time.monotonic() < end:

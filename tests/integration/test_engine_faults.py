@@ -8,10 +8,10 @@ from pathlib import Path
 import pytest
 
 from avtool.engine import Clean, Engine, Infected
-from tests.clamd_harness import ClamdServer
 from tests.conftest import MakeConfig
 from tests.fakes.clamd import FakeClamd
-from tests.integration.serve_support import EICAR, mail
+from tests.support.clamd_harness import ClamdServer
+from tests.support.serve import EICAR, mail
 
 pytestmark = pytest.mark.clamd
 

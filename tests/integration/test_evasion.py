@@ -1,6 +1,6 @@
-"""The MIME evasion corpus (tests/evasion.py) through a real daemon and a real clamd.
+"""The MIME evasion corpus (tests/support/evasion.py) through a real daemon and a real clamd.
 
-clamd runs with the harness's options (tests/clamd_harness.py: ScanMail and ScanArchive yes,
+clamd runs with the harness's options (tests/support/clamd_harness.py: ScanMail and ScanArchive yes,
 the rest clamd's defaults, as in Debian's clamd.conf) and the shipped test signatures. Every
 message carries EICAR behind one trick and must be refused with 550; the same message with a
 harmless payload must pass, so a pass cannot come from something else in the message.
@@ -19,9 +19,9 @@ from typing import Any
 import pytest
 
 from avtool.engine import Clean, Engine
-from tests import evasion
 from tests.conftest import MakeConfig
-from tests.integration.serve_support import Daemon, config_for, start_daemon
+from tests.support import evasion
+from tests.support.serve import Daemon, config_for, start_daemon
 from tests.unit import test_unscannable as unscannable_cases
 
 pytestmark = pytest.mark.clamd
@@ -139,7 +139,7 @@ def test_a_fragment_counts_as_unchecked(clamd_server: Any) -> None:
 
 @pytest.mark.parametrize("name", list(evasion.FRAGMENTS))
 def test_clamd_answers_ok_for_every_fragment(engine_config: MakeConfig, name: str) -> None:
-    """The attack: each variant (tests/evasion.py FRAGMENTS) hides EICAR from clamd, which
+    """The attack: each variant (tests/support/evasion.py FRAGMENTS) hides EICAR from clamd, which
     answers OK (the day it does not, this fails and the case can go)."""
     engine = Engine.from_config(engine_config())
     with tempfile.TemporaryFile() as f:

@@ -19,9 +19,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.clamd_harness import ClamdServer
 from tests.fakes.clamd import FakeClamd
-from tests.integration.serve_support import EICAR, Daemon, mail, start_daemon
+from tests.support.clamd_harness import ClamdServer
+from tests.support.serve import EICAR, Daemon, mail, start_daemon
 
 pytestmark = pytest.mark.clamd
 

@@ -27,7 +27,7 @@ import pytest
 from hypothesis import event, given, settings
 from hypothesis import strategies as st
 
-from tests.integration.serve_support import (
+from tests.support.serve import (
     EICAR,
     Daemon,
     config_for,
@@ -564,7 +564,7 @@ def test_work_for_the_threads_is_bounded(tmp_path: Path) -> None:
     512 of them (queued for the workers included); the rest wait in the kernel's backlog
     instead of piling up in the daemon."""
     from tests.fakes.clamd import FakeClamd
-    from tests.integration.serve_support import Spool
+    from tests.support.serve import Spool
 
     sockdir = Path(tempfile.mkdtemp(prefix="avq", dir="/tmp"))
     with FakeClamd(sockdir / "hang.sock", "hang") as hang:

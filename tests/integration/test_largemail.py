@@ -16,8 +16,8 @@ import pytest
 
 from bench.largemail import daemon_config, write_mail
 from bench.serve import proc_hwm_mb
-from tests.clamd_harness import ClamdServer
-from tests.integration.serve_support import start_daemon
+from tests.support.clamd_harness import ClamdServer
+from tests.support.serve import start_daemon
 
 SIZE = 30 << 20
 

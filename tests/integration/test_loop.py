@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.clamd_harness import ClamdServer
-from tests.integration.serve_support import EICAR, Daemon, config_for, mail, start_daemon
+from tests.support.clamd_harness import ClamdServer
+from tests.support.serve import EICAR, Daemon, config_for, mail, start_daemon
 
 pytestmark = pytest.mark.clamd
 VIRUS = "550 "

@@ -1,5 +1,5 @@
 """Issue 14 (High): root runs ``avtool scan --move-to`` over mailboxes that users own. Each test
-performs an attack of the mailbox's owner (user nobody, tests/attacker.py) at its worst
+performs an attack of the mailbox's owner (user nobody, tests/support/attacker.py) at its worst
 moment, on a real scan with a real clamd, and checks that root neither follows the owner's
 names nor loses a message:
 
@@ -37,10 +37,10 @@ from typer.testing import CliRunner
 from avtool import config as C
 from avtool.cli.app import app, main
 from avtool.scan import scanner
-from tests.clamd_harness import REPO, ClamdServer
 from tests.integration.test_scan import Recorder
 from tests.integration.test_security import OpenWatch
-from tests.mailboxes import EICAR, mbox_bytes, plain, snapshot, with_attachment
+from tests.support.clamd_harness import REPO, ClamdServer
+from tests.support.mailboxes import EICAR, mbox_bytes, plain, snapshot, with_attachment
 
 pytestmark = [
     pytest.mark.clamd,
@@ -99,9 +99,9 @@ def sock(clamd_server: ClamdServer) -> str:
 
 
 def attacker(*args: str) -> subprocess.Popen[str]:
-    """tests/attacker.py as user nobody, once it says it is ready."""
+    """tests/support/attacker.py as user nobody, once it says it is ready."""
     proc = subprocess.Popen(
-        [sys.executable, "-m", "tests.attacker", *args],
+        [sys.executable, "-m", "tests.support.attacker", *args],
         cwd=REPO,
         user="nobody",
         stdout=subprocess.PIPE,

@@ -31,9 +31,9 @@ from avtool.daemon import pipeline as pipeline_module
 from avtool.daemon import policy
 from avtool.daemon.pipeline import Outcome, Pipeline
 from avtool.engine import Engine
-from tests.clamd_harness import ClamdServer
 from tests.conftest import make_config
-from tests.integration.serve_support import (
+from tests.support.clamd_harness import ClamdServer
+from tests.support.serve import (
     EICAR,
     Daemon,
     Spool,

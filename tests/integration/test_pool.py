@@ -18,9 +18,9 @@ import pytest
 
 from avtool.engine import Clean, Engine, Infected
 from bench.delayproxy import DelayProxy
-from tests.clamd_harness import ClamdServer
 from tests.conftest import make_config
-from tests.integration.serve_support import EICAR, config_for, mail, start_daemon
+from tests.support.clamd_harness import ClamdServer
+from tests.support.serve import EICAR, config_for, mail, start_daemon
 
 DELAY = 0.03  # per request: keeps scans in flight on both clamds at any moment
 MESSAGES = 120

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from tests.e2e.harness import wait_for
-from tests.integration.serve_support import EICAR, Daemon, mail
+from tests.support.serve import EICAR, Daemon, mail
 
 pytestmark = pytest.mark.clamd
 

@@ -1,6 +1,7 @@
 """scanner.run() against the real clamd of the session: a Maildir, an mbox and an MH folder with
 known infections in every encoding, all the clamav-testfiles samples attached, --explain, and
---move-to. Signature names end in ``.UNOFFICIAL`` (notes/clamav.md 1): assert on the verdict."""
+--move-to. Signature names end in ``.UNOFFICIAL`` (docs/notes/clamav.md §1): assert on the
+verdict."""
 
 from __future__ import annotations
 
@@ -16,10 +17,10 @@ import pytest
 from avtool.engine import Engine, Infected, Unchecked
 from avtool.scan.mailbox import Moved, Problem
 from avtool.scan.scanner import ClamdUnreachable, Options, Result, clamd_threads, default_jobs, run
-from tests import evasion
-from tests.clamd_harness import ClamdServer
 from tests.conftest import MakeConfig
-from tests.mailboxes import (
+from tests.support import evasion
+from tests.support.clamd_harness import ClamdServer
+from tests.support.mailboxes import (
     EICAR,
     Sample,
     attached_testfiles,

@@ -19,9 +19,9 @@ from typer.testing import CliRunner
 
 from avtool import config as C
 from avtool.cli.app import app, main
-from tests.clamd_harness import REPO, ClamdServer
 from tests.integration.test_scan import Boxes, build
-from tests.mailboxes import (
+from tests.support.clamd_harness import REPO, ClamdServer
+from tests.support.mailboxes import (
     EICAR,
     FROM_LINE,
     attached_testfiles,

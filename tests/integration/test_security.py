@@ -44,7 +44,7 @@ from avtool.control.ipc import PidFile, open_fifo_for_writing
 from avtool.courier.protocol import ProtocolError
 from avtool.errors import DaemonError
 from tests.e2e.harness import wait_for
-from tests.integration.serve_support import (
+from tests.support.serve import (
     EICAR,
     Daemon,
     config_for,

@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 
-from tests.integration.serve_support import (
+from tests.support.serve import (
     EICAR,
     Daemon,
     Spool,
@@ -149,7 +149,7 @@ FORGED = b"X-Virus-Status: Clean\nX-Virus-Flag: NO\nx-virus-scanner: none\nSubje
 @pytest.mark.parametrize(
     ("extra", "auth"),
     [
-        ("skip_relay_clients = true", ""),  # serve_support's control files: RELAYCLIENT set
+        ("skip_relay_clients = true", ""),  # support/serve.py's control files: RELAYCLIENT set
         ("skip_authenticated = true", "ialice\n"),
         ("", ""),  # scanned, clean
     ],
@@ -322,7 +322,7 @@ def test_courier_socket_dirs_and_pid_file(clamd_server: Any, tmp_path: Path) -> 
         assert d.stop() == 0
     assert not pid_file.exists()
     # Under courierfilter the socket stays, refusing: Courier answers 432. Without it Courier
-    # would pass mail unfiltered (notes/courier.md §3); filterctl stop removes it.
+    # would pass mail unfiltered (docs/notes/courier.md §3); filterctl stop removes it.
     left = state / "filters" / "avtool"
     assert stat.S_ISSOCK(os.stat(left).st_mode)
     with socket.socket(socket.AF_UNIX) as s, pytest.raises(ConnectionRefusedError):

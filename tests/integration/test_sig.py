@@ -25,7 +25,7 @@ from typing import Any
 
 import pytest
 
-from tests.integration.serve_support import EICAR, Daemon, config_for, mail, start_daemon
+from tests.support.serve import EICAR, Daemon, config_for, mail, start_daemon
 
 pytestmark = pytest.mark.clamd
 REPO = Path(__file__).resolve().parents[2]

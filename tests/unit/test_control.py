@@ -1,6 +1,6 @@
 """Control files: reading envelopes and the drop marks, on files shaped as Courier writes them.
 
-OBSERVED is the dump in notes/courier.md section 3 (Courier 1.0.16, one SMTP message).
+OBSERVED is the dump in docs/notes/courier.md section 3 (Courier 1.0.16, one SMTP message).
 """
 
 from __future__ import annotations

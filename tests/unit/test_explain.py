@@ -7,7 +7,7 @@ import pytest
 
 from avtool.engine import Clean, Infected, Verdict
 from avtool.scan.explain import Part, explain, uuencoded
-from tests.mailboxes import (
+from tests.support.mailboxes import (
     EICAR,
     TESTFILES,
     clean_zip,
@@ -16,7 +16,7 @@ from tests.mailboxes import (
     quoted_printable,
     with_attachment,
 )
-from tests.mailboxes import uuencoded as uu_mail
+from tests.support.mailboxes import uuencoded as uu_mail
 
 CLAM = (TESTFILES / "clam.exe").read_bytes() if TESTFILES.is_dir() else b"clam.exe stand-in"
 

@@ -18,7 +18,7 @@ from avtool.scan.mailbox import Message, OpenFile, Problem
 from avtool.scan.mailbox import mbox as M
 from avtool.scan.mailbox.locking import Busy
 from avtool.scan.mailbox.maildir import Maildir
-from tests.mailboxes import FROM_LINE, mbox_bytes, plain, snapshot
+from tests.support.mailboxes import FROM_LINE, mbox_bytes, plain, snapshot
 
 
 def parse(path: Path) -> tuple[list[Message], list[Problem]]:

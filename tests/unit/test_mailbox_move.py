@@ -18,7 +18,7 @@ from avtool.scan.mailbox import mbox as M
 from avtool.scan.mailbox.maildir import Maildir, relocate
 from avtool.scan.mailbox.message import SHOWN, capped, printable, sender_and_subject
 from avtool.scan.mailbox.mh import maildir_flags, sequences
-from tests.mailboxes import maildir, mbox_bytes, plain, snapshot
+from tests.support.mailboxes import maildir, mbox_bytes, plain, snapshot
 
 
 def messages(*paths: Path) -> list[Message]:

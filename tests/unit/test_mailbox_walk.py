@@ -11,7 +11,7 @@ import pytest
 
 from avtool.scan.mailbox import Message, Problem, spool, walk
 from avtool.scan.mailbox.walk import kind_of
-from tests.mailboxes import maildir, mbox_bytes, plain
+from tests.support.mailboxes import maildir, mbox_bytes, plain
 
 
 def items(*args: str, **kw: object) -> tuple[list[Message], list[Problem]]:

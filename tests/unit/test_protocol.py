@@ -1,6 +1,6 @@
 """The courierfilter request/reply protocol: tables of byte strings, then properties.
 
-Requests as Courier writes them (courierfilter(8); notes/courier.md section 3): data path, one
+Requests as Courier writes them (courierfilter(8); docs/notes/courier.md section 3): data path, one
 or more control paths, a blank line, each line ended by a single LF.
 """
 

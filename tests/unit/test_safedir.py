@@ -18,7 +18,7 @@ import pytest
 
 from avtool.control.ipc import unsafe_dir
 from avtool.safedir import Unsafe, open_dir, open_parent, others_can_write
-from tests.clamd_harness import REPO
+from tests.support.clamd_harness import REPO
 
 as_root = pytest.mark.skipif(os.geteuid() != 0, reason="chown to another user needs root")
 

@@ -1,7 +1,7 @@
 """Which messages clamd answers OK for without looking (avtool/courier/unscannable.py).
 
-The corpus of tricks is tests/evasion.py's FRAGMENTS; test_evasion.py shows, with a real clamd,
-that clamd answers OK for each of them and that the daemon calls them unchecked."""
+The corpus of tricks is tests/support/evasion.py's FRAGMENTS; test_evasion.py shows, with a real
+clamd, that clamd answers OK for each of them and that the daemon calls them unchecked."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ import pytest
 
 from avtool.courier import unscannable
 from avtool.courier.unscannable import find, find_in
-from tests import evasion
+from tests.support import evasion
 
 PARTIAL = unscannable.PARTIAL
 HEAD = b"From: a@b\nSubject: s\n"

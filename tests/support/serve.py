@@ -43,7 +43,7 @@ def mail(
 
 
 def control_text(recipients: list[str], sender: str = "sender@example.com", extra: str = "") -> str:
-    """A control file as Courier's submit writes it (notes/courier.md §3)."""
+    """A control file as Courier's submit writes it (docs/notes/courier.md §3)."""
     lines = [f"s{sender}", "fdns; client.example.com ([::ffff:127.0.0.1])", "e", "t"]
     lines.append("M0000000000ABCDEF.0000000069000001.00001234")
     for r in recipients:

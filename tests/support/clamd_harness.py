@@ -2,10 +2,10 @@
 
 Importable (``ClamdServer``, ``up``, ``down``) and a script::
 
-    python tests/clamd_harness.py up DIR [--stream-max 10M] [--disable-cache]
-    python tests/clamd_harness.py down DIR
+    python tests/support/clamd_harness.py up DIR [--stream-max 10M] [--disable-cache]
+    python tests/support/clamd_harness.py down DIR
 
-Facts used here come from notes/clamav.md: clamd will not start with an empty database dir
+Facts used here come from docs/notes/clamav.md: clamd will not start with an empty database dir
 (section 1), binds its LocalSocket after dropping to ``User clamav`` so the dir must be the
 clamav user's (section 2), opens its sockets only once the DB is loaded (so PONG means ready),
 and takes a while to exit on SIGTERM (wait for it).
@@ -27,7 +27,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 TESTSIGS = REPO / "share" / "testsigs"
 TESTFILES = Path("/usr/share/clamav-testfiles")
 STATE = "harness.json"  # in DIR: what `down` needs (pid, sockets) when run as a separate process
@@ -115,7 +115,8 @@ class ClamdServer:
             "StreamMaxLength": self.stream_max,
             "MaxThreads": str(self.max_threads),
             "SelfCheck": "0",
-            # `no` stalls the first scan after RELOAD for IdleTimeout + load time (notes 2).
+            # `no` stalls the first scan after RELOAD for IdleTimeout + load time
+            # (docs/notes/clamav.md §2).
             "ConcurrentDatabaseReload": "yes",
         }
         if os.geteuid() == 0:

@@ -14,7 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from tests.clamd_harness import ClamdServer
+from tests.support.clamd_harness import ClamdServer
 
 UCF_CACHE = Path("/var/lib/ucf/cache/:etc:clamav:clamd.conf")
 SYSTEM = Path("/etc/clamav/clamd.conf")

@@ -1,5 +1,5 @@
 """What a mailbox's owner can do to root's ``avtool scan --move-to``: one attack step per
-command, run as that user (``python -m tests.attacker ...`` with ``user="nobody"``) by
+command, run as that user (``python -m tests.support.attacker ...`` with ``user="nobody"``) by
 tests/integration/test_move_attacks.py. Standard library only.
 
     swap DIR TARGET             rename DIR to DIR.away, and put a link to TARGET in its place
