@@ -247,7 +247,9 @@ def courier_rounds(
         "pythonfilter": f"#!/bin/sh\nexec {VENV}/bin/python {RUNNER} {conf}/pythonfilter\n",
     }
     rows: list[dict[str, object]] = []
-    setup = {"clamd": "as root (User root), so that SCAN <path> can read Courier's tmp"}
+    setup: dict[str, object] = {
+        "clamd": "as root (User root), so that SCAN <path> can read Courier's tmp"
+    }
     with harness.exclusive():
         server.start()
         harness.courier("up")
@@ -255,20 +257,20 @@ def courier_rounds(
             for name, source in wrappers.items():
                 harness.install_filter(name, source)
             for _ in range(rounds):
-                for name in ("avbench", "pythonfilter", None):
+                for installed in ("avbench", "pythonfilter", None):
                     harness.courier("reset")
                     pid = None
-                    if name is not None:
-                        harness.filterctl("start", name, timeout=15)
-                        pid = filter_pid(name, run_dir)
+                    if installed is not None:
+                        harness.filterctl("start", installed, timeout=15)
+                        pid = filter_pid(installed, run_dir)
                     row = smtp_round(harness, messages, senders, pid)
                     row["filter"] = {"avbench": AVTOOL, "pythonfilter": PYFILTER}.get(
-                        name or "", "no filter"
+                        installed or "", "no filter"
                     )
                     rows.append(row)
                     print(f"  Courier, {row['filter']}: {row['rate']} msg/s", flush=True)
-                    if name is not None:
-                        harness.filterctl("stop", name, timeout=15)
+                    if installed is not None:
+                        harness.filterctl("stop", installed, timeout=15)
         finally:
             for name in wrappers:
                 try:

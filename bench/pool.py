@@ -168,7 +168,7 @@ def main(argv: list[str] | None = None) -> int:
         for balance in ("least-busy", "round-robin")
     }
     info = machine()
-    report = {
+    report: dict[str, object] = {
         "machine": info,
         "settings": {
             "count": args.count,

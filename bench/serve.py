@@ -22,6 +22,7 @@ import subprocess
 import sys
 import tarfile
 import tempfile
+from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
 
@@ -65,7 +66,9 @@ def spool_copy(paths: list[Path], spool: Path) -> list[tuple[Path, list[Path]]]:
     return jobs
 
 
-def daemon_scanner(daemon: Daemon, jobs: dict[Path, tuple[Path, list[Path]]]) -> object:
+def daemon_scanner(
+    daemon: Daemon, jobs: dict[Path, tuple[Path, list[Path]]]
+) -> Callable[[Path], bool]:
     def scan(path: Path) -> bool:
         data, ctls = jobs[path]
         with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
@@ -111,7 +114,8 @@ def main(argv: list[str] | None = None) -> int:
     work = Path(tempfile.mkdtemp(prefix="avb", dir="/tmp"))
     work.chmod(0o755)  # noqa: S103 - clamd's user traverses it
     server = ClamdServer(work / "clamd", disable_cache=True, max_threads=8)
-    daemon = old = None
+    daemon: Daemon | None = None
+    old: Daemon | None = None
     try:
         paths = generate(work / "corpus", args.count)
         server.start()
@@ -152,7 +156,7 @@ def main(argv: list[str] | None = None) -> int:
                 results.append(run(RAW, clients, data_paths, raw))
                 for label, d, scan, files in serves:
                     before = proc_cpu_s(d.proc.pid)
-                    r = run(label, clients, files, scan)  # type: ignore[arg-type]
+                    r = run(label, clients, files, scan)
                     r.cpu_ms = round((proc_cpu_s(d.proc.pid) - before) / r.messages * 1000, 3)
                     r.peak_rss_mb = round(proc_hwm_mb(d.proc.pid), 1)
                     results.append(r)
@@ -167,7 +171,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"serve / raw FILDES at {clients} client(s): {ratio:.3f} (>= 0.95) {verdict}")
             if args.baseline:
                 cpus = [
-                    min(r.cpu_ms for r in results if r.name == name and r.clients == clients)
+                    min(r.cpu_ms or 0.0 for r in results if r.name == name and r.clients == clients)
                     for name in (SERVE, serves[1][0])
                 ]
                 print(f"daemon CPU ms/msg at {clients} client(s), this tree / "
@@ -184,9 +188,9 @@ def main(argv: list[str] | None = None) -> int:
             )
         )
     finally:
-        for d in (daemon, old):
-            if d is not None:
-                d.stop()
+        for started in (daemon, old):
+            if started is not None:
+                started.stop()
         server.stop()
         shutil.rmtree(work, ignore_errors=True)
     return 0

@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 
 import pytest
-from typer.testing import CliRunner
+from typer.testing import CliRunner, Result
 
 from avtool import config as C
 from avtool.cli.app import app, main
@@ -55,7 +55,7 @@ def boxes(tmp_path: Path) -> Boxes:
     return build(tmp_path / "mail")
 
 
-def scan(sock: str, *args: str, stdin: bytes | None = None) -> object:
+def scan(sock: str, *args: str, stdin: bytes | None = None) -> Result:
     return runner.invoke(app, ["scan", "--set", sock, *args], input=stdin)
 
 
@@ -66,9 +66,9 @@ def no_bar_no_traceback(text: str) -> None:
 
 def test_text_lines_and_summary(sock: str, boxes: Boxes) -> None:
     result = scan(sock, *boxes.paths)
-    assert result.exit_code == 1, result.output  # type: ignore[attr-defined]
-    out: str = result.stdout  # type: ignore[attr-defined]
-    no_bar_no_traceback(result.output)  # type: ignore[attr-defined]
+    assert result.exit_code == 1, result.output
+    out: str = result.stdout
+    no_bar_no_traceback(result.output)
     lines = [line for line in out.splitlines() if line.startswith("INFECTED")]
     assert len(lines) == 15
     mbox = str(boxes.root / "mbox")
@@ -83,21 +83,21 @@ def test_text_lines_and_summary(sock: str, boxes: Boxes) -> None:
     rows = dict(line.strip("│ ").split(None, 1) for line in out.splitlines() if "│" in line)
     assert rows["scanned"].strip("│ ") == "27" and rows["infected"].strip("│ ") == "15"
     assert rows["clean"].strip("│ ") == "12" and rows["errors"].strip("│ ") == "0"
-    assert result.stderr == ""  # type: ignore[attr-defined]
+    assert result.stderr == ""
 
 
 def test_all_clean_exits_0_and_quiet_prints_nothing(sock: str, tmp_path: Path) -> None:
     (tmp_path / "a.eml").write_bytes(plain("fine"))
     result = scan(sock, str(tmp_path / "a.eml"))
-    assert result.exit_code == 0 and "scanned" in result.stdout  # type: ignore[attr-defined]
+    assert result.exit_code == 0 and "scanned" in result.stdout
     quiet = scan(sock, "-q", str(tmp_path / "a.eml"))
-    assert quiet.exit_code == 0 and quiet.output == ""  # type: ignore[attr-defined]
+    assert quiet.exit_code == 0 and quiet.output == ""
 
 
 def test_json_lines(sock: str, boxes: Boxes) -> None:
     result = scan(sock, "--json", "--explain", *boxes.paths)
     assert result.exit_code == 1
-    objects = [json.loads(line) for line in result.stdout.splitlines()]  # type: ignore[attr-defined]
+    objects = [json.loads(line) for line in result.stdout.splitlines()]
     messages = [o for o in objects if o["type"] == "message"]
     assert len(messages) == 27 and objects[-1]["type"] == "summary"
     assert {(o["mailbox"], o["key"]) for o in messages if o["status"] == "infected"} == (
@@ -125,7 +125,7 @@ def test_json_lines(sock: str, boxes: Boxes) -> None:
 
 def test_explain_lines(sock: str, boxes: Boxes) -> None:
     result = scan(sock, "--explain", str(boxes.root / "mbox"))
-    out = result.stdout  # type: ignore[attr-defined]
+    out = result.stdout
     assert '          part 2.2 application/octet-stream "eicar.com": Eicar-Test-Signature' in out
     assert "          part 2 text/plain: Eicar-Test-Signature" in out  # quoted-printable
     assert '          part 1 text/plain "clam.exe" (uuencoded): ClamAV-Test-File' in out
@@ -146,7 +146,7 @@ def test_bad_inputs_one_line_each_scan_goes_on_exit_2(sock: str, tmp_path: Path)
     missing = tmp_path / "missing"
     result = scan(sock, str(missing), str(truncated), str(junk), str(empty_md), str(good))
     assert result.exit_code == 2  # errors win over infected
-    err: str = result.stderr  # type: ignore[attr-defined]
+    err: str = result.stderr
     assert err.splitlines() == [
         f"avtool: error: {missing}: no such file or directory",
         f"avtool: error: {truncated}: truncated: message 2 ends in the middle of a line",
@@ -154,22 +154,22 @@ def test_bad_inputs_one_line_each_scan_goes_on_exit_2(sock: str, tmp_path: Path)
         " skipped",
         f"avtool: error: {empty_md}: empty Maildir: no message in new/ or cur/",
     ]
-    out: str = result.stdout  # type: ignore[attr-defined]
+    out: str = result.stdout
     assert f"INFECTED  {truncated} [2]" in out  # the cut message was still scanned
     assert f"INFECTED  {good} [" in out  # and the scan went on after the bad ones
-    no_bar_no_traceback(result.output)  # type: ignore[attr-defined]
+    no_bar_no_traceback(result.output)
 
 
 def test_stdin(sock: str) -> None:
     result = scan(sock, "-", stdin=with_attachment("from a pipe", "e.com", EICAR))
     assert result.exit_code == 1
-    assert result.stdout.startswith("INFECTED  - ")  # type: ignore[attr-defined]
-    assert "Subject: from a pipe" in result.stdout  # type: ignore[attr-defined]
+    assert result.stdout.startswith("INFECTED  - ")
+    assert "Subject: from a pipe" in result.stdout
     box = mbox_bytes([plain("a"), with_attachment("b", "e.com", EICAR)])
     result = scan(sock, "--json", "-", stdin=box)
     [infected] = [
         json.loads(line)
-        for line in result.stdout.splitlines()  # type: ignore[attr-defined]
+        for line in result.stdout.splitlines()
         if '"infected"' in line and '"message"' in line
     ]
     assert (infected["mailbox"], infected["key"], infected["format"]) == ("-", "2", "mbox")
@@ -178,19 +178,19 @@ def test_stdin(sock: str) -> None:
 def test_move_to_from_the_command_line(sock: str, boxes: Boxes, tmp_path: Path) -> None:
     q = tmp_path / "q"
     result = scan(sock, "--move-to", str(q), *boxes.paths)
-    assert result.exit_code == 1, result.output  # type: ignore[attr-defined]
-    moved = [line for line in result.stdout.splitlines() if line.startswith("MOVED")]  # type: ignore[attr-defined]
+    assert result.exit_code == 1, result.output
+    moved = [line for line in result.stdout.splitlines() if line.startswith("MOVED")]
     assert len(moved) == 15 and all(" -> " + str(q) in line for line in moved)
     assert len(snapshot(q)) == 15
-    row = next(line for line in result.stdout.splitlines() if "moved" in line and "│" in line)  # type: ignore[attr-defined]
+    row = next(line for line in result.stdout.splitlines() if "moved" in line and "│" in line)
     assert row.split("│")[2].strip() == "15"
-    assert scan(sock, *boxes.paths).exit_code == 0  # type: ignore[attr-defined]
+    assert scan(sock, *boxes.paths).exit_code == 0
 
 
 def test_move_to_a_file_is_a_usage_error(sock: str, boxes: Boxes, tmp_path: Path) -> None:
     (tmp_path / "q").write_text("")
     result = scan(sock, "--move-to", str(tmp_path / "q"), *boxes.paths)
-    assert result.exit_code == 2 and "is a file" in result.output  # type: ignore[attr-defined]
+    assert result.exit_code == 2 and "is a file" in result.output
 
 
 def test_no_clamd_one_line_exit_2(boxes: Boxes, capsys: pytest.CaptureFixture[str]) -> None:

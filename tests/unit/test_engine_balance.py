@@ -5,6 +5,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable, Iterator
+from functools import partial
 from pathlib import Path
 
 import pytest
@@ -42,6 +43,11 @@ def fake_scans(
 
     monkeypatch.setattr(Backend, "scan_once", scan_once)
     return peak
+
+
+def scan_times(engine: Engine, message: Path, times: int) -> None:
+    for _ in range(times):
+        engine.scan_path(message)
 
 
 def run_threads(n: int, work: Callable[[], None]) -> None:
@@ -116,7 +122,7 @@ def test_least_busy_never_stacks_scans_on_one_backend(
     for balance, limit in (("least-busy", 2), ("ordered", 4)):
         peak.clear()
         e = engine("/a", "/b", balance=balance)
-        run_threads(4, lambda e=e: [e.scan_path(message) for _ in range(40)])  # type: ignore[misc]
+        run_threads(4, partial(scan_times, e, message, 40))
         assert sum(b.scans for b in e.backends) == 160
         assert max(peak.values()) <= limit
         if balance == "ordered":
@@ -131,7 +137,7 @@ def test_least_busy_sends_fewer_scans_to_a_slow_backend(
     counts = {}
     for balance in ("least-busy", "round-robin"):
         e = engine("/fast", "/slow", balance=balance)
-        run_threads(4, lambda e=e: [e.scan_path(message) for _ in range(25)])  # type: ignore[misc]
+        run_threads(4, partial(scan_times, e, message, 25))
         fast, slow = e.backends
         assert fast.scans + slow.scans == 100
         counts[balance] = (fast.scans, slow.scans)

@@ -109,7 +109,12 @@ def test_across_filesystems_copies_fsyncs_and_unlinks(
     monkeypatch.setattr(os, "link", _exdev_for_links(os.link))
     synced: list[int] = []
     real_fsync = os.fsync
-    monkeypatch.setattr(os, "fsync", lambda fd: (synced.append(fd), real_fsync(fd))[1])
+
+    def fsync(fd: int) -> None:
+        synced.append(fd)
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", fsync)
     [event] = move(open_quarantine(str(tmp_path / "q")), victims(messages(md)), lock_timeout=1)
     assert isinstance(event, Moved) and event.to == str(tmp_path / "q" / "cur" / "1.a.h:2,S")
     moved = Path(event.to)

@@ -266,7 +266,7 @@ def test_a_missing_pipe_dir_is_an_error_not_a_hang(tmp_path: Path) -> None:
 
 # ---- the answer stream, any chunking -----------------------------------------------------------
 line_text = st.text(
-    st.characters(blacklist_categories=("Cs",), blacklist_characters="\n\r"), max_size=40
+    st.characters(exclude_categories=["Cs"], exclude_characters="\n\r"), max_size=40
 ).filter(lambda s: s not in (END_OK, END_ERROR))
 
 

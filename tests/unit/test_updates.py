@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import syslog
 import time
 from pathlib import Path
@@ -165,7 +166,7 @@ def test_a_timeout_that_cannot_kill_root_s_script_still_returns(
     def eperm(pgid: int, signum: int) -> None:
         raise PermissionError(1, "Operation not permitted")
 
-    monkeypatch.setattr(updates.os, "killpg", eperm)
+    monkeypatch.setattr(os, "killpg", eperm)
     started = time.monotonic()
     outcome = updates.run(ANNOUNCEMENT, [], run_as=None, timeout=1)
     assert time.monotonic() - started < 5
