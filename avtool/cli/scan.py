@@ -16,6 +16,7 @@ import typer
 from avtool import logs
 from avtool.cli.common import ConfigFile, SetOption, load_config
 from avtool.scan.mailbox import Moved, Problem
+from avtool.scan.mailbox.maildir import flags_of
 from avtool.scan.scanner import Options, Result, Summary, run
 
 Paths = Annotated[
@@ -342,7 +343,7 @@ def message_object(result: Result) -> dict[str, object]:
         obj["offset"] = m.offset
     if m.format == "maildir":
         obj["subdir"] = m.subdir
-        obj["flags"] = m.info[2:] if m.info.startswith("2,") else ""
+        obj["flags"] = flags_of(m.info)
     if isinstance(v, Infected):
         obj["names"] = list(v.names)
     elif result.status != "clean":

@@ -27,7 +27,6 @@ import tempfile
 from collections.abc import Iterable, Iterator, Sequence
 from typing import BinaryIO
 
-from avtool.courier.protocol import Reply
 from avtool.errors import AvtoolError
 
 RENAME_PREFIX = "Old-"
@@ -40,11 +39,7 @@ _FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXE
 
 
 class MessageError(AvtoolError):
-    """The data file is not one we may rewrite (not a regular file): answer ``reply``."""
-
-    def __init__(self, message: str) -> None:
-        super().__init__(message)
-        self.reply = Reply(432, "4.3.0 Mail filter cannot edit the message")
+    """The data file is not one we may rewrite (not a regular file); the pipeline answers 432."""
 
 
 def field_line(name: str, value: str, eol: bytes = b"\n") -> bytes:

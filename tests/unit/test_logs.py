@@ -42,3 +42,16 @@ def test_line_respects_another_handler(stderr: Callable[[], str]) -> None:
     log.addHandler(extra)
     logs.line(log, logging.INFO, "hello")
     assert other.getvalue() == "hello\n" and "hello" in stderr()
+
+
+def test_verbosity_2_logs_what_1_does(stderr: Callable[[], str]) -> None:
+    """No level between INFO and DEBUG that nothing emits: 2 is 1, set up or reloaded."""
+    log = logging.getLogger("avtool")
+    for apply in (logs.setup, logs.set_verbosity):
+        apply(2)
+        logs.line(log, logging.INFO, "id=1 verdict=clean")
+        logs.line(log, logging.DEBUG, "not at verbosity 2")
+        assert stderr().splitlines() == ["avtool: INFO id=1 verdict=clean"]
+    assert logs.level_of(2) == logs.level_of(1) == logging.INFO
+    assert logs.level_of(3) == logging.DEBUG and logs.level_of(0) == logging.WARNING
+    assert logging.getLevelName(15) == "Level 15"  # no DETAIL level registered
