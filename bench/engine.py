@@ -85,6 +85,17 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # ru_maxrss is in KiB
 
 
+def timed_threads(n: int, work: Callable[[], None]) -> tuple[float, float]:
+    """Run ``work`` in ``n`` threads at once: (wall seconds, process CPU seconds) until all end."""
+    cpu0, t0 = time.process_time(), time.perf_counter()
+    threads = [threading.Thread(target=work) for _ in range(n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return time.perf_counter() - t0, time.process_time() - cpu0
+
+
 def run(name: str, clients: int, paths: list[Path], scan: Callable[[Path], bool]) -> Result:
     """Scan every path once with ``clients`` threads; ``scan`` says whether it was infected."""
     latencies: list[float] = []
@@ -108,13 +119,7 @@ def run(name: str, clients: int, paths: list[Path], scan: Callable[[Path], bool]
             latencies.extend(mine)
             found += hits
 
-    cpu0, t0 = time.process_time(), time.perf_counter()
-    threads = [threading.Thread(target=worker) for _ in range(clients)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    seconds, cpu = time.perf_counter() - t0, time.process_time() - cpu0
+    seconds, cpu = timed_threads(clients, worker)
     if errors:
         raise errors[0]
     latencies.sort()

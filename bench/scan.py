@@ -46,7 +46,7 @@ from avtool.scan.mailbox import Message, OpenFile  # noqa: E402
 from avtool.scan.mailbox import mbox as mbox_format  # noqa: E402
 from avtool.scan.mailbox.maildir import copy_range  # noqa: E402
 from bench.corpus import generate, message  # noqa: E402
-from bench.engine import machine  # noqa: E402
+from bench.engine import machine, timed_threads  # noqa: E402
 from tests.support.clamd_harness import ClamdServer  # noqa: E402
 
 TARGET_RATIO, TARGET_RSS = 0.90, 0.10
@@ -191,13 +191,7 @@ def transfer_run(
         with lock:
             found += hits
 
-    cpu0, t0 = time.process_time(), time.perf_counter()
-    workers = [threading.Thread(target=worker) for _ in range(threads)]
-    for t in workers:
-        t.start()
-    for t in workers:
-        t.join()
-    seconds, cpu = time.perf_counter() - t0, time.process_time() - cpu0
+    seconds, cpu = timed_threads(threads, worker)
     return {
         "name": name,
         "messages": len(items),

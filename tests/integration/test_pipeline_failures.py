@@ -195,10 +195,11 @@ def run_infected(d: Daemon, count: int) -> list[tuple[str, Path, str]]:
     return out
 
 
-def test_a_quarantine_dir_under_a_regular_file_defers(clamd_server: ClamdServer) -> None:
-    directory = Path(tempfile.mkdtemp(prefix="avq", dir="/tmp"))
-    (directory / "file").write_text("not a directory\n")
-    extra = f'\n[policy]\ninfected = "quarantine"\nquarantine_dir = "{directory}/file/q"\n'
+def fail_to_quarantine(clamd_server: ClamdServer, quarantine_dir: str) -> Daemon:
+    """A daemon that quarantines infected mail into ``quarantine_dir``, which cannot take it:
+    50 messages, 50 times 432, their control files unchanged, the daemon's descriptors as
+    before. Returned stopped (exit 0), for its log."""
+    extra = f'\n[policy]\ninfected = "quarantine"\nquarantine_dir = "{quarantine_dir}"\n'
     d = start_daemon(config_for(str(clamd_server.unix_socket), extra))
     try:
         run_infected(d, 1)
@@ -209,6 +210,13 @@ def test_a_quarantine_dir_under_a_regular_file_defers(clamd_server: ClamdServer)
         assert daemon_fds(d) == before
     finally:
         assert d.stop() == 0
+    return d
+
+
+def test_a_quarantine_dir_under_a_regular_file_defers(clamd_server: ClamdServer) -> None:
+    directory = Path(tempfile.mkdtemp(prefix="avq", dir="/tmp"))
+    (directory / "file").write_text("not a directory\n")
+    d = fail_to_quarantine(clamd_server, f"{directory}/file/q")
     assert "cannot quarantine" in d.log() and "Traceback" not in d.log()
 
 
@@ -236,18 +244,8 @@ def test_a_quarantine_on_a_full_disk_defers_and_leaks_nothing(clamd_server: Clam
     file (ENOSPC), 50 times 432, the control files unchanged, the daemon's descriptors as
     before (it leaked one per message)."""
     with full_file_system() as full:
-        extra = f'\n[policy]\ninfected = "quarantine"\nquarantine_dir = "{full}"\n'
-        d = start_daemon(config_for(str(clamd_server.unix_socket), extra))
-        try:
-            run_infected(d, 1)
-            before = daemon_fds(d)
-            for reply, ctl, ctl_before in run_infected(d, 50):
-                assert reply == "432 4.3.0 avtool could not quarantine the message\n"
-                assert ctl.read_text() == ctl_before
-            assert daemon_fds(d) == before
-            assert os.listdir(full) == []
-        finally:
-            assert d.stop() == 0
+        d = fail_to_quarantine(clamd_server, str(full))
+        assert os.listdir(full) == []
     assert "No space left on device" in d.log()
 
 

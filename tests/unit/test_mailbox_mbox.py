@@ -143,12 +143,20 @@ def victims(path: Path, keys: set[str]) -> list[tuple[Message, str]]:
         os.close(fd)
 
 
-def remove(path: Path, keys: set[str], q: Maildir, timeout: float = 0.3) -> list[str]:
+def move_out(
+    path: Path, chosen: list[tuple[Message, str]], q: Maildir, timeout: float = 0.3
+) -> list[str]:
+    """M.remove of ``chosen`` (from victims()), each delivered into ``q``: where each went."""
+
     def deliver(fd: int, m: Message) -> str:
         return q.add_range(fd, m.offset, m.size, "new", "")
 
-    done = M.remove(str(path), victims(path, keys), deliver, q.remove, lock_timeout=timeout)
+    done = M.remove(str(path), chosen, deliver, q.remove, lock_timeout=timeout)
     return [where for _, where in done]
+
+
+def remove(path: Path, keys: set[str], q: Maildir, timeout: float = 0.3) -> list[str]:
+    return move_out(path, victims(path, keys), q, timeout)
 
 
 def subjects(path: Path) -> list[str]:
@@ -177,14 +185,7 @@ def test_remove_keeps_every_other_byte(
     os.utime(box, (old - 60, old))  # reading it above moved atime: "new mail" again
     st_before = box.stat()
     q = Maildir(str(tmp_path / "q"))
-    done = M.remove(
-        str(box),
-        chosen,
-        lambda fd, m: q.add_range(fd, m.offset, m.size, "new", ""),
-        q.remove,
-        lock_timeout=0.3,
-    )
-    moved = [where for _, where in done]
+    moved = move_out(box, chosen, q)
     st_after = box.stat()  # before anything reads it (a read moves atime)
     assert subjects(box) == left
     assert sorted(Path(p).read_bytes() for p in moved) == sorted(gone.values())
@@ -256,13 +257,7 @@ def test_interrupted_rewrite_loses_nothing(
     chosen = victims(box, {"2", "4"})
     fail_at(step, nth, exc)  # type: ignore[operator]
     with pytest.raises(type(exc)):
-        M.remove(
-            str(box),
-            chosen,
-            lambda fd, m: q.add_range(fd, m.offset, m.size, "new", ""),
-            q.remove,
-            lock_timeout=0.3,
-        )
+        move_out(box, chosen, q)
     # Every message is still in exactly one place: the mbox, unchanged; no copy, no debris.
     assert box.read_bytes() == before
     assert snapshot(tmp_path / "q") == {}
@@ -288,13 +283,7 @@ def test_a_same_length_edit_inside_the_scanned_message_is_refused(
     box.write_bytes(edited)
     q = Maildir(str(tmp_path / "q"))
     with pytest.raises(M.Changed, match=r"changed since the scan \(message 3\)"):
-        M.remove(
-            str(box),
-            chosen,
-            lambda fd, m: q.add_range(fd, m.offset, m.size, "new", ""),
-            q.remove,
-            lock_timeout=0.3,
-        )
+        move_out(box, chosen, q)
     assert box.read_bytes() == edited
     assert snapshot(tmp_path / "q") == {}
 
@@ -317,13 +306,7 @@ def test_mail_appended_after_the_scan_is_kept(box: Path, tmp_path: Path) -> None
     with open(box, "ab") as f:
         f.write(mbox_bytes([plain("late arrival")]))
     q = Maildir(str(tmp_path / "q"))
-    M.remove(
-        str(box),
-        chosen,
-        lambda fd, m: q.add_range(fd, m.offset, m.size, "new", ""),
-        q.remove,
-        lock_timeout=0.3,
-    )
+    move_out(box, chosen, q)
     assert subjects(box) == ["m2", "m3", "m4", "m5", "late arrival"]
 
 
