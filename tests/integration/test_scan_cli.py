@@ -59,6 +59,22 @@ def scan(sock: str, *args: str, stdin: bytes | None = None) -> Result:
     return runner.invoke(app, ["scan", "--set", sock, *args], input=stdin)
 
 
+def scan_process(
+    sock: str, *args: str, env: dict[str, str], user: str | None = None
+) -> subprocess.CompletedProcess[str]:
+    """``python -m avtool scan --set SOCK ARGS...`` as a real process, its output captured."""
+    return subprocess.run(
+        [sys.executable, "-m", "avtool", "scan", "--set", sock, *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=env,
+        cwd=REPO,
+        user=user,
+        check=False,
+    )
+
+
 def no_bar_no_traceback(text: str) -> None:
     assert "Traceback" not in text
     assert not any(mark in text for mark in BAR), repr(text[:300])
@@ -212,23 +228,7 @@ def env(tmp_path: Path) -> dict[str, str]:
 def test_real_process_on_a_pipe_has_no_progress_bar(
     sock: str, boxes: Boxes, tmp_path: Path
 ) -> None:
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "avtool",
-            "scan",
-            "--set",
-            sock,
-            *boxes.paths,
-            str(tmp_path / "nope"),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        env=env(tmp_path),
-        cwd=REPO,
-    )
+    proc = scan_process(sock, *boxes.paths, str(tmp_path / "nope"), env=env(tmp_path))
     assert proc.returncode == 2
     assert proc.stdout.count("INFECTED") == 15 and "scanned" in proc.stdout
     assert proc.stderr == f"avtool: error: {tmp_path / 'nope'}: no such file or directory\n"
@@ -286,23 +286,12 @@ def test_unreadable_files_as_an_unprivileged_user(sock: str) -> None:
         readable = work / "ok.eml"
         readable.write_bytes(with_attachment("v", "e.com", EICAR))
         readable.chmod(0o644)
-        proc = subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "avtool",
-                "scan",
-                "--set",
-                sock,
-                str(secret),
-                str(md),
-                str(readable),
-            ],
-            capture_output=True,
-            text=True,
-            timeout=60,
+        proc = scan_process(
+            sock,
+            str(secret),
+            str(md),
+            str(readable),
             env=env(work) | {"HOME": str(work)},
-            cwd=REPO,
             user="nobody",
         )
     finally:
