@@ -34,7 +34,6 @@ from typing import Any
 import pytest
 from typer.testing import CliRunner
 
-from avtool import config as C
 from avtool.cli.app import app, main
 from avtool.scan import mailbox, scanner
 from tests.integration.test_scan import Recorder
@@ -52,11 +51,9 @@ ROOT_FILE = b"root:x:0:0:root:/root:/bin/bash\n"  # what root's file holds, befo
 
 
 @pytest.fixture(autouse=True)
-def _isolated(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    monkeypatch.delenv("AVTOOL_CONFIG", raising=False)
-    monkeypatch.setenv("COLUMNS", "400")  # rich cuts long error lines to the terminal width
-    monkeypatch.setattr(C, "user_config_path", lambda: tmp_path / "none" / "avtool.conf")
-    monkeypatch.setattr(C, "SYSTEM_CONFIG", tmp_path / "none" / "system.conf")
+def _wide_terminal(monkeypatch: pytest.MonkeyPatch) -> None:
+    """rich cuts long error lines to the terminal width (tests/conftest.py isolates the config)."""
+    monkeypatch.setenv("COLUMNS", "400")
 
 
 @dataclass

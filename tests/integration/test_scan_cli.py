@@ -17,7 +17,6 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner, Result
 
-from avtool import config as C
 from avtool.cli.app import app, main
 from tests.integration.test_scan import Boxes, build
 from tests.support.clamd_harness import REPO, ClamdServer
@@ -38,11 +37,9 @@ BAR = ("━", "\r", "\x1b[")  # what a rich progress bar writes: bar glyphs, ret
 
 
 @pytest.fixture(autouse=True)
-def _isolated(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    monkeypatch.delenv("AVTOOL_CONFIG", raising=False)
-    monkeypatch.setenv("COLUMNS", "400")  # rich cuts long error lines to the terminal width
-    monkeypatch.setattr(C, "user_config_path", lambda: tmp_path / "none" / "avtool.conf")
-    monkeypatch.setattr(C, "SYSTEM_CONFIG", tmp_path / "none" / "system.conf")
+def _wide_terminal(monkeypatch: pytest.MonkeyPatch) -> None:
+    """rich cuts long error lines to the terminal width (tests/conftest.py isolates the config)."""
+    monkeypatch.setenv("COLUMNS", "400")
 
 
 @pytest.fixture

@@ -9,19 +9,11 @@ import pytest
 from typer.testing import CliRunner
 
 from avtool import __version__
-from avtool import config as C
 from avtool.cli.app import app, main
 from avtool.config import Config
 from avtool.config import keys as K
 
 runner = CliRunner()
-
-
-@pytest.fixture(autouse=True)
-def _isolated(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    monkeypatch.delenv("AVTOOL_CONFIG", raising=False)
-    monkeypatch.setattr(C, "user_config_path", lambda: tmp_path / "none" / "avtool.conf")
-    monkeypatch.setattr(C, "SYSTEM_CONFIG", tmp_path / "none" / "system.conf")
 
 
 def test_version() -> None:
