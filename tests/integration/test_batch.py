@@ -19,16 +19,21 @@ def run_batch(conf: Path, stdin: bytes, *args: str) -> subprocess.CompletedProce
     return subprocess.run(cmd, input=stdin, capture_output=True, timeout=60, check=False)
 
 
-@pytest.fixture
-def setup(clamd_server: Any, tmp_path: Path) -> tuple[Path, Spool]:
+def spool_and_config(clamd_server: Any, tmp_path: Path, policy: str) -> tuple[Path, Spool]:
+    """A spool under ``tmp_path`` and a config file for it with ``policy`` lines."""
     spool = Spool(tmp_path / "spool")
     spool.root.mkdir()
     conf = tmp_path / "avtool.conf"
-    extra = '\n[policy]\ninfected = "drop"\n'
+    extra = f"\n[policy]\n{policy}\n"
     conf.write_text(
         config_for(str(clamd_server.unix_socket), extra).replace("@SPOOL@", str(spool.root))
     )
     return conf, spool
+
+
+@pytest.fixture
+def setup(clamd_server: Any, tmp_path: Path) -> tuple[Path, Spool]:
+    return spool_and_config(clamd_server, tmp_path, 'infected = "drop"')
 
 
 def test_replies_in_order_and_exit_status(setup: tuple[Path, Spool]) -> None:
@@ -69,13 +74,7 @@ def test_every_fragment_is_unchecked(clamd_server: Any, tmp_path: Path) -> None:
     from tests.support import evasion
     from tests.unit.test_unscannable import NOT_FRAGMENTS
 
-    spool = Spool(tmp_path / "spool")
-    spool.root.mkdir()
-    conf = tmp_path / "avtool.conf"
-    extra = '\n[policy]\nunchecked = "reject"\n'
-    conf.write_text(
-        config_for(str(clamd_server.unix_socket), extra).replace("@SPOOL@", str(spool.root))
-    )
+    conf, spool = spool_and_config(clamd_server, tmp_path, 'unchecked = "reject"')
     fragments = [spool.message(build(EICAR)) for build in evasion.FRAGMENTS.values()]
     passing = [spool.message(message) for message in NOT_FRAGMENTS.values()]
     result = run_batch(conf, b"".join(request_bytes(*m) for m in fragments + passing))
