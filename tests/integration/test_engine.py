@@ -11,7 +11,6 @@ import io
 import os
 import shutil
 import subprocess
-import tempfile
 import threading
 import time
 import zipfile
@@ -23,6 +22,7 @@ import pytest
 from avtool.engine import Clean, Engine, Failed, Infected, Unchecked
 from tests.conftest import MakeConfig
 from tests.support.clamd_harness import TESTFILES, ClamdServer
+from tests.support.dirs import public_dir
 from tests.support.serve import EICAR, mail
 
 pytestmark = pytest.mark.clamd
@@ -31,10 +31,8 @@ pytestmark = pytest.mark.clamd
 @pytest.fixture
 def files(tmp_path: Path) -> Iterator[Path]:
     """A dir clamd's own user can read (SCAN needs it); tmp_path's parents are 0700."""
-    d = Path(tempfile.mkdtemp(prefix="ave", dir="/tmp"))
-    d.chmod(0o755)
-    yield d
-    shutil.rmtree(d, ignore_errors=True)
+    with public_dir("ave") as d:
+        yield d
 
 
 def write(directory: Path, name: str, data: bytes) -> Path:

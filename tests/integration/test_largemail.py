@@ -7,16 +7,14 @@ attachment placed after 30 MB of base64 is found: clamd received the whole strea
 
 from __future__ import annotations
 
-import shutil
-import tempfile
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
 from bench.largemail import daemon_config, write_mail
 from bench.serve import proc_hwm_mb
 from tests.support.clamd_harness import ClamdServer
+from tests.support.dirs import public_dir
 from tests.support.serve import start_daemon
 
 SIZE = 30 << 20
@@ -25,14 +23,12 @@ SIZE = 30 << 20
 @pytest.fixture(scope="module")
 def big_clamd() -> Iterator[ClamdServer]:
     """clamd whose StreamMaxLength and MaxFileSize take 30 MB (the session clamd takes 10M)."""
-    directory = Path(tempfile.mkdtemp(prefix="avg", dir="/tmp"))
-    directory.chmod(0o755)  # noqa: S103 - clamd runs as clamav and traverses it
-    server = ClamdServer(directory, stream_max="40M", extra={"MaxFileSize": "40M"})
-    try:
-        yield server.start()
-    finally:
-        server.stop()
-        shutil.rmtree(directory, ignore_errors=True)
+    with public_dir("avg") as directory:
+        server = ClamdServer(directory, stream_max="40M", extra={"MaxFileSize": "40M"})
+        try:
+            yield server.start()
+        finally:
+            server.stop()
 
 
 def test_30mb_instream_is_streamed_with_bounded_memory(big_clamd: ClamdServer) -> None:

@@ -19,11 +19,9 @@ from __future__ import annotations
 
 import os
 import pwd
-import shutil
 import stat
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -39,6 +37,7 @@ from avtool.scan import mailbox, scanner
 from tests.integration.test_scan import Recorder
 from tests.integration.test_security import OpenWatch
 from tests.support.clamd_harness import REPO, ClamdServer
+from tests.support.dirs import public_dir
 from tests.support.mailboxes import EICAR, mbox_bytes, plain, snapshot, with_attachment
 
 pytestmark = [
@@ -79,15 +78,13 @@ class World:
 @pytest.fixture
 def world() -> Iterator[World]:
     """Below /tmp, not pytest's tmp_path (0700 dirs of root's that nobody cannot enter)."""
-    base = Path(tempfile.mkdtemp(prefix="avmv", dir="/tmp"))
-    base.chmod(0o755)
-    home, etc = base / "home", base / "etc"
-    home.mkdir(mode=0o755)
-    etc.mkdir(mode=0o755)
-    w = World(home, etc, base / "q")
-    w.owned(home)
-    yield w
-    shutil.rmtree(base, ignore_errors=True)
+    with public_dir("avmv") as base:
+        home, etc = base / "home", base / "etc"
+        home.mkdir(mode=0o755)
+        etc.mkdir(mode=0o755)
+        w = World(home, etc, base / "q")
+        w.owned(home)
+        yield w
 
 
 @pytest.fixture

@@ -7,8 +7,6 @@ Failed, and ``avtool serve`` answers no 4xx (no deferral).
 
 from __future__ import annotations
 
-import shutil
-import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -20,6 +18,7 @@ from avtool.engine import Clean, Engine, Infected
 from bench.delayproxy import DelayProxy
 from tests.conftest import make_config
 from tests.support.clamd_harness import ClamdServer
+from tests.support.dirs import public_dir
 from tests.support.serve import EICAR, config_for, mail, start_daemon
 
 DELAY = 0.03  # per request: keeps scans in flight on both clamds at any moment
@@ -56,14 +55,12 @@ class Pool:
 
 @pytest.fixture
 def pool() -> Iterator[Pool]:
-    root = Path(tempfile.mkdtemp(prefix="avq", dir="/tmp"))
-    root.chmod(0o755)  # noqa: S103 - clamd runs as clamav and traverses it
-    p = Pool(root)
-    try:
-        yield p.start()
-    finally:
-        p.stop()
-        shutil.rmtree(root, ignore_errors=True)
+    with public_dir("avq") as root:
+        p = Pool(root)
+        try:
+            yield p.start()
+        finally:
+            p.stop()
 
 
 def messages(directory: Path) -> list[tuple[Path, bool]]:

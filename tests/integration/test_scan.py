@@ -20,6 +20,7 @@ from avtool.scan.scanner import ClamdUnreachable, Options, Result, clamd_threads
 from tests.conftest import MakeConfig
 from tests.support import evasion
 from tests.support.clamd_harness import ClamdServer
+from tests.support.dirs import public_dir
 from tests.support.mailboxes import (
     EICAR,
     Sample,
@@ -229,10 +230,8 @@ def test_a_fragment_is_unchecked_not_clean(engine_config: MakeConfig, tmp_path: 
 @pytest.fixture
 def shared_dir() -> Iterator[Path]:
     """A dir clamd's own user can read (transfer scan); tmp_path's parents are 0700."""
-    d = Path(tempfile.mkdtemp(prefix="avs", dir="/tmp"))
-    d.chmod(0o755)
-    yield d
-    shutil.rmtree(d, ignore_errors=True)
+    with public_dir("avs") as d:
+        yield d
 
 
 def test_transfer_scan_still_scans_mbox_messages(

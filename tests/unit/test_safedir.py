@@ -7,10 +7,8 @@ from __future__ import annotations
 import errno
 import os
 import pwd
-import shutil
 import subprocess
 import sys
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -19,6 +17,7 @@ import pytest
 from avtool.control.ipc import unsafe_dir
 from avtool.safedir import Unsafe, open_dir, open_parent, others_can_write
 from tests.support.clamd_harness import REPO
+from tests.support.dirs import public_dir
 
 as_root = pytest.mark.skipif(os.geteuid() != 0, reason="chown to another user needs root")
 
@@ -26,10 +25,8 @@ as_root = pytest.mark.skipif(os.geteuid() != 0, reason="chown to another user ne
 @pytest.fixture
 def base() -> Iterator[Path]:
     """A dir of ours below /tmp (0755), to set modes and owners in."""
-    path = Path(tempfile.mkdtemp(prefix="avsd", dir="/tmp"))
-    path.chmod(0o755)
-    yield path
-    shutil.rmtree(path, ignore_errors=True)
+    with public_dir("avsd") as path:
+        yield path
 
 
 def nobody(path: Path) -> Path:
