@@ -85,6 +85,15 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # ru_maxrss is in KiB
 
 
+def verdict(passed: dict[str, bool], wrong: list[str], expected: int, out: Path) -> int:
+    """The last lines of a benchmark: wrong detection counts, where the report went; the exit
+    status, 0 when every target is met and every count right."""
+    if wrong:
+        print(f"WRONG detection counts (expected {expected}): {', '.join(wrong)}")
+    print(f"written: {out}")
+    return 0 if all(passed.values()) and not wrong else 1
+
+
 def timed_threads(n: int, work: Callable[[], None]) -> tuple[float, float]:
     """Run ``work`` in ``n`` threads at once: (wall seconds, process CPU seconds) until all end."""
     cpu0, t0 = time.process_time(), time.perf_counter()
@@ -369,10 +378,7 @@ def main(argv: list[str] | None = None) -> int:
         f"  100 MB INSTREAM peak RSS increase: {rss:.2f} MB (< {TARGET_RSS_MB:g})  "
         f"{mark[passed['instream_100mb_rss_increase_mb']]}"
     )
-    if wrong:
-        print(f"WRONG detection counts (expected {expected}): {', '.join(wrong)}")
-    print(f"written: {args.out}")
-    return 0 if all(passed.values()) and not wrong else 1
+    return verdict(passed, wrong, expected, args.out)
 
 
 if __name__ == "__main__":

@@ -46,7 +46,7 @@ from avtool.scan.mailbox import Message, OpenFile  # noqa: E402
 from avtool.scan.mailbox import mbox as mbox_format  # noqa: E402
 from avtool.scan.mailbox.maildir import copy_range  # noqa: E402
 from bench.corpus import generate, message  # noqa: E402
-from bench.engine import machine, timed_threads  # noqa: E402
+from bench.engine import machine, timed_threads, verdict  # noqa: E402
 from tests.support.clamd_harness import ClamdServer  # noqa: E402
 
 TARGET_RATIO, TARGET_RSS = 0.90, 0.10
@@ -366,10 +366,7 @@ def main(argv: list[str] | None = None) -> int:
         + ", ".join(f"{k} {v:+.1%}" for k, v in growth.items())
         + f" (within {TARGET_RSS:.0%})  {mark[passed['rss_flat']]}"
     )
-    if wrong:
-        print(f"WRONG detection counts (expected {expected}): {', '.join(wrong)}")
-    print(f"written: {args.out}")
-    return 0 if all(passed.values()) and not wrong else 1
+    return verdict(passed, wrong, expected, args.out)
 
 
 if __name__ == "__main__":
