@@ -275,7 +275,8 @@ def test_install_enable_upgrade_while_mail_flows_remove_purge(
     assert (daily.returncode, daily.stdout) == (0, ""), daily  # not enabled: nothing to check
 
     # --- enabled as the admin does: a clean and an EICAR mail through Courier ---------------
-    CONF.write_text(f'[clamd]\nbackends = ["{clamd.unix_socket}"]\n')
+    config = f'[clamd]\nbackends = ["{clamd.unix_socket}"]\n[headers]\nclean = true\n'
+    CONF.write_text(config)
     harness.filterctl("start", "avtool", timeout=15)
     code, text = harness.send(harness.make_message("clean via the package"))
     assert code == 250, text
@@ -324,7 +325,7 @@ def test_install_enable_upgrade_while_mail_flows_remove_purge(
     texts = [f.read_text() for f in files]
     assert all("X-Virus-Status: Clean" in t for t in texts), "a message was not scanned"
     assert not [t for t in texts if re.search(r"^Subject: .*eicar", t, re.M | re.I)]
-    assert CONF.read_text() == f'[clamd]\nbackends = ["{clamd.unix_socket}"]\n'  # conffile kept
+    assert CONF.read_text() == config  # the admin's conffile is kept
     code, text = harness.send(attachment(EICAR, "eicar after the upgrade"))
     assert code == 550, text
 
