@@ -15,18 +15,17 @@ def normal(name: str) -> str:
 
 
 def main(libdir: str, requirements: str, copyright_file: str) -> int:
-    wanted = {"avtool": None}
+    wanted: dict[str, str | None] = {"avtool": None}
     for line in Path(requirements).read_text().splitlines():
         line = line.split("#", 1)[0].strip()
         if line:
             name, _, version = line.partition("==")
             wanted[normal(name)] = version.strip()
-    found = {}
+    found: dict[str, tuple[str, str]] = {}  # name -> (version, dist-info stem)
     for info in Path(libdir).glob("*.dist-info"):
         meta = (info / "METADATA").read_text(encoding="utf-8")
-        name = re.search(r"^Name: *(.+)$", meta, re.M)
-        version = re.search(r"^Version: *(.+)$", meta, re.M)
-        found[normal(name[1].strip())] = (version[1].strip(), info.name.split("-")[0])
+        fields = dict(re.findall(r"^(Name|Version): *(.+?) *$", meta, re.M))
+        found[normal(fields["Name"])] = (fields["Version"], info.name.split("-")[0])
     problems = []
     for name in sorted(set(found) - set(wanted)):
         problems.append(f"{name} {found[name][0]} is installed but not pinned")
