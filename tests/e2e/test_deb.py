@@ -329,6 +329,13 @@ def test_install_enable_upgrade_while_mail_flows_remove_purge(
     code, text = harness.send(attachment(EICAR, "eicar after the upgrade"))
     assert code == 550, text
 
+    # the daily job speaks when the doctor finds a problem: here, clamd gone
+    clamd.stop()
+    daily = run("/usr/lib/avtool/daily-check")
+    assert daily.returncode == 1, daily
+    assert "the daily check of the Courier filter failed" in daily.stdout
+    assert re.search(r"^fail +clamd .*clamd\.sock", daily.stdout, re.M), daily.stdout
+
     # --- remove: the filter stopped and disabled first ---------------------------------------
     (QUARANTINE / "e2e-held").mkdir()
     (QUARANTINE / "e2e-held" / "data").write_bytes(EICAR)  # something quarantined
