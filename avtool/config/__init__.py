@@ -76,7 +76,8 @@ class Config:
 
     def to_toml(self, *, sources: bool = False) -> str:
         """The values as a TOML file that resolves to this same Config; ``sources`` adds a
-        comment line per key with its kind, default and where the value came from."""
+        comment line per key with its kind, default, where the value came from and how a reload
+        applies it."""
         return _toml(self.items(), sources=sources)
 
     def override(self, k: Key[T], value: T, source: Source | None = None) -> Config:
@@ -156,7 +157,8 @@ def _toml(
             section = head
         lines.append(f"# {k.doc}")
         if sources:
-            lines.append(f"# {k.kind.label}, default {k.kind.to_toml(k.default)}, from {source}")
+            default = k.kind.to_toml(k.default)
+            lines.append(f"# {k.kind.label}, default {default}, from {source}; reload: {k.reload}")
         lines.append(f"{'#' if commented else ''}{name} = {k.kind.to_toml(value)}")
     return "\n".join(lines) + "\n"
 
