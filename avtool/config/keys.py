@@ -335,51 +335,15 @@ UPDATE_SENDERS = key(
 
 
 # ---- the registry: every key above, in the order `avtool config` and the sample file show ---
-KEYS = table(
-    (
-        BACKENDS,
-        BALANCE,
-        CONNECT_TIMEOUT,
-        SCAN_TIMEOUT,
-        RETRY_AFTER,
-        TRANSFER,
-        MAX_SIZE,
-        VERBOSITY,
-        FILTER_DIR,
-        COURIER_DIR,
-        SPOOL_DIR,
-        PID_FILE,
-        PIPE,
-        MAX_SCANS,
-        MAX_CONNECTIONS,
-        MESSAGE_TIMEOUT,
-        READ_TIMEOUT,
-        DRAIN_TIMEOUT,
-        MANUAL_START,
-        DRY_RUN,
-        INFECTED,
-        PUA,
-        HEURISTICS,
-        PATTERNS_PASS,
-        PATTERNS_REJECT,
-        PATTERNS_DROP,
-        PATTERNS_QUARANTINE,
-        PATTERNS_DEFER,
-        REJECT_TEXT,
-        UNCHECKED,
-        FAILED,
-        SKIP_AUTHENTICATED,
-        SKIP_RELAY_CLIENTS,
-        PASS_RECIPIENTS,
-        QUARANTINE_DIR,
-        HEADER_CLEAN,
-        HEADER_RENAME,
-        JOBS,
-        LOCK_TIMEOUT,
-        UPDATE_INTERVAL,
-        UPDATE_SENDERS,
-    )
-)
+KEYS = table((
+    BACKENDS, BALANCE, CONNECT_TIMEOUT, SCAN_TIMEOUT, RETRY_AFTER, TRANSFER, MAX_SIZE, VERBOSITY,
+    FILTER_DIR, COURIER_DIR, SPOOL_DIR, PID_FILE, PIPE, MAX_SCANS, MAX_CONNECTIONS,
+    MESSAGE_TIMEOUT, READ_TIMEOUT, DRAIN_TIMEOUT, MANUAL_START, DRY_RUN, INFECTED, PUA,
+    HEURISTICS, PATTERNS_PASS, PATTERNS_REJECT, PATTERNS_DROP, PATTERNS_QUARANTINE,
+    PATTERNS_DEFER, REJECT_TEXT, UNCHECKED, FAILED, SKIP_AUTHENTICATED, SKIP_RELAY_CLIENTS,
+    PASS_RECIPIENTS, QUARANTINE_DIR, HEADER_CLEAN, HEADER_RENAME, JOBS, LOCK_TIMEOUT,
+    UPDATE_INTERVAL, UPDATE_SENDERS,
+))  # fmt: skip
 
 
 # ---- cross-key checks: each returns a problem text or None -------------------------------------

@@ -1,6 +1,7 @@
 """Daemon-side reloads (SIGHUP both, SIGUSR1 config, SIGUSR2 virus DB), answered over ipc.Answer.
 
-Config: resolve again as at start; on any error keep the old Config and list every problem.
+Config: resolve again as at start; on any error keep the old Config and list every problem;
+else apply each changed key as its reload kind says (config/kinds.py, Reload).
 Virus: RELOAD every clamd, then wait (bounded) until VERSION shows the database on disk.
 """
 
