@@ -1,6 +1,7 @@
 """Daemon-side reloads (SIGHUP both, SIGUSR1 config, SIGUSR2 virus DB), answered over ipc.Answer.
 
-Config: resolve again as at start; on any error keep the old Config and list every problem.
+Config: resolve again as at start; on any error keep the old Config and list every problem;
+else apply each changed key as its reload kind says (config/kinds.py, Reload).
 Virus: RELOAD every clamd, then wait (bounded) until VERSION shows the database on disk.
 """
 
@@ -10,12 +11,11 @@ import logging
 import os
 import threading
 import time
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from avtool import logs
 from avtool.config import Config
 from avtool.config import keys as K
-from avtool.config.kinds import KEYS, Key
 from avtool.control.ipc import Answer
 from avtool.daemon.pipeline import Pipeline
 from avtool.engine import Engine
@@ -27,10 +27,6 @@ if TYPE_CHECKING:
     from avtool.engine import Backend
 
 log = logging.getLogger("avtool")
-# serve.max_connections sizes the worker threads, started once.
-RESTART_KEYS: tuple[Key[Any], ...] = (
-    K.FILTER_DIR, K.COURIER_DIR, K.PID_FILE, K.PIPE, K.MAX_SCANS, K.MAX_CONNECTIONS,
-)  # fmt: skip
 SETTLE_S = 1.0  # no version to watch: clamd swaps a small DB in ~50 ms (notes/clamav.md §2)
 
 
@@ -121,20 +117,18 @@ class Reloader:
                 answer.line(f"config error: {problem}")
             return False
         old = server.cfg
-        changes = old.changes(new)
-        engine_keys = [n for n in KEYS if n.startswith(("clamd.", "scan."))]
-        engine = server.pipeline.engine
-        if any(old.values[n] != new.values[n] for n in engine_keys):
-            engine = Engine.from_config(new)
-        server.cfg = new
+        changed = old.changed(new)
+        how = {k.reload for k in changed}  # what each key needs: config/kinds.py, Reload
+        engine = Engine.from_config(new) if "engine" in how else server.pipeline.engine
+        server.cfg = new  # "live" keys: read from here, or from the new Pipeline, per message
         server.pipeline = Pipeline(new, engine, name=options.name)
-        if old[K.VERBOSITY] != new[K.VERBOSITY] and not options.debug:
-            logs.set_verbosity(new[K.VERBOSITY])  # --debug logs everything whatever the config
-        answer.line(f"config: reloaded from {new.path or 'defaults'}, {len(changes)} change(s)")
-        for change in changes:
+        if "log" in how and not options.debug:  # --debug logs everything whatever the config
+            logs.set_verbosity(new[K.VERBOSITY])  # log.verbosity is the one "log" key
+        answer.line(f"config: reloaded from {new.path or 'defaults'}, {len(changed)} change(s)")
+        for change in old.changes(new):
             answer.line(f"config: {change}")
-        for k in RESTART_KEYS:
-            if old[k] != new[k]:
+        for k in changed:
+            if k.reload == "restart":
                 answer.line(f"config: {k.name} takes effect at the next restart")
         return True
 
