@@ -23,16 +23,24 @@ final Verdict. The rules, once:
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 from avtool.engine.backend import Backend
 from avtool.engine.replies import BackendFailure, FileProblem, scan_verdict
 from avtool.engine.verdict import Failed, Verdict
 
-if TYPE_CHECKING:
-    from avtool.engine.engine import Engine
-
 Step = Backend | Verdict  # what to do next: try this backend, or that is the verdict
+
+
+class Pool(Protocol):
+    """What the machine needs of the Engine (engine.py; a protocol, so no import cycle)."""
+
+    @property
+    def scan_timeout(self) -> float: ...
+
+    def choose(self, now: float) -> list[Backend]: ...
+
+    def set_aside(self, backend: Backend, failure: BackendFailure, failures: list[str]) -> None: ...
 
 
 class Failover:
@@ -44,7 +52,7 @@ class Failover:
     )  # fmt: skip
 
     def __init__(
-        self, engine: Engine, now: float, deadline: float | None = None, path: str | None = None
+        self, engine: Pool, now: float, deadline: float | None = None, path: str | None = None
     ) -> None:
         self.engine = engine
         self.deadline = deadline
