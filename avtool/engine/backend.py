@@ -52,7 +52,6 @@ class Backend:
             else TcpClient(address, connect_timeout)
         )
         self.connect_timeout = connect_timeout
-        self.scan_timeout = scan_timeout
         # FILDES sessions kept open by the daemon's loop (a unix socket only; loop thread only)
         self.sessions = SessionPool(address, connect_timeout)
         self.command_timeout = min(scan_timeout, COMMAND_TIMEOUT)
