@@ -212,6 +212,8 @@ def attempt(
 
 
 def _wait(session: Session, until: float) -> bytes:
+    """The reply on ``session``, waited for with poll (not a socket timeout: the session's
+    socket is non-blocking, as in the loop, and ``receive`` is the same code)."""
     poller = select.poll()
     poller.register(session.fd, select.POLLIN)
     while True:
