@@ -21,6 +21,7 @@ from bench.delayproxy import DelayProxy
 from tests.clamd_harness import ClamdServer
 from tests.conftest import make_config
 from tests.integration.serve_support import EICAR, config_for, mail, start_daemon
+from tests.scanning import scan_path
 
 DELAY = 0.03  # per request: keeps scans in flight on both clamds at any moment
 MESSAGES = 120
@@ -124,7 +125,7 @@ def test_engine_retries_every_scan_in_flight_on_a_clamd_that_dies(
     lock = threading.Lock()
 
     def scan(path: Path, bad: bool) -> str | None:
-        v = e.scan_path(path)
+        v = scan_path(e, path)
         ok = isinstance(v, Infected) if bad else isinstance(v, Clean)
         with lock:
             answered[v.backend] = answered.get(v.backend, 0) + 1
