@@ -312,7 +312,8 @@ def test_reload_storm_under_load(daemon: Daemon) -> None:
 def test_dash_l_sends_the_answer_to_syslog_mail(daemon: Daemon, tmp_path: Path) -> None:
     """A datagram socket stands in for syslogd's /dev/log: bound there when there is none, else
     bind-mounted over it in a private mount namespace for the sig process alone."""
-    dev_log, prefix = Path("/dev/log"), ()
+    dev_log = Path("/dev/log")
+    prefix: tuple[str, ...] = ()
     sink_path = dev_log
     if dev_log.exists():
         if os.geteuid() != 0 or shutil.which("unshare") is None:
