@@ -4,8 +4,9 @@ exposition format, for node_exporter's textfile collector."""
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
-from avtool.control.wire import ACTIONS, VERDICTS, Stats
+from avtool.control.wire import ACTIONS, VERDICTS, Backend, Stats
 
 # Each message is counted under exactly one verdict, so the verdict series add up to
 # ``messages`` (wire.VERDICTS).
@@ -14,13 +15,43 @@ VERDICT_LABELS = {
     "errors": "error",  # a bad request or control file: answered without a scan
     "timeouts": "timeout",  # no scan slot within serve.message_timeout
 }
+Samples = list[tuple[str, object]]  # (labels, value)
+# One family per clamd field: name, type, help, value (None: no sample for that clamd).
+PER_CLAMD: tuple[tuple[str, str, str, Callable[[Backend], int | None]], ...] = (
+    ("avtool_clamd_up", "gauge", "1 if the clamd answered VERSION.", lambda b: int(b.reachable)),
+    ("avtool_clamd_scans_total", "counter", "Scans sent to each clamd.", lambda b: b.scans),
+    (
+        "avtool_clamd_errors_total",
+        "counter",
+        "Connection, timeout and protocol failures per clamd.",
+        lambda b: b.errors,
+    ),
+    (
+        "avtool_clamd_in_flight",
+        "gauge",
+        "Scans sent to each clamd and not yet answered.",
+        lambda b: b.in_flight,
+    ),
+    (
+        "avtool_clamd_set_aside",
+        "gauge",
+        "1 if the clamd is set aside after a failure (tried only when the others fail).",
+        lambda b: int(b.aside),
+    ),
+    (
+        "avtool_clamd_db_version",
+        "gauge",
+        "Version of the daily database each clamd has loaded (absent when unknown).",
+        lambda b: b.db,
+    ),
+)
 
 
 def prometheus(stats: Stats) -> str:
     c = stats.counters
     out: list[str] = []
 
-    def family(name: str, kind: str, doc: str, samples: list[tuple[str, object]]) -> None:
+    def family(name: str, kind: str, doc: str, samples: Samples) -> None:
         out.extend([f"# HELP {name} {doc}", f"# TYPE {name} {kind}"])
         out.extend(f"{name}{labels} {_value(v)}" for labels, v in samples)
 
@@ -49,42 +80,8 @@ def prometheus(stats: Stats) -> str:
         [('{quantile="0.5"}', c.get("p50_ms")), ('{quantile="0.99"}', c.get("p99_ms"))],
     )
     per = [(f'{{backend="{_label(b.address)}"}}', b) for b in stats.backends]
-    family(
-        "avtool_clamd_up",
-        "gauge",
-        "1 if the clamd answered VERSION.",
-        [(lb, int(b.reachable)) for lb, b in per],
-    )
-    family(
-        "avtool_clamd_scans_total",
-        "counter",
-        "Scans sent to each clamd.",
-        [(lb, b.scans) for lb, b in per],
-    )
-    family(
-        "avtool_clamd_errors_total",
-        "counter",
-        "Connection, timeout and protocol failures per clamd.",
-        [(lb, b.errors) for lb, b in per],
-    )
-    family(
-        "avtool_clamd_in_flight",
-        "gauge",
-        "Scans sent to each clamd and not yet answered.",
-        [(lb, b.in_flight) for lb, b in per],
-    )
-    family(
-        "avtool_clamd_set_aside",
-        "gauge",
-        "1 if the clamd is set aside after a failure (tried only when the others fail).",
-        [(lb, int(b.aside)) for lb, b in per],
-    )
-    family(
-        "avtool_clamd_db_version",
-        "gauge",
-        "Version of the daily database each clamd has loaded (absent when unknown).",
-        [(lb, b.db) for lb, b in per if b.db is not None],
-    )
+    for name, kind, doc, value in PER_CLAMD:
+        family(name, kind, doc, [(lb, v) for lb, b in per if (v := value(b)) is not None])
     family(
         "avtool_uptime_seconds",
         "gauge",
