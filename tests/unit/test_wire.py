@@ -228,8 +228,11 @@ def test_the_daemon_s_stats_answer_reads_back_through_the_pipe(
     dead = str(tmp_path / "no-clamd.sock")
     engine = Engine.from_config(make_config(str(clamd_server.unix_socket), dead))
     live, gone = engine.backends
-    live.scans, gone.errors = 3, 2
-    gone.in_flight = 1
+    for _ in range(3):
+        live.mark_answered()
+    for _ in range(2):
+        gone.mark_failed("connection refused", retry_after=600.0)  # set aside
+    gone.claim()  # one scan in flight
     pipe = tmp_path / "avtool.pipe"
     daemon = SimpleNamespace(
         pipe=pipe, socket_path=tmp_path / "avtool", stats=counts,
@@ -261,4 +264,4 @@ def test_the_daemon_s_stats_answer_reads_back_through_the_pipe(
     assert version is not None and " " in version  # ClamAV 1.x: it holds a space
     assert first == Backend(live.address, True, 3, 0, live.describe().db_version, version, 0, False)
     assert (second.address, second.reachable, second.errors) == (dead, False, 2)
-    assert (second.in_flight, second.db, second.version) == (1, None, None)
+    assert (second.in_flight, second.aside, second.db, second.version) == (1, True, None, None)
