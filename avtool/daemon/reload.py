@@ -1,4 +1,4 @@
-"""Daemon-side reloads (SIGHUP both, SIGUSR1 config, SIGUSR2 virus DB), answered over ipc.Answer.
+"""Daemon-side reloads (SIGHUP both, SIGUSR1 config, SIGUSR2 virus DB), answered over fifo.Answer.
 
 Config: resolve again as at start; on any error keep the old Config and list every problem;
 else apply each changed key as its reload kind says (config/kinds.py, Reload).
@@ -8,7 +8,6 @@ Virus: RELOAD every clamd, then wait (bounded) until VERSION shows the database 
 from __future__ import annotations
 
 import logging
-import os
 import threading
 import time
 from typing import TYPE_CHECKING
@@ -16,7 +15,7 @@ from typing import TYPE_CHECKING
 from avtool import logs
 from avtool.config import Config
 from avtool.config import keys as K
-from avtool.control.ipc import Answer
+from avtool.control.fifo import Answer
 from avtool.daemon.pipeline import Pipeline
 from avtool.engine import Engine
 from avtool.engine.clamdconf import conf_for, disk_db_version, running_clamd_confs
@@ -69,7 +68,7 @@ class Reloader:
             try:
                 if self.want_stats:
                     self.want_stats = False
-                    self.answer_stats(self.server.stats.snapshot())
+                    self.answer_stats()
                 config, virus = self.want_config, self.want_virus
                 self.want_config = self.want_virus = False
                 if config or virus:
@@ -77,21 +76,13 @@ class Reloader:
             except Exception:  # noqa: BLE001 - a failed reload must not end later reloads
                 log.exception("reload failed")
 
-    def answer_stats(self, snapshot: dict[str, float | int | None]) -> None:
-        """Counters as ``name value`` lines, then one ``clamd`` line per backend."""
-        answer = Answer(self.server.pipe)
-        answer.line(f"pid {os.getpid()}")
-        answer.line(f"socket {self.server.socket_path}")
-        for name, value in snapshot.items():
-            answer.line(f"{name} {'-' if value is None else value}")
-        for backend in self.server.pipeline.engine.backends:
-            info = backend.describe()
-            answer.line(
-                f"clamd {backend.address} reachable={'yes' if info.reachable else 'no'} "
-                f"scans={backend.scans} errors={backend.errors} in_flight={backend.in_flight} "
-                f"aside={'yes' if backend.set_aside() else 'no'} "
-                f"db={_db(info.db_version)} version={info.version or '-'}"
-            )
+    def answer_stats(self) -> None:
+        """The counters, as control/wire.py's Stats lines (the client parses the same)."""
+        server = self.server
+        answer = Answer(server.pipe)
+        stats = server.stats.answer(server.socket_path, server.pipeline.engine.backends)
+        for line in stats.lines():
+            answer.line(line)
         answer.finish(True)
 
     def reload(self, config: bool, virus: bool) -> bool:

@@ -159,6 +159,10 @@ def test_stats_json_prometheus_table_and_status(daemon: Daemon) -> None:
 
     status = sig(daemon, "status")
     assert status.returncode == 0
+    conf, pid = str(daemon.workdir / "avtool.conf"), str(daemon.proc.pid)
+    after = [sys.executable, "-m", "avtool", "sig", "stats", "--json", "-t", "10", "-p", pid]
+    run = subprocess.run([*after, "-f", conf], cwd=daemon.workdir, capture_output=True, text=True)
+    assert run.returncode == 0 and json.loads(run.stdout)["pid"] == daemon.proc.pid  # after it
     assert status.stdout.startswith(f"avtool is running: pid {daemon.proc.pid}, up ")
     assert f"socket {daemon.socket_path}" in status.stdout
 
@@ -312,7 +316,8 @@ def test_reload_storm_under_load(daemon: Daemon) -> None:
 def test_dash_l_sends_the_answer_to_syslog_mail(daemon: Daemon, tmp_path: Path) -> None:
     """A datagram socket stands in for syslogd's /dev/log: bound there when there is none, else
     bind-mounted over it in a private mount namespace for the sig process alone."""
-    dev_log, prefix = Path("/dev/log"), ()
+    dev_log = Path("/dev/log")
+    prefix: tuple[str, ...] = ()
     sink_path = dev_log
     if dev_log.exists():
         if os.geteuid() != 0 or shutil.which("unshare") is None:
