@@ -241,6 +241,9 @@ def test_install_enable_upgrade_while_mail_flows_remove_purge(
         shown = run("man", "--warnings", "-l", where, MANWIDTH="100")
         assert shown.returncode == 0 and shown.stderr == "", (page, shown.stderr)
     assert "--move-to" in run("man", "-l", "/usr/share/man/man1/avtool-scan.1.gz").stdout
+    updates = run("man", "-l", "/usr/share/man/man1/avtool-run-get-ides.1.gz", MANWIDTH="200")
+    assert "/usr/lib/avtool/get_ides.sh" in updates.stdout  # the package's, not a checkout's
+    assert "/usr/local" not in updates.stdout
 
     for completion in (
         "/usr/share/bash-completion/completions/avtool",
