@@ -39,7 +39,19 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-SCRIPT = Path("/usr/local/lib/avtool/get_ides.sh")
+# Where the fixed script is, by how avtool was installed (the sudoers rule names the same
+# path): the Debian package's private /usr/lib/avtool/python, else share/install-updates.sh's.
+PACKAGE_DIR = Path("/usr/lib/avtool")
+
+
+def script_for(module: Path) -> Path:
+    """The script that goes with the avtool installed at ``module`` (this file's path)."""
+    if module.resolve().is_relative_to(PACKAGE_DIR):
+        return PACKAGE_DIR / "get_ides.sh"
+    return Path("/usr/local/lib/avtool/get_ides.sh")
+
+
+SCRIPT = script_for(Path(__file__))
 # get_ides.sh's STATE_DIR default: its lock (0600) and the time of its last run (``last``,
 # seconds since the epoch, 0644). Not /var/lib/avtool: that one is courier's.
 STATE_DIR = Path("/var/lib/avtool-get-ides")

@@ -39,6 +39,7 @@ from avtool.config import Config  # noqa: E402
 from avtool.engine import Engine, Infected  # noqa: E402
 from bench.corpus import generate  # noqa: E402
 from tests.support.clamd_harness import ClamdServer  # noqa: E402
+from tests.support.scanning import scan_path  # noqa: E402
 
 BIG = 100 << 20  # the large INSTREAM message
 TARGET_RATIO, TARGET_CPU_MS, TARGET_RSS_MB = 0.95, 0.3, 20.0
@@ -151,7 +152,8 @@ def clamd_alone(server: ClamdServer, command: str, corpus: Path, count: int) -> 
     engine = Engine.from_config(config(str(server.unix_socket)))
     client = engine.backends[0].client
     t0 = time.perf_counter()
-    lines = getattr(client, command.lower())(str(corpus), time.monotonic() + 600)
+    raw = client.command(f"{command} {corpus}", time.monotonic() + 600, until_eof=True)
+    lines = raw.split(b"\0")[:-1]
     seconds = time.perf_counter() - t0
     found = sum(line.endswith(b" FOUND") for line in lines)
     return Result(
@@ -177,7 +179,7 @@ def engine_scanner(cfg: Config) -> Callable[[Path], bool]:
     engine = Engine.from_config(cfg)
 
     def scan(path: Path) -> bool:
-        v = engine.scan_path(path)
+        v = scan_path(engine, path)
         if not isinstance(v, Infected) and v.__class__.__name__ != "Clean":
             raise RuntimeError(f"{path}: {v}")
         return isinstance(v, Infected)
@@ -210,7 +212,7 @@ def probe_instream(backend: str, path: str, max_size: str) -> None:
     engine.backends[0].ping()  # connect once: imports and first-use allocations done
     before = _vm("VmHWM")
     t0 = time.perf_counter()
-    verdict = engine.scan_path(path)
+    verdict = scan_path(engine, path)
     seconds = time.perf_counter() - t0
     after = _vm("VmHWM")
     print(

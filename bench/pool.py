@@ -36,6 +36,7 @@ from bench.corpus import generate  # noqa: E402
 from bench.delayproxy import DelayProxy  # noqa: E402
 from bench.engine import Result, config, machine, run, table  # noqa: E402
 from tests.support.clamd_harness import ClamdServer  # noqa: E402
+from tests.support.scanning import scan_path  # noqa: E402
 
 MAX = "32M"  # StreamMaxLength and scan.max_size: every corpus message fits
 
@@ -51,7 +52,7 @@ def pool_engine(addresses: list[str], balance: str) -> Engine:
 
 def scanner(engine: Engine, lost: list[str]) -> object:
     def scan(path: Path) -> bool:
-        v = engine.scan_path(path)
+        v = scan_path(engine, path)
         want = Infected if "eicar" in path.name else Clean
         if not isinstance(v, want):
             lost.append(f"{path.name}: {v}")

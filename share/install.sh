@@ -140,8 +140,16 @@ install_filter() {
     install -m 640 -o root -g courier "$here/share/avtool.conf" "$conf"
     say "wrote $conf (every key commented out: the defaults)"
   fi
-  install -d -m 750 -o courier -g courier /var/lib/avtool
-  install -d -m 700 -o courier -g courier /var/lib/avtool/quarantine
+  # /var/lib/avtool belongs to courier once made: root never chowns or chmods through it
+  # (courier could have put a link to /etc there), it only makes it when missing, and the
+  # quarantine in it while it is still root's, or as courier (as debian/avtool.postinst does)
+  if [[ ! -e /var/lib/avtool && ! -L /var/lib/avtool ]]; then
+    mkdir -m 750 /var/lib/avtool
+    mkdir -m 700 /var/lib/avtool/quarantine
+    chown courier:courier /var/lib/avtool/quarantine /var/lib/avtool
+  elif [[ ! -e /var/lib/avtool/quarantine && ! -L /var/lib/avtool/quarantine ]]; then
+    runuser -u courier -- mkdir -m 700 /var/lib/avtool/quarantine
+  fi
   sed "s|@PREFIX@|$prefix|" "$here/share/courier-filter.sh" > "$wrapper.new"
   chmod 755 "$wrapper.new" && mv "$wrapper.new" "$wrapper"
   say "installed the filter $wrapper"

@@ -4,6 +4,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 py=${PYTHON:-.venv/bin/python}
-"$py" -m ruff check avtool tests bench
-"$py" -m ruff format --check avtool tests bench
-"$py" -m mypy --strict avtool tests bench
+# and the build's own Python (share/manpages.py, debian/check-vendored.py: run by debian/rules)
+build_py=(share/manpages.py debian/check-vendored.py)
+"$py" -m ruff check avtool tests bench "${build_py[@]}"
+"$py" -m ruff format --check avtool tests bench "${build_py[@]}"
+"$py" -m mypy --strict avtool tests bench "${build_py[@]}"

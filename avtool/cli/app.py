@@ -54,7 +54,7 @@ app.command("config")(config_cmd.config)
 app.command("serve")(serve_cmd.serve)
 app.command("batch-test")(batch_cmd.batch_test)
 app.command("scan")(scan_cmd.scan)
-app.command("sig", cls=sig_cmd.SigCommand)(sig_cmd.sig)
+app.add_typer(sig_cmd.sig, name="sig")
 app.command("run-get-ides", help=updates_cmd.HELP)(updates_cmd.run_get_ides)
 
 

@@ -89,9 +89,12 @@ def model(app: typer.Typer) -> tuple[Cmd, list[Cmd]]:
     commands = []
     for name in sorted(group.commands):
         command = group.commands[name]
-        words: list[str] = []
+        # A group (sig): its subcommands are words, then their arguments' words; its own
+        # options stand for theirs (they may come before the subcommand).
+        subs = [command.commands[n] for n in sorted(getattr(command, "commands", {}))]
+        words: list[str] = sorted(getattr(command, "commands", {}))
         files = False
-        for param in command.params:
+        for param in [p for c in (command, *subs) for p in c.params]:
             if param.param_type_name == "argument":
                 words += _choices(param)
                 files = files or not _choices(param)

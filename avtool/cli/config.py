@@ -69,7 +69,7 @@ def _print_table(cfg: Config, verbose: bool) -> None:
     from rich.table import Table
 
     table = Table(title=f"avtool configuration ({cfg.path or 'defaults only'})")
-    for column in ("key", "value", "type", "default", "source"):
+    for column in ("key", "value", "type", "default", "source", "reload"):
         table.add_column(column, overflow="fold")
     for k, value, source in cfg.items():
         changed = "bold" if source.kind != "default" else ""
@@ -79,6 +79,7 @@ def _print_table(cfg: Config, verbose: bool) -> None:
             k.kind.label,
             k.kind.describe(k.default),
             str(source),
+            k.reload,
         )
     console = Console()
     console.print(table)

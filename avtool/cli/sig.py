@@ -1,24 +1,33 @@
-"""``avtool sig``: reload the running filter's config and/or virus DB, read its counters."""
+"""``avtool sig``: reload the running filter's config and/or virus DB, read its counters.
+
+A typer group: ``sig reload [config|virus]``, ``sig stats [--json|--prometheus]``, ``sig
+status``; ``sig`` alone reloads both, as avfilter_sig did and as scripts expect. The options may
+come before the subcommand or after it (``avtool sig -l reload virus``: freshclam's
+OnUpdateExecute); given in both places, the later one counts, as for one command.
+"""
 
 from __future__ import annotations
 
+import dataclasses
 import enum
 import json
 import sys
+from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
-from typer.core import TyperCommand
+from typer.core import TyperCommand, TyperGroup
 
 from avtool.cli.common import ConfigFile, SetOption, load_config
 from avtool.errors import ConfigError
 
 if TYPE_CHECKING:
     from avtool.config import Config
-    from avtool.control.client import Answer, Target
-    from avtool.control.stats import Stats
+    from avtool.control.wire import Response, Stats
 
 SYSLOG_IDENT = "avtool-sig"
+TIMEOUT_S = 90.0
+_ASKED = "avtool.sig"  # the group's options, in ctx.meta for the subcommand
 
 
 class Action(enum.StrEnum):
@@ -32,12 +41,22 @@ class What(enum.StrEnum):
     virus = "virus"
 
 
-class SigCommand(TyperCommand):
+class _PathsEpilog:
     """Builds the epilog (the paths) only when the help is shown, not at every start."""
+
+    epilog: str | None
 
     def format_help(self, ctx: Any, formatter: Any) -> None:
         self.epilog = paths_help()
-        super().format_help(ctx, formatter)
+        super().format_help(ctx, formatter)  # type: ignore[misc]
+
+
+class SigGroup(_PathsEpilog, TyperGroup):
+    pass
+
+
+class SigCommand(_PathsEpilog, TyperCommand):
+    pass
 
 
 def paths_help() -> str:
@@ -58,38 +77,75 @@ def paths_help() -> str:
     )
 
 
-def sig(
-    action: Annotated[Action, typer.Argument(help="reload (the default), stats or status.")] = (
-        Action.reload
+# Each option once; the group and each subcommand that takes it declare it with these.
+Pid = Annotated[
+    int | None,
+    typer.Option("-p", "--pid", min=1, help="Signal this pid; the pipe is ./avtool_sig.pipe."),
+]
+Timeout = Annotated[
+    float | None,
+    typer.Option(
+        "-t",
+        "--timeout",
+        min=0.1,
+        help="Seconds to wait for the answer.",
+        show_default=str(TIMEOUT_S),  # None here: a -t before the subcommand holds after it
     ),
-    what: Annotated[
-        What | None, typer.Argument(help="With reload: config or virus (default both).")
-    ] = None,
-    pid: Annotated[
-        int | None,
-        typer.Option("-p", "--pid", min=1, help="Signal this pid; the pipe is ./avtool_sig.pipe."),
-    ] = None,
-    timeout: Annotated[
-        float,
-        typer.Option("-t", "--timeout", min=0.1, help="Seconds to wait for the answer."),
-    ] = 90.0,
-    to_syslog: Annotated[
-        bool, typer.Option("-l", "--syslog", help="reload: answer to syslog (mail), not stdout.")
-    ] = False,
-    as_json: Annotated[bool, typer.Option("--json", help="stats: as JSON.")] = False,
-    prom: Annotated[
-        bool, typer.Option("--prometheus", help="stats: Prometheus text format.")
-    ] = False,
+]
+Syslog = Annotated[
+    bool, typer.Option("-l", "--syslog", help="reload: answer to syslog (mail), not stdout.")
+]
+Json = Annotated[bool, typer.Option("--json", help="stats: as JSON.")]
+Prometheus = Annotated[bool, typer.Option("--prometheus", help="stats: Prometheus text format.")]
+
+
+@dataclasses.dataclass(frozen=True)
+class Asked:
+    """The options of one ``sig`` run, from before and after the subcommand."""
+
+    pid: int | None = None
+    timeout: float | None = None
+    to_syslog: bool = False
+    as_json: bool = False
+    prom: bool = False
+    config_file: Path | None = None
+    sets: tuple[str, ...] = ()
+
+    def then(self, later: Asked) -> Asked:
+        """These options followed by ``later``'s: a value given later replaces one given
+        before, flags add up, ``--set``s accumulate (as for options of one command)."""
+        return Asked(
+            later.pid if later.pid is not None else self.pid,
+            later.timeout if later.timeout is not None else self.timeout,
+            self.to_syslog or later.to_syslog,
+            self.as_json or later.as_json,
+            self.prom or later.prom,
+            later.config_file if later.config_file is not None else self.config_file,
+            self.sets + later.sets,
+        )
+
+
+sig = typer.Typer(name="sig", cls=SigGroup, no_args_is_help=False)
+
+
+@sig.callback(invoke_without_command=True)
+def sig_group(
+    ctx: typer.Context,
+    pid: Pid = None,
+    timeout: Timeout = None,
+    to_syslog: Syslog = False,
+    as_json: Json = False,
+    prom: Prometheus = False,
     config_file: ConfigFile = None,
     set_: SetOption = None,
 ) -> None:
     """Tell the running filter to reload, and print its answer; or read its counters.
 
-    reload: config and virus database (SIGHUP); reload config (SIGUSR1): what changed, or every
-    error (the running config stays); reload virus (SIGUSR2): each clamd reloads, database
-    version before and after. stats: the daemon's counters (SIGURG) as a table, --json, or
-    --prometheus for node_exporter's textfile collector. status: running or not, pid, uptime,
-    socket.
+    reload: config and virus database (SIGHUP; also `avtool sig` alone); reload config
+    (SIGUSR1): what changed, or every error (the running config stays); reload virus (SIGUSR2):
+    each clamd reloads, database version before and after. stats: the daemon's counters
+    (SIGURG) as a table, --json, or --prometheus for node_exporter's textfile collector.
+    status: running or not, pid, uptime, socket.
 
     For freshclam.conf: OnUpdateExecute sudo -n -u courier /usr/local/bin/avtool sig -l reload
     virus (share/sudoers.avtool-sig).
@@ -102,26 +158,87 @@ def sig(
     file, or, as root, the pid names no avtool serve of the pid file's owner); 4 another
     request is in progress; 5 no answer within the timeout.
     """
-    from avtool.control import client as sigclient
-    from avtool.control import stats as sigstats
+    asked = Asked(pid, timeout, to_syslog, as_json, prom, config_file, tuple(set_ or ()))
+    ctx.meta[_ASKED] = asked
+    if ctx.invoked_subcommand is None:
+        run(Action.reload, None, asked)
 
-    if what is not None and action is not Action.reload:
-        raise typer.BadParameter(f"{what} goes with reload only", param_hint="what")
-    if (as_json or prom) and action is not Action.stats:
+
+@sig.command("reload", cls=SigCommand)
+def reload(
+    ctx: typer.Context,
+    what: Annotated[What | None, typer.Argument(help="config or virus (default both).")] = None,
+    pid: Pid = None,
+    timeout: Timeout = None,
+    to_syslog: Syslog = False,
+    config_file: ConfigFile = None,
+    set_: SetOption = None,
+) -> None:
+    """Reload the config and the virus database (SIGHUP), the config (SIGUSR1) or the virus
+    database (SIGUSR2), and print the daemon's answer."""
+    later = Asked(pid, timeout, to_syslog, config_file=config_file, sets=tuple(set_ or ()))
+    run(Action.reload, what, _before(ctx).then(later))
+
+
+@sig.command("stats", cls=SigCommand)
+def stats(
+    ctx: typer.Context,
+    pid: Pid = None,
+    timeout: Timeout = None,
+    as_json: Json = False,
+    prom: Prometheus = False,
+    config_file: ConfigFile = None,
+    set_: SetOption = None,
+) -> None:
+    """Print the daemon's counters (SIGURG): a table, --json, or --prometheus."""
+    later = Asked(pid, timeout, False, as_json, prom, config_file, tuple(set_ or ()))
+    run(Action.stats, None, _before(ctx).then(later))
+
+
+@sig.command("status", cls=SigCommand)
+def status(
+    ctx: typer.Context,
+    pid: Pid = None,
+    timeout: Timeout = None,
+    config_file: ConfigFile = None,
+    set_: SetOption = None,
+) -> None:
+    """Say whether the filter runs: its pid, uptime and socket (SIGURG)."""
+    later = Asked(pid, timeout, config_file=config_file, sets=tuple(set_ or ()))
+    run(Action.status, None, _before(ctx).then(later))
+
+
+def _before(ctx: typer.Context) -> Asked:
+    asked = ctx.meta.get(_ASKED)
+    return asked if isinstance(asked, Asked) else Asked()
+
+
+def _check(action: Action, asked: Asked) -> None:
+    """Options given before the subcommand that do not go with it: usage errors (exit 2)."""
+    if (asked.as_json or asked.prom) and action is not Action.stats:
         raise typer.BadParameter("--json and --prometheus go with stats only")
-    if as_json and prom:
+    if asked.as_json and asked.prom:
         raise typer.BadParameter("--json or --prometheus, not both")
-    if to_syslog and action is not Action.reload:
+    if asked.to_syslog and action is not Action.reload:
         raise typer.BadParameter("-l goes with reload only")
-    signum = sigclient.STATS_SIGNAL
+
+
+def run(action: Action, what: What | None, asked: Asked) -> None:
+    """One request: the signal, the answer printed (or to syslog), the exit status."""
+    from avtool.control import client, wire
+    from avtool.control.prometheus import prometheus
+
+    _check(action, asked)
+    timeout = TIMEOUT_S if asked.timeout is None else asked.timeout
+    signum = wire.STATS_SIGNAL
     if action is Action.reload:
-        signum = sigclient.RELOAD_SIGNALS[what.value if what else None]
-    log = _Syslog() if to_syslog else None
+        signum = wire.reload_signal(what.value if what else None)
+    log = _Syslog() if asked.to_syslog else None
     warnings: list[str] = []
     try:
-        where = sigclient.target(_paths_config(config_file, set_), pid)
-        answer = sigclient.request(where, signum, timeout, warnings)
-    except sigclient.SigError as e:
+        where = client.target(_paths_config(asked.config_file, list(asked.sets)), asked.pid)
+        answer = client.request(where, signum, timeout, warnings)
+    except wire.SigError as e:
         if log:
             log.error(str(e))  # main() prints it on stderr and exits with its code
         raise
@@ -131,16 +248,16 @@ def sig(
     if action is Action.reload:
         _emit(answer, log)
     elif answer.end == "ok":
-        stats = sigstats.parse_stats(answer.lines)
+        counters = answer.stats()
         if action is Action.status:
-            _status(where, stats)
-        elif as_json:
-            typer.echo(json.dumps(stats.as_dict(), indent=1))
-        elif prom:
-            typer.echo(sigstats.prometheus(stats), nl=False)
+            _status(where.pid, counters)
+        elif asked.as_json:
+            typer.echo(json.dumps(counters.as_dict(), indent=1))
+        elif asked.prom:
+            typer.echo(prometheus(counters), nl=False)
         else:
-            _stats_table(stats)
-    if problem := answer.problem(where, timeout):
+            _stats_table(counters)
+    if problem := answer.problem(where.pid, timeout):
         print(f"avtool: {problem}", file=sys.stderr)
         if log:
             log.error(problem)
@@ -191,7 +308,7 @@ def _warn(text: str, log: _Syslog | None) -> None:
         log.warning(text)
 
 
-def _emit(answer: Answer, log: _Syslog | None) -> None:
+def _emit(answer: Response, log: _Syslog | None) -> None:
     for line in answer.lines:
         if log is None:
             typer.echo(line)
@@ -201,11 +318,9 @@ def _emit(answer: Answer, log: _Syslog | None) -> None:
             log.error(line)
 
 
-def _status(where: Target, stats: Stats) -> None:
+def _status(pid: int, stats: Stats) -> None:
     uptime = stats.counters.get("uptime_s")
-    typer.echo(
-        f"avtool is running: pid {stats.pid or where.pid}, up {uptime} s, socket {stats.socket}"
-    )
+    typer.echo(f"avtool is running: pid {stats.pid or pid}, up {uptime} s, socket {stats.socket}")
 
 
 def _stats_table(stats: Stats) -> None:

@@ -4,7 +4,9 @@ Precedence, lowest first: default < file < environment (``AVTOOL_SECTION_KEY``) 
 Which file: ``-f/--config-file`` > ``AVTOOL_CONFIG`` > for the daemon ``/etc/courier/filters/
 avtool.conf``; for user commands the platformdirs user config file, then that system file.
 
-Keys are defined in keys.py (one entry each); values are read with ``cfg[keys.NAME]``, typed.
+Keys are defined in keys.py (one entry each), which also builds the registry ``KEYS`` and the
+cross-key ``CHECKS`` that this module uses; keys.py imports nothing from here. Values are read
+with ``cfg[keys.NAME]``, typed.
 """
 
 from __future__ import annotations
@@ -18,8 +20,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
-from avtool.config.keys import CHECKS  # importing keys.py registers every key
-from avtool.config.kinds import KEYS, Key
+from avtool.config.keys import CHECKS, KEYS
+from avtool.config.kinds import Key
 from avtool.errors import ConfigError
 
 T = TypeVar("T")
@@ -61,17 +63,21 @@ class Config:
         for name, k in KEYS.items():
             yield k, self.values[name], self.sources[name]
 
+    def changed(self, other: Config) -> list[Key[Any]]:
+        """The keys whose value differs in ``other``, in registry order."""
+        return [k for n, k in KEYS.items() if self.values[n] != other.values[n]]
+
     def changes(self, other: Config) -> list[str]:
         """Keys whose value differs in ``other``, as ``name: old -> new`` lines."""
         return [
-            f"{k.name}: {k.kind.describe(self.values[n])} -> {k.kind.describe(other.values[n])}"
-            for n, k in KEYS.items()
-            if self.values[n] != other.values[n]
+            f"{k.name}: {k.kind.describe(self[k])} -> {k.kind.describe(other[k])}"
+            for k in self.changed(other)
         ]
 
     def to_toml(self, *, sources: bool = False) -> str:
         """The values as a TOML file that resolves to this same Config; ``sources`` adds a
-        comment line per key with its kind, default and where the value came from."""
+        comment line per key with its kind, default, where the value came from and how a reload
+        applies it."""
         return _toml(self.items(), sources=sources)
 
     def override(self, k: Key[T], value: T, source: Source | None = None) -> Config:
@@ -151,7 +157,8 @@ def _toml(
             section = head
         lines.append(f"# {k.doc}")
         if sources:
-            lines.append(f"# {k.kind.label}, default {k.kind.to_toml(k.default)}, from {source}")
+            default = k.kind.to_toml(k.default)
+            lines.append(f"# {k.kind.label}, default {default}, from {source}; reload: {k.reload}")
         lines.append(f"{'#' if commented else ''}{name} = {k.kind.to_toml(value)}")
     return "\n".join(lines) + "\n"
 

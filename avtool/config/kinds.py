@@ -1,17 +1,20 @@
 """Value kinds for configuration keys: how a raw TOML, environment or command-line value
-becomes a typed value, and how it is written back as TOML.
+becomes a typed value, and how it is written back as TOML. Also what a key is (``Key``: name,
+kind, default, doc and how a reload applies it) and the registry's shape (``table``); the keys
+themselves and the registry are in keys.py.
 
-A kind raises ``ValueError`` with a short message ("must be >= 1") that config.py turns into
-``key: message (file:line)``.
+A kind raises ``ValueError`` with a short message ("must be >= 1") that avtool.config turns
+into ``key: message (file:line)``.
 """
 
 from __future__ import annotations
 
 import json
 import re
-from collections.abc import Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Generic, TypeVar
+from types import MappingProxyType
+from typing import Any, Generic, Literal, Protocol, TypeVar, get_args
 
 T = TypeVar("T")
 
@@ -188,26 +191,55 @@ class TextList(Kind[tuple[str, ...]]):
         return json.dumps(list(value))
 
 
+# How a reload (``avtool sig reload config``) applies a changed key; daemon/reload.py acts on it.
+#   live     read where it is used from the current Config: per message in the daemon, per run
+#            in the other commands; the reload swaps the Config and nothing else is needed
+#   engine   held by the Engine (backends, timeouts, limits): the reload builds a new Engine
+#   restart  used once at start (sockets, pid file, pipe, thread and slot counts): the reload
+#            reports that it takes effect at the next restart
+#   log      the logging setup: the reload applies it with logs.set_verbosity
+Reload = Literal["live", "engine", "restart", "log"]
+RELOADS: tuple[Reload, ...] = get_args(Reload)
+
+
 @dataclass(frozen=True, eq=False)
 class Key(Generic[T]):
-    """One configuration key: ``section.name``, its kind, default and a one-line doc."""
+    """One configuration key: ``section.name``, its kind, default, a one-line doc, and how a
+    reload applies a new value."""
 
     name: str
     kind: Kind[T]
     default: T
     doc: str
+    reload: Reload
 
     @property
     def env(self) -> str:
         return "AVTOOL_" + self.name.replace(".", "_").upper()
 
 
-KEYS: dict[str, Key[Any]] = {}
+def key(name: str, kind: Kind[T], default: object, doc: str, *, reload: Reload) -> Key[T]:
+    """A key whose default its kind has checked, so that a bad default fails at import."""
+    if reload not in RELOADS:
+        raise ValueError(f"{name}: reload must be one of {', '.join(RELOADS)}, not {reload!r}")
+    return Key(name, kind, kind.parse(default), doc, reload)
 
 
-def key(name: str, kind: Kind[T], default: object, doc: str) -> Key[T]:
-    """Register a key: its kind checks the default, so a bad default fails at import."""
-    k = Key(name, kind, kind.parse(default), doc)
-    assert name not in KEYS, name  # noqa: S101 - a programming error, caught by any test run
-    KEYS[name] = k
-    return k
+def table(keys: Iterable[Key[Any]]) -> Mapping[str, Key[Any]]:
+    """The key registry: every key by name, in the order given (the order of ``avtool config``
+    and of the sample file), read-only. A name given twice is a programming error."""
+    by_name: dict[str, Key[Any]] = {}
+    for k in keys:
+        if k.name in by_name:
+            raise ValueError(f"{k.name}: defined twice")
+        by_name[k.name] = k
+    return MappingProxyType(by_name)
+
+
+class Resolved(Protocol):
+    """What a cross-key check reads of a Config (keys.py's CHECKS): typed values and where each
+    came from. A protocol, so that keys.py need not import the Config that imports it."""
+
+    def __getitem__(self, k: Key[T]) -> T: ...
+
+    def source(self, k: Key[Any]) -> object: ...

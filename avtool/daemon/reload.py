@@ -1,22 +1,21 @@
-"""Daemon-side reloads (SIGHUP both, SIGUSR1 config, SIGUSR2 virus DB), answered over ipc.Answer.
+"""Daemon-side reloads (SIGHUP both, SIGUSR1 config, SIGUSR2 virus DB), answered over fifo.Answer.
 
-Config: resolve again as at start; on any error keep the old Config and list every problem.
+Config: resolve again as at start; on any error keep the old Config and list every problem;
+else apply each changed key as its reload kind says (config/kinds.py, Reload).
 Virus: RELOAD every clamd, then wait (bounded) until VERSION shows the database on disk.
 """
 
 from __future__ import annotations
 
 import logging
-import os
 import threading
 import time
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from avtool import logs
 from avtool.config import Config
 from avtool.config import keys as K
-from avtool.config.kinds import KEYS, Key
-from avtool.control.ipc import Answer
+from avtool.control.fifo import Answer
 from avtool.daemon.pipeline import Pipeline
 from avtool.engine import Engine
 from avtool.engine.clamdconf import conf_for, disk_db_version, running_clamd_confs
@@ -27,10 +26,6 @@ if TYPE_CHECKING:
     from avtool.engine import Backend
 
 log = logging.getLogger("avtool")
-# serve.max_connections sizes the worker threads, started once.
-RESTART_KEYS: tuple[Key[Any], ...] = (
-    K.FILTER_DIR, K.COURIER_DIR, K.PID_FILE, K.PIPE, K.MAX_SCANS, K.MAX_CONNECTIONS,
-)  # fmt: skip
 SETTLE_S = 1.0  # no version to watch: clamd swaps a small DB in ~50 ms (docs/notes/clamav.md §2)
 
 
@@ -73,7 +68,7 @@ class Reloader:
             try:
                 if self.want_stats:
                     self.want_stats = False
-                    self.answer_stats(self.server.stats.snapshot())
+                    self.answer_stats()
                 config, virus = self.want_config, self.want_virus
                 self.want_config = self.want_virus = False
                 if config or virus:
@@ -81,21 +76,13 @@ class Reloader:
             except Exception:  # noqa: BLE001 - a failed reload must not end later reloads
                 log.exception("reload failed")
 
-    def answer_stats(self, snapshot: dict[str, float | int | None]) -> None:
-        """Counters as ``name value`` lines, then one ``clamd`` line per backend."""
-        answer = Answer(self.server.pipe)
-        answer.line(f"pid {os.getpid()}")
-        answer.line(f"socket {self.server.socket_path}")
-        for name, value in snapshot.items():
-            answer.line(f"{name} {'-' if value is None else value}")
-        for backend in self.server.pipeline.engine.backends:
-            info = backend.describe()
-            answer.line(
-                f"clamd {backend.address} reachable={'yes' if info.reachable else 'no'} "
-                f"scans={backend.scans} errors={backend.errors} in_flight={backend.in_flight} "
-                f"aside={'yes' if backend.set_aside() else 'no'} "
-                f"db={_db(info.db_version)} version={info.version or '-'}"
-            )
+    def answer_stats(self) -> None:
+        """The counters, as control/wire.py's Stats lines (the client parses the same)."""
+        server = self.server
+        answer = Answer(server.pipe)
+        stats = server.stats.answer(server.socket_path, server.pipeline.engine.backends)
+        for line in stats.lines():
+            answer.line(line)
         answer.finish(True)
 
     def reload(self, config: bool, virus: bool) -> bool:
@@ -121,20 +108,18 @@ class Reloader:
                 answer.line(f"config error: {problem}")
             return False
         old = server.cfg
-        changes = old.changes(new)
-        engine_keys = [n for n in KEYS if n.startswith(("clamd.", "scan."))]
-        engine = server.pipeline.engine
-        if any(old.values[n] != new.values[n] for n in engine_keys):
-            engine = Engine.from_config(new)
-        server.cfg = new
+        changed = old.changed(new)
+        how = {k.reload for k in changed}  # what each key needs: config/kinds.py, Reload
+        engine = Engine.from_config(new) if "engine" in how else server.pipeline.engine
+        server.cfg = new  # "live" keys: read from here, or from the new Pipeline, per message
         server.pipeline = Pipeline(new, engine, name=options.name)
-        if old[K.VERBOSITY] != new[K.VERBOSITY] and not options.debug:
-            logs.set_verbosity(new[K.VERBOSITY])  # --debug logs everything whatever the config
-        answer.line(f"config: reloaded from {new.path or 'defaults'}, {len(changes)} change(s)")
-        for change in changes:
+        if "log" in how and not options.debug:  # --debug logs everything whatever the config
+            logs.set_verbosity(new[K.VERBOSITY])  # log.verbosity is the one "log" key
+        answer.line(f"config: reloaded from {new.path or 'defaults'}, {len(changed)} change(s)")
+        for change in old.changes(new):
             answer.line(f"config: {change}")
-        for k in RESTART_KEYS:
-            if old[k] != new[k]:
+        for k in changed:
+            if k.reload == "restart":
                 answer.line(f"config: {k.name} takes effect at the next restart")
         return True
 

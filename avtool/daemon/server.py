@@ -14,7 +14,8 @@ TCP). ``serve.max_scans`` bounds the scans, ``serve.read_timeout`` a request.
 
 Signal handlers only set flags and wake the main thread: SIGHUP reloads config and virus DB,
 SIGUSR1 the config, SIGUSR2 the virus DB, SIGURG asks for the counters (ignored by default, so
-harmless sent to a wrong pid). The reload thread answers over the ``sig`` pipe (ipc.py).
+harmless sent to a wrong pid). The reload thread answers over the ``sig`` pipe (control/fifo.py;
+the signals are control/wire.py's).
 """
 
 from __future__ import annotations
@@ -33,7 +34,9 @@ from types import FrameType
 
 from avtool.config import Config
 from avtool.config import keys as K
-from avtool.control.ipc import DEBUG_PIPE, PidFile
+from avtool.control.fifo import DEBUG_PIPE
+from avtool.control.pidfile import PidFile
+from avtool.control.wire import RELOAD_SIGNALS, STATS_SIGNAL
 from avtool.courier import protocol
 from avtool.courier.protocol import Reply, Request
 from avtool.daemon.loop import Loop
@@ -46,11 +49,6 @@ from avtool.errors import UsageError
 log = logging.getLogger("avtool")
 COURIERFILTER_FD = 3
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGQUIT, signal.SIGINT)
-RELOAD_SIGNALS = {
-    signal.SIGHUP: (True, True),
-    signal.SIGUSR1: (True, False),
-    signal.SIGUSR2: (False, True),
-}
 
 
 @dataclass
@@ -167,14 +165,14 @@ class FilterServer:
     def _install_signals(self) -> None:
         os.set_blocking(self.wake_w, False)
         signal.set_wakeup_fd(self.wake_w)  # a signal wakes the main thread's select()
-        for sig in (*STOP_SIGNALS, *RELOAD_SIGNALS, signal.SIGURG):
+        for sig in (*STOP_SIGNALS, *RELOAD_SIGNALS, STATS_SIGNAL):
             self.old_handlers[sig] = signal.signal(sig, self._on_signal)
 
     def _on_signal(self, signum: int, frame: FrameType | None) -> None:
         """Only set flags (design.md, convention 7); the main loop and the reloader act."""
-        if signum in RELOAD_SIGNALS:
-            self.reloader.request(*RELOAD_SIGNALS[signal.Signals(signum)])
-        elif signum == signal.SIGURG:
+        if (asked := RELOAD_SIGNALS.get(signal.Signals(signum))) is not None:
+            self.reloader.request(asked.config, asked.virus)
+        elif signum == STATS_SIGNAL:
             self.reloader.request_stats()
         else:
             self.stopping.set()

@@ -1,19 +1,25 @@
-"""Live counters of the daemon, read by ``avtool sig stats``. Updated by the connection threads."""
+"""Live counters of the daemon, read by ``avtool sig stats``. Updated by the connection threads.
+
+Their names and types, and the answer's lines, are control/wire.py's (``COUNTERS``, ``Stats``):
+the client parses them with the same definitions.
+"""
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from collections import Counter, deque
+from collections.abc import Iterable
+from pathlib import Path
 from typing import TYPE_CHECKING
 
+from avtool.control import wire
 from avtool.engine.verdict import Clean, Failed, Infected, Unchecked
 
 if TYPE_CHECKING:
     from avtool.daemon.pipeline import Outcome
-
-VERDICTS = ("clean", "infected", "unchecked", "failed", "exempt")
-ACTIONS = ("accept", "pass", "reject", "drop", "quarantine", "defer")
+    from avtool.engine import Backend
 
 
 class Stats:
@@ -64,14 +70,37 @@ class Stats:
         ordered = sorted(self.scan_ms)
         return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
-    def snapshot(self) -> dict[str, float | int | None]:
+    def snapshot(self) -> dict[str, wire.Value]:
         with self.lock:
             return self._snapshot()
 
-    def _snapshot(self) -> dict[str, float | int | None]:
-        names = ("messages", *VERDICTS, *ACTIONS, "deferred", "timeouts", "errors")
-        data: dict[str, float | int | None] = {n: self.counts[n] for n in names}
+    def _snapshot(self) -> dict[str, wire.Value]:
+        """Every counter of wire.COUNTERS, in its order."""
+        data: dict[str, wire.Value] = {
+            name: self.counts[name] for name, kind in wire.COUNTERS.items() if kind is int
+        }
         data["p50_ms"] = self.percentile(0.50)
         data["p99_ms"] = self.percentile(0.99)
         data["uptime_s"] = round(time.monotonic() - self.started, 1)
         return data
+
+    def answer(self, socket: Path | None, backends: Iterable[Backend]) -> wire.Stats:
+        """What ``avtool sig stats`` gets: this process, its socket, the counters and each
+        clamd (Reloader.answer_stats writes ``lines()`` of it)."""
+        clamds = [_backend(b) for b in backends]
+        named = None if socket is None else str(socket)
+        return wire.Stats(os.getpid(), named, self.snapshot(), clamds)
+
+
+def _backend(backend: Backend) -> wire.Backend:
+    info = backend.describe()
+    return wire.Backend(
+        address=backend.address,
+        reachable=info.reachable,
+        scans=backend.scans,
+        errors=backend.errors,
+        db=info.db_version,
+        version=info.version,
+        in_flight=backend.in_flight,
+        aside=backend.set_aside(),
+    )

@@ -1,8 +1,10 @@
 """ClamAV through clamd: FILDES, INSTREAM and SCAN, commands, and a pool of backends.
 
 ``Engine.from_config(cfg).scan(fd)`` gives a Verdict and never raises for a scan outcome.
-Modules: verdict.py (results), replies.py (parsing, pure), client.py (the wire protocol on the
-``clamd`` package's classes), backend.py (one address), engine.py (failover and balance).
+Modules: verdict.py (results), replies.py (parsing, pure), session.py (every byte to and from
+clamd), client.py (commands on the ``clamd`` package's classes), backend.py (one address),
+failover.py (the failover rules, without I/O), engine.py (balance, and the blocking driver of
+the failover), pending.py (the loop's driver of the failover).
 """
 
 from avtool.engine.backend import Backend, BackendInfo

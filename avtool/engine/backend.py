@@ -8,9 +8,8 @@ from dataclasses import dataclass
 from typing import Literal
 
 from avtool.engine.client import TcpClient, UnixClient
-from avtool.engine.replies import BackendFailure, parse_version, reply_text, scan_verdict
+from avtool.engine.replies import BackendFailure, parse_version, reply_text
 from avtool.engine.session import SessionPool
-from avtool.engine.verdict import Verdict
 from avtool.errors import EngineError
 
 Mode = Literal["fildes", "instream", "scan"]
@@ -52,7 +51,7 @@ class Backend:
             if self.is_unix
             else TcpClient(address, connect_timeout)
         )
-        self.scan_timeout = scan_timeout
+        self.connect_timeout = connect_timeout
         # FILDES sessions kept open by the daemon's loop (a unix socket only; loop thread only)
         self.sessions = SessionPool(address, connect_timeout)
         self.command_timeout = min(scan_timeout, COMMAND_TIMEOUT)
@@ -104,25 +103,6 @@ class Backend:
             return _MODES[transfer]
         except KeyError:
             raise ValueError(f"unknown transfer {transfer!r}") from None
-
-    def scan_once(
-        self, fd: int, *, mode: Mode, deadline: float, path: str | None = None, size: int = 0
-    ) -> Verdict:
-        """One attempt on this backend. Raises BackendFailure (set it aside, try another) or
-        client.FileProblem (the message is unreadable); anything clamd said is a Verdict.
-        """
-        if mode == "fildes":
-            if not isinstance(self.client, UnixClient):
-                raise BackendFailure("FILDES needs a unix socket")
-            raw = self.client.fildes(fd, deadline)
-        elif mode == "instream":
-            raw = self.client.instream(fd, deadline, size)
-        else:
-            if path is None:
-                raise ValueError("SCAN needs a path")
-            raw = self.client.scan(path, deadline)
-            return scan_verdict(raw, backend=self.address, path=path)
-        return scan_verdict(raw, backend=self.address)
 
     # ---- commands ---------------------------------------------------------------------------
     def _command(self, cmd: str) -> bytes:

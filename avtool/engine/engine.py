@@ -2,18 +2,22 @@
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import logging
+import math
 import os
+import select
 import threading
 import time
 from collections.abc import Sequence
 
 from avtool.config import Config
 from avtool.config import keys as K
-from avtool.engine.backend import Backend
-from avtool.engine.client import FileProblem
-from avtool.engine.replies import BackendFailure
+from avtool.engine.backend import Backend, Mode
+from avtool.engine.failover import Failover
+from avtool.engine.replies import SIZE_LIMIT, BackendFailure, FileProblem
+from avtool.engine.session import Session, command, left
 from avtool.engine.verdict import Failed, Unchecked, Verdict
 
 log = logging.getLogger("avtool.engine")
@@ -92,7 +96,10 @@ class Engine:
         ``time.monotonic()`` instant bounding the whole call, failover included. A file over
         scan.max_size is Unchecked without contacting clamd. The caller's file offset is left
         as it was: INSTREAM reads at explicit offsets, and FILDES puts back the offset that
-        clamd's shared copy of the descriptor resets.
+        clamd's shared copy of the descriptor resets (measured: 10 before, 0 after).
+
+        The blocking driver of the failover machine (failover.py): one plain connection per
+        attempt, waited on with poll until the attempt's end.
         """
         try:
             size = os.fstat(fd).st_size
@@ -104,46 +111,32 @@ class Engine:
             if path is None:
                 return Failed("clamd.transfer is scan, but the message has no path")
             path = os.path.abspath(path)  # clamd does not resolve relative paths (notes 2)
-
-        failures: list[str] = []
-        order = self.choose(time.monotonic())
-        claimed: Backend | None = order[0]  # choose() counted it as in flight
+        else:
+            path = None
         try:
-            for backend in order:
-                now = time.monotonic()
-                if deadline is not None and now >= deadline:
-                    break
-                limit = now + self.scan_timeout
-                cut_by_caller = deadline is not None and deadline < limit
-                if claimed is None:
-                    backend.claim()
-                    claimed = backend
+            offset = os.lseek(fd, 0, os.SEEK_CUR)
+        except OSError:
+            offset = -1  # not seekable: nothing to restore
+        run = Failover(self, time.monotonic(), deadline, path)
+        try:
+            step = run.next(time.monotonic())
+            while isinstance(step, Backend):
                 try:
-                    verdict = backend.scan_once(
-                        fd,
-                        mode=backend.mode_for(self.transfer),
-                        deadline=min(limit, deadline) if deadline is not None else limit,
-                        path=path,
-                        size=size,
+                    raw = attempt(
+                        step, step.mode_for(self.transfer), fd, size, path, run.attempt_until
                     )
                 except FileProblem as e:
-                    return Failed(str(e))
+                    return run.unreadable(e)
                 except BackendFailure as e:
-                    if e.timeout and cut_by_caller:
-                        # The caller's deadline ran out, not scan_timeout: no proof against
-                        # clamd.
-                        return late(backend)
-                    self.set_aside(backend, e, failures)
+                    step = run.failed(e, time.monotonic())
                     continue
-                finally:
-                    backend.release()
-                    claimed = None
-                backend.mark_answered()
-                return verdict
+                step = run.received(raw, time.monotonic())
+            return step
         finally:
-            if claimed is not None:  # the deadline passed before it was tried
-                claimed.release()
-        return no_verdict(failures, deadline is not None and time.monotonic() >= deadline)
+            run.abandon()  # nothing left to let go of, unless an exception came through
+            if offset >= 0:
+                with contextlib.suppress(OSError):
+                    os.lseek(fd, offset, os.SEEK_SET)
 
     def set_aside(self, backend: Backend, failure: BackendFailure, failures: list[str]) -> None:
         """``backend`` failed a scan: out of the rotation for retry_after, logged, and noted in
@@ -156,17 +149,6 @@ class Engine:
             failure.reason,
         )
         failures.append(f"{backend.address}: {failure.reason}")
-
-    def scan_path(self, path: str | os.PathLike[str]) -> Verdict:
-        """Open ``path`` read-only and scan it; an OSError is a Failed verdict."""
-        try:
-            fd = os.open(path, os.O_RDONLY | os.O_NOCTTY)
-        except OSError as e:
-            return Failed(f"cannot open {os.fspath(path)}: {e.strerror or e}")
-        try:
-            return self.scan(fd, path=os.fspath(path))
-        finally:
-            os.close(fd)
 
     def too_large(self, size: int) -> Verdict:
         return Unchecked(f"too large: {size} bytes > scan.max_size {self.max_size}")
@@ -197,14 +179,50 @@ class Engine:
         return healthy + aside
 
 
-def late(backend: Backend) -> Verdict:
-    """The caller's deadline passed while ``backend`` scanned: no proof against clamd."""
-    return Failed(f"timeout: no verdict from clamd {backend.address} by the deadline")
+def attempt(
+    backend: Backend, mode: Mode, fd: int, size: int, path: str | None, until: float
+) -> bytes:
+    """One attempt on ``backend``, by ``until``: connect, send the message the ``mode`` way,
+    wait for the reply with poll. The raw reply; BackendFailure, or FileProblem (INSTREAM could
+    not read the message)."""
+    if mode == "fildes" and not backend.is_unix:
+        raise BackendFailure("FILDES needs a unix socket")
+    session = Session(backend.address, min(backend.connect_timeout, left(until)), idsession=False)
+    try:
+        if mode == "fildes":
+            session.send_fildes(fd)
+        elif mode == "instream":
+            session.send_instream(fd, size, until)
+        else:
+            session.send_command(f"SCAN {path}", until)
+        try:
+            return _wait(session, until)
+        except BackendFailure:
+            if not session.cut or session.heard:
+                raise
+    finally:
+        session.close()
+    # clamd hung up on the stream and no reply survived: its size limit, or a dead clamd.
+    # PING tells them apart: answered means it was the size limit (notes 2, pitfall 5).
+    try:
+        command(backend.address, backend.connect_timeout, "PING", until)
+    except BackendFailure as e:
+        raise BackendFailure(f"connection lost while streaming; then {e.reason}") from None
+    return SIZE_LIMIT.encode() + b". ERROR\0"
 
 
-def no_verdict(failures: list[str], deadline_passed: bool) -> Verdict:
-    """Failed, when no backend gave a verdict: by the deadline, or every one failed."""
-    if deadline_passed:
-        tried = f" after {'; '.join(failures)}" if failures else ""
-        return Failed(f"timeout: deadline passed{tried}")
-    return Failed("all clamd backends failed: " + "; ".join(failures))
+def _wait(session: Session, until: float) -> bytes:
+    """The reply on ``session``, waited for with poll (not a socket timeout: the session's
+    socket is non-blocking, as in the loop, and ``receive`` is the same code)."""
+    poller = select.poll()
+    poller.register(session.fd, select.POLLIN)
+    while True:
+        rest = until - time.monotonic()
+        if rest <= 0:
+            raise BackendFailure(
+                "timeout: no answer from clamd while waiting for the verdict", timeout=True
+            )
+        if poller.poll(math.ceil(rest * 1000)):
+            raw = session.receive()
+            if raw is not None:
+                return raw

@@ -38,6 +38,10 @@ class BackendFailure(Exception):
         self.timeout = timeout
 
 
+class FileProblem(Exception):
+    """The message itself could not be read (INSTREAM): no backend is to blame, no failover."""
+
+
 @dataclass(frozen=True, slots=True)
 class Version:
     """What VERSION says: ``ClamAV 1.4.6/27000/Tue Nov 24 09:23:41 2025``, or just

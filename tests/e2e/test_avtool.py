@@ -19,6 +19,7 @@ import shutil
 import signal
 import stat
 import subprocess
+import tempfile
 import time
 import zipfile
 from collections.abc import Iterator
@@ -342,3 +343,31 @@ def _zombie(pid: int) -> bool:
         return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
     except (OSError, IndexError):
         return True
+
+
+def test_installer_never_chowns_through_courier_s_directory(installed: str, tmp_path: Path) -> None:
+    """User courier owns /var/lib/avtool: it replaces the quarantine with a link to a root
+    directory (here a stand-in for /etc/sudoers.d). Running the installer again must not
+    hand that directory to courier."""
+    import pwd
+
+    state = Path("/var/lib/avtool")
+    quarantine = state / "quarantine"
+    target = Path(tempfile.mkdtemp(prefix="avroot", dir="/tmp"))  # root's, 0700
+    os.chmod(target, 0o755)  # noqa: S103 - a stand-in for a root directory such as /etc
+    aside = state / "quarantine.aside"
+    courier = pwd.getpwnam("courier")
+    as_courier = ["runuser", "-u", "courier", "--"]
+    subprocess.run([*as_courier, "mv", str(quarantine), str(aside)], check=True)
+    subprocess.run([*as_courier, "ln", "-s", str(target), str(quarantine)], check=True)
+    try:
+        conf = tmp_path / "clamd.conf"
+        conf.write_text("\n".join(debian_generated()) + "\n")
+        _install("--no-clamd-config", conf=conf)
+        st = os.stat(target)
+        assert (st.st_uid, st.st_gid, st.st_mode & 0o7777) == (0, 0, 0o755)
+        assert st.st_uid != courier.pw_uid
+    finally:
+        subprocess.run([*as_courier, "rm", "-f", str(quarantine)], check=True)
+        subprocess.run([*as_courier, "mv", str(aside), str(quarantine)], check=True)
+        shutil.rmtree(target, ignore_errors=True)

@@ -23,6 +23,7 @@ from avtool.engine import Clean, Engine, Failed, Infected, Unchecked
 from tests.conftest import MakeConfig
 from tests.support.clamd_harness import TESTFILES, ClamdServer
 from tests.support.dirs import public_dir
+from tests.support.scanning import scan_path
 from tests.support.serve import EICAR, mail
 
 pytestmark = pytest.mark.clamd
@@ -60,18 +61,18 @@ def test_clean_and_eicar_by_each_transfer(
 ) -> None:
     e = Engine.from_config(engine_config(transfer=transfer))
     sock = str(clamd_server.unix_socket)
-    assert e.scan_path(write(files, "clean.eml", mail())) == Clean(sock)
-    v = e.scan_path(write(files, "eicar.txt", EICAR))
+    assert scan_path(e, write(files, "clean.eml", mail())) == Clean(sock)
+    v = scan_path(e, write(files, "eicar.txt", EICAR))
     assert infected(v) and v.backend == sock
 
 
 def test_eicar_in_mail_base64_attachment_and_zip(engine_config: MakeConfig, files: Path) -> None:
     e = Engine.from_config(engine_config())
-    assert infected(e.scan_path(write(files, "b64.eml", mail(attachment=EICAR))))
+    assert infected(scan_path(e, write(files, "b64.eml", mail(attachment=EICAR))))
     zip_mail = mail(attachment=zipped("eicar.com", EICAR))
-    assert infected(e.scan_path(write(files, "zip.eml", zip_mail)))
+    assert infected(scan_path(e, write(files, "zip.eml", zip_mail)))
     clean_zip = mail(attachment=zipped("notes.txt", b"nothing to see\n" * 100))
-    assert isinstance(e.scan_path(write(files, "clean-zip.eml", clean_zip)), Clean)
+    assert isinstance(scan_path(e, write(files, "clean-zip.eml", clean_zip)), Clean)
 
 
 TESTFILE_NAMES = sorted(p.name for p in TESTFILES.glob("*")) if TESTFILES.is_dir() else []
@@ -81,7 +82,7 @@ TESTFILE_NAMES = sorted(p.name for p in TESTFILES.glob("*")) if TESTFILES.is_dir
 def test_every_clamav_testfile_is_infected(engine_config: MakeConfig, name: str) -> None:
     # clamd unpacks each of them down to the 544-byte clam.exe of avtool-test.hdb
     # (docs/notes/clamav.md §1).
-    v = Engine.from_config(engine_config()).scan_path(TESTFILES / name)
+    v = scan_path(Engine.from_config(engine_config()), TESTFILES / name)
     assert isinstance(v, Infected), v
     assert v.names[0].startswith(("ClamAV-Test-File", "Eicar-Test-Signature"))
 
@@ -95,7 +96,7 @@ def test_over_max_size_is_unchecked_without_contacting_clamd(
     engine_config: MakeConfig, files: Path
 ) -> None:
     e = Engine.from_config(engine_config(max_size=1024))
-    v = e.scan_path(write(files, "big.eml", mail(body=b"x" * 2000)))
+    v = scan_path(e, write(files, "big.eml", mail(body=b"x" * 2000)))
     assert isinstance(v, Unchecked) and v.reason.startswith("too large: ")
     assert "> scan.max_size 1024" in v.reason and v.backend == ""
     assert e.backends[0].scans == 0
@@ -109,10 +110,10 @@ def test_over_stream_max_length_by_tcp_instream_is_unchecked(
         for _ in range(30):
             f.write(os.urandom(1 << 20))
     e = Engine.from_config(engine_config(clamd_server.tcp_address, max_size="100M"))
-    v = e.scan_path(path)
+    v = scan_path(e, path)
     assert v == Unchecked("too large for clamd StreamMaxLength", clamd_server.tcp_address)
     assert not e.backends[0].set_aside()
-    assert isinstance(e.scan_path(write(files, "small.eml", mail())), Clean)  # still fine
+    assert isinstance(scan_path(e, write(files, "small.eml", mail())), Clean)  # still fine
 
 
 def test_tcp_instream_verdicts(
@@ -120,12 +121,12 @@ def test_tcp_instream_verdicts(
 ) -> None:
     e = Engine.from_config(engine_config(clamd_server.tcp_address))
     assert e.backends[0].mode_for(e.transfer) == "instream"
-    assert e.scan_path(write(files, "c.eml", mail())) == Clean(clamd_server.tcp_address)
-    assert infected(e.scan_path(write(files, "v.eml", mail(attachment=EICAR))))
+    assert scan_path(e, write(files, "c.eml", mail())) == Clean(clamd_server.tcp_address)
+    assert infected(scan_path(e, write(files, "v.eml", mail(attachment=EICAR))))
     # exactly 1 MiB and 1 MiB + 1: the chunk boundary and the end marker's own write
     for size in (1 << 20, (1 << 20) + 1):
         blob = EICAR + b"\n" + b"a" * (size - len(EICAR) - 1)
-        assert infected(e.scan_path(write(files, f"{size}.txt", blob)))
+        assert infected(scan_path(e, write(files, f"{size}.txt", blob)))
 
 
 @pytest.mark.skipif(shutil.which("zip") is None, reason="needs Debian's zip (tests/setup.sh)")
@@ -139,7 +140,7 @@ def test_encrypted_zip_is_unchecked(engine_config: MakeConfig, files: Path) -> N
         ["zip", "-q", "-j", "-P", "secret", str(archive), str(inner)], check=True, timeout=30
     )
     e = Engine.from_config(engine_config())
-    v = e.scan_path(write(files, "enc.eml", mail(attachment=archive.read_bytes())))
+    v = scan_path(e, write(files, "enc.eml", mail(attachment=archive.read_bytes())))
     assert isinstance(v, Unchecked)
     assert v.reason.startswith("encrypted archive: Heuristics.Encrypted."), v
 
@@ -153,9 +154,9 @@ def test_file_clamd_cannot_read_fildes_works_scan_is_denied(
     path = private / "D1"
     path.write_bytes(mail(attachment=EICAR))
     path.chmod(0o600)
-    assert infected(Engine.from_config(engine_config()).scan_path(path))  # FILDES
+    assert infected(scan_path(Engine.from_config(engine_config()), path))  # FILDES
     scan = Engine.from_config(engine_config(transfer="scan"))
-    v = scan.scan_path(path)
+    v = scan_path(scan, path)
     assert isinstance(v, Failed) and "denied" in v.reason.lower(), v
     assert not scan.backends[0].set_aside()  # about the file, not the backend
 
@@ -178,17 +179,17 @@ def test_failover_past_a_missing_socket(
 ) -> None:
     sock = str(clamd_server.unix_socket)
     e = Engine.from_config(engine_config("/nonexistent/clamd.sock", sock))
-    v = e.scan_path(write(files, "v.eml", mail(attachment=EICAR)))
+    v = scan_path(e, write(files, "v.eml", mail(attachment=EICAR)))
     assert infected(v) and v.backend == sock
     down = e.backends[0]
     assert down.set_aside() and down.errors == 1
-    assert e.scan_path(write(files, "c.eml", mail())) == Clean(sock)
+    assert scan_path(e, write(files, "c.eml", mail())) == Clean(sock)
     assert down.errors == 1  # set aside: not tried again
 
 
 def test_all_backends_down_is_failed(engine_config: MakeConfig, files: Path) -> None:
     e = Engine.from_config(engine_config("/nonexistent/a.sock", "127.0.0.1:9"))
-    v = e.scan_path(write(files, "c.eml", mail()))
+    v = scan_path(e, write(files, "c.eml", mail()))
     assert isinstance(v, Failed)
     assert v.reason.startswith("all clamd backends failed: /nonexistent/a.sock: cannot connect")
     assert "127.0.0.1:9: cannot connect: Connection refused" in v.reason
@@ -200,7 +201,7 @@ def test_round_robin_spreads_across_two_addresses(
     unix, tcp = str(clamd_server.unix_socket), clamd_server.tcp_address
     e = Engine.from_config(engine_config(unix, tcp, balance="round-robin"))
     path = write(files, "c.eml", mail())
-    answered = [e.scan_path(path).backend for _ in range(10)]
+    answered = [scan_path(e, path).backend for _ in range(10)]
     assert answered == [unix, tcp] * 5
     assert [b.scans for b in e.backends] == [5, 5]
 
@@ -213,7 +214,7 @@ def test_four_threads_share_one_engine(engine_config: MakeConfig, files: Path) -
     def work(n: int) -> None:
         for i in range(50):
             bad = (i + n) % 3 == 0
-            v = e.scan_path(virus if bad else clean)
+            v = scan_path(e, virus if bad else clean)
             if (infected(v) if bad else isinstance(v, Clean)) is False:
                 wrong.append(f"thread {n} scan {i}: {v}")
 
@@ -244,17 +245,17 @@ def test_reload_picks_up_a_new_signature(
     marker = b"avtool-reload-marker-" + os.urandom(8).hex().encode()
     path = write(files, "m.txt", b"before " + marker + b" after\n")
     e = Engine.from_config(engine_config())
-    assert isinstance(e.scan_path(path), Clean)
+    assert isinstance(scan_path(e, path), Clean)
     clamd_server.add_signature_file("reload.ndb", f"Avtool-Reload-Test:0:*:{marker.hex()}\n")
     try:
         assert e.backends[0].reload() == "RELOADING"
         # Concurrent reload: scans use the old DB until the new one is swapped in
         # (docs/notes/clamav.md §2).
         end = time.monotonic() + 20
-        v = e.scan_path(path)
+        v = scan_path(e, path)
         while not infected(v, "Avtool-Reload-Test") and time.monotonic() < end:
             time.sleep(0.05)
-            v = e.scan_path(path)
+            v = scan_path(e, path)
         assert infected(v, "Avtool-Reload-Test"), v
     finally:
         (clamd_server.db_dir / "reload.ndb").unlink()

@@ -19,6 +19,7 @@ from bench.delayproxy import DelayProxy
 from tests.conftest import make_config
 from tests.support.clamd_harness import ClamdServer
 from tests.support.dirs import public_dir
+from tests.support.scanning import scan_path
 from tests.support.serve import EICAR, config_for, mail, start_daemon
 
 DELAY = 0.03  # per request: keeps scans in flight on both clamds at any moment
@@ -121,7 +122,7 @@ def test_engine_retries_every_scan_in_flight_on_a_clamd_that_dies(
     lock = threading.Lock()
 
     def scan(path: Path, bad: bool) -> str | None:
-        v = e.scan_path(path)
+        v = scan_path(e, path)
         ok = isinstance(v, Infected) if bad else isinstance(v, Clean)
         with lock:
             answered[v.backend] = answered.get(v.backend, 0) + 1

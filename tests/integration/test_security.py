@@ -1,7 +1,7 @@
 """The security review, one test (or table) per point, on a real daemon and a real clamd.
 
 - pid file and answers pipe: never through a symlink (the pid file's symlink case is in
-  tests/unit/test_ipc.py), never in a dir that others can write;
+  tests/unit/test_pidfile.py), never in a dir that others can write;
 - the daemon opens nothing outside the spool (inotify on a dir outside it; /proc/PID/fd);
 - quarantine: dirs 0700, files 0600, whatever the umask;
 - logs: sender, recipients, verdict and virus names, never the body;
@@ -39,8 +39,10 @@ from typer.testing import CliRunner
 
 from avtool import updates
 from avtool.cli.app import app, main
-from avtool.control.client import SigError, Target, request
-from avtool.control.ipc import PidFile, open_fifo_for_writing
+from avtool.control.client import Target, request
+from avtool.control.fifo import open_fifo_for_writing
+from avtool.control.pidfile import PidFile
+from avtool.control.wire import SigError
 from avtool.courier.protocol import ProtocolError
 from avtool.errors import DaemonError
 from tests.e2e.harness import wait_for

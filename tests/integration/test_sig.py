@@ -159,6 +159,10 @@ def test_stats_json_prometheus_table_and_status(daemon: Daemon) -> None:
 
     status = sig(daemon, "status")
     assert status.returncode == 0
+    conf, pid = str(daemon.workdir / "avtool.conf"), str(daemon.proc.pid)
+    after = [sys.executable, "-m", "avtool", "sig", "stats", "--json", "-t", "10", "-p", pid]
+    run = subprocess.run([*after, "-f", conf], cwd=daemon.workdir, capture_output=True, text=True)
+    assert run.returncode == 0 and json.loads(run.stdout)["pid"] == daemon.proc.pid  # after it
     assert status.stdout.startswith(f"avtool is running: pid {daemon.proc.pid}, up ")
     assert f"socket {daemon.socket_path}" in status.stdout
 

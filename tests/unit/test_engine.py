@@ -13,6 +13,7 @@ import pytest
 from avtool.engine import Backend, Engine, Failed, Unchecked
 from avtool.engine.client import TcpClient, UnixClient
 from tests.conftest import make_config
+from tests.support.scanning import scan_path
 
 
 def engine(*addresses: str, **kw: object) -> Engine:
@@ -66,13 +67,13 @@ def test_too_large_is_unchecked_without_contacting_clamd(tmp_path: Path) -> None
     path = tmp_path / "D1"
     path.write_bytes(b"x" * 11)
     e = engine("/nonexistent/clamd.sock", max_size=10)
-    assert e.scan_path(path) == Unchecked("too large: 11 bytes > scan.max_size 10")
+    assert scan_path(e, path) == Unchecked("too large: 11 bytes > scan.max_size 10")
     assert e.backends[0].errors == 0 and not e.backends[0].set_aside()
 
 
 def test_bad_input_is_failed_not_raised(tmp_path: Path) -> None:
     e = engine("/nonexistent/clamd.sock")
-    v = e.scan_path(tmp_path / "missing")
+    v = scan_path(e, tmp_path / "missing")
     assert isinstance(v, Failed) and v.reason.startswith("cannot open ")
     assert "No such file" in v.reason
     fd = os.open(tmp_path, os.O_RDONLY)

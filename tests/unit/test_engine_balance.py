@@ -1,4 +1,5 @@
-"""Balance least-busy and the in-flight count it uses: no clamd, scan_once replaced by a sleep."""
+"""Balance least-busy and the in-flight count it uses: no clamd, the blocking driver's attempt
+(engine.attempt, its only I/O) replaced by a sleep."""
 
 from __future__ import annotations
 
@@ -11,9 +12,10 @@ from pathlib import Path
 import pytest
 
 from avtool.engine import Backend, Clean, Engine, Failed
+from avtool.engine import engine as engine_module
 from avtool.engine.replies import BackendFailure
-from avtool.engine.verdict import Verdict
 from tests.conftest import make_config
+from tests.support.scanning import scan_path
 
 
 def engine(*addresses: str, **kw: object) -> Engine:
@@ -30,24 +32,24 @@ def message(tmp_path: Path) -> Iterator[Path]:
 def fake_scans(
     monkeypatch: pytest.MonkeyPatch, behave: Callable[[Backend], None]
 ) -> dict[str, int]:
-    """Replace Backend.scan_once: ``behave(backend)`` sleeps or raises; returns the highest
+    """Replace engine.attempt: ``behave(backend)`` sleeps or raises; returns the highest
     number of scans seen in flight at once on each backend."""
     peak: dict[str, int] = {}
     lock = threading.Lock()
 
-    def scan_once(self: Backend, fd: int, **kw: object) -> Verdict:
+    def attempt(backend: Backend, *args: object) -> bytes:
         with lock:
-            peak[self.address] = max(peak.get(self.address, 0), self.in_flight)
-        behave(self)
-        return Clean(self.address)
+            peak[backend.address] = max(peak.get(backend.address, 0), backend.in_flight)
+        behave(backend)
+        return b"fd[3]: OK\0"
 
-    monkeypatch.setattr(Backend, "scan_once", scan_once)
+    monkeypatch.setattr(engine_module, "attempt", attempt)
     return peak
 
 
 def scan_times(engine: Engine, message: Path, times: int) -> None:
     for _ in range(times):
-        engine.scan_path(message)
+        scan_path(engine, message)
 
 
 def run_threads(n: int, work: Callable[[], None]) -> None:
@@ -103,7 +105,7 @@ def test_in_flight_returns_to_zero_after_answers_failures_and_deadlines(
     e = engine("/a", "/b", balance="least-busy", retry_after=0.0)
     a, b = e.backends
     for _ in range(4):
-        assert e.scan_path(message) == Clean("/b")
+        assert scan_path(e, message) == Clean("/b")
     assert (a.errors, b.scans) == (2, 4)  # ties take turns: /a was first twice, then retried
     fd = message.open("rb")
     with fd:

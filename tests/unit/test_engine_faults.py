@@ -16,9 +16,10 @@ from pathlib import Path
 
 import pytest
 
-from avtool.engine import Backend, Clean, Engine, Failed, Unchecked, client
+from avtool.engine import Backend, Clean, Engine, Failed, Unchecked, session
 from avtool.errors import EngineError
 from tests.fakes.clamd import FakeClamd
+from tests.support.scanning import scan_path
 
 MakeFake = Callable[..., FakeClamd]
 
@@ -184,7 +185,7 @@ def test_instream_size_limit_reply_is_unchecked(fake: MakeFake, tmp_path: Path) 
     f = fake("size_limit", limit=64 << 10)
     big = tmp_path / "big"
     big.write_bytes(os.urandom(3 << 20))
-    v = engine(f.address, transfer="instream").scan_path(big)
+    v = scan_path(engine(f.address, transfer="instream"), big)
     assert v == Unchecked("too large for clamd StreamMaxLength", f.address)
 
 
@@ -195,7 +196,7 @@ def test_instream_reply_lost_in_reset_but_clamd_alive_is_unchecked(
     big = tmp_path / "big"
     big.write_bytes(os.urandom(3 << 20))
     e = engine(f.address, transfer="instream")
-    assert e.scan_path(big) == Unchecked("too large for clamd StreamMaxLength", f.address)
+    assert scan_path(e, big) == Unchecked("too large for clamd StreamMaxLength", f.address)
     assert f.commands == [b"zINSTREAM", b"zPING"]  # PING told a live clamd from a dead one
     assert not e.backends[0].set_aside()
 
@@ -204,7 +205,7 @@ def test_instream_reset_by_a_dead_clamd_is_failed(fake: MakeFake, tmp_path: Path
     f = fake("reset")
     big = tmp_path / "big"
     big.write_bytes(os.urandom(3 << 20))
-    v = engine(f.address, transfer="instream").scan_path(big)
+    v = scan_path(engine(f.address, transfer="instream"), big)
     assert isinstance(v, Failed) and "connection lost while streaming" in v.reason
 
 
@@ -213,7 +214,7 @@ def test_instream_sends_the_whole_file_in_order(
     sockdir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, way: str
 ) -> None:
     if way == "buffered":
-        monkeypatch.setattr(client, "SMALL", 1 << 30)  # the one-buffer path, for any size
+        monkeypatch.setattr(session, "SMALL", 1 << 30)  # the one-buffer path, for any size
     got: list[bytes] = []
     sizes: list[int] = []
 

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from avtool.control.ipc import unsafe_dir
+from avtool.control.pidfile import unsafe_dir
 from avtool.safedir import Unsafe, open_dir, open_parent, others_can_write
 from tests.support.clamd_harness import REPO
 from tests.support.dirs import public_dir

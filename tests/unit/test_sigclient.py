@@ -1,12 +1,12 @@
 """avtool sig's client side without a daemon: the pipe's lifecycle, locking and stale pipes, the
-answer protocol (the daemon side is played by ipc.Answer, the class the daemon uses), stats
-parsing and the Prometheus format; and the command line's usage errors and --help."""
+answer protocol (the daemon side is played by fifo.Answer, the class the daemon uses); and the
+command line: where its options may go, its usage errors and --help. The messages themselves
+(signals, counters, Prometheus) are tests/unit/test_wire.py's."""
 
 from __future__ import annotations
 
 import fcntl
 import os
-import re
 import signal
 import stat
 import subprocess
@@ -22,26 +22,16 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from typer.testing import CliRunner
 
+from avtool.cli import sig as sig_cli
 from avtool.cli.app import app
 from avtool.config import Config
-from avtool.control.client import Answer as SigAnswer
-from avtool.control.client import (
-    Busy,
-    NotRunning,
-    SigError,
-    Target,
-    _Fds,
-    _read_answer,
-    _remove_if_ours,
-    is_avtool_serve,
-    request,
-    target,
-)
-from avtool.control.ipc import END_ERROR, END_OK, Answer, open_fifo_for_writing
-from avtool.control.stats import Stats, parse_stats, prometheus
+from avtool.control.client import Target, request, target
+from avtool.control.fifo import Answer, Fds, open_fifo_for_writing, read_answer, remove_if_ours
+from avtool.control.pidfile import is_avtool_serve
+from avtool.control.wire import END_ERROR, END_OK, Busy, NotRunning, Response, SigError
 
 # The fake daemon is this process: a handler for SIGUSR1 sets a flag (as serve's does), and a
-# thread answers over the pipe with the daemon's own ipc.Answer.
+# thread answers over the pipe with the daemon's own fifo.Answer.
 SIGNAL = signal.SIGUSR1
 
 
@@ -87,7 +77,7 @@ def answers(*lines: str, ok: bool = True) -> Callable[[Path], None]:
     return script
 
 
-def ask(pipe: Path, timeout: float = 5.0, warn: list[str] | None = None) -> SigAnswer:
+def ask(pipe: Path, timeout: float = 5.0, warn: list[str] | None = None) -> Response:
     return request(Target(os.getpid(), pipe), SIGNAL, timeout, [] if warn is None else warn)
 
 
@@ -238,8 +228,8 @@ def test_cleanup_leaves_a_pipe_that_took_our_name(tmp_path: Path) -> None:
     ours = os.lstat(pipe)
     pipe.rename(tmp_path / "old")  # kept alive, so the new fifo cannot reuse its inode number
     os.mkfifo(pipe)
-    assert not _remove_if_ours(pipe, ours) and pipe.exists()
-    assert _remove_if_ours(tmp_path / "old", ours) and not (tmp_path / "old").exists()
+    assert not remove_if_ours(pipe, ours) and pipe.exists()
+    assert remove_if_ours(tmp_path / "old", ours) and not (tmp_path / "old").exists()
 
 
 def test_a_symlink_in_place_of_the_pipe_is_not_followed(daemon: FakeDaemon, tmp_path: Path) -> None:
@@ -280,7 +270,7 @@ def test_lines_survive_any_chunking(lines: list[str], cuts: list[int]) -> None:
         edges = sorted({0, len(wire), *(c % (len(wire) + 1) for c in cuts)})
         for a, b in zip(edges, edges[1:], strict=False):
             os.write(w, wire[a:b])
-        answer = _read_answer(_Fds(r, None), os.getpid(), 2.0)
+        answer = read_answer(Fds(r, None), os.getpid(), 2.0)
     finally:
         os.close(r)
         os.close(w)
@@ -330,98 +320,6 @@ def test_target_dash_p_uses_the_pipe_in_the_cwd(cfg: Config) -> None:
         target(cfg, _dead_pid())
 
 
-# ---- stats -------------------------------------------------------------------------------------
-STATS_LINES = (
-    "pid 4242",
-    "socket /var/lib/courier/allfilters/avtool",
-    "messages 10",
-    "clean 6",
-    "infected 2",
-    "unchecked 0",
-    "failed 1",
-    "exempt 0",
-    "accept 6",
-    "pass 0",
-    "reject 2",
-    "drop 0",
-    "quarantine 0",
-    "defer 1",
-    "deferred 2",
-    "timeouts 1",
-    "errors 0",
-    "p50_ms 1.5",
-    "p99_ms -",
-    "uptime_s 12.5",
-    "clamd /run/clamav/clamd.ctl reachable=yes scans=9 errors=1 db=27001 "
-    "version=ClamAV 1.4.6/27001/Tue Nov 25 08:00:00 2026",
-    "clamd 10.0.0.2:3310 reachable=no scans=0 errors=3 in_flight=2 aside=yes db=unknown version=-",
-    'clamd /tmp/we"ird\\path reachable=yes scans=0 errors=0 db=unknown version=ClamAV 1.4.6',
-)
-
-
-def test_parse_stats_types_every_field() -> None:
-    s = parse_stats(STATS_LINES)
-    assert (s.pid, s.socket) == (4242, "/var/lib/courier/allfilters/avtool")
-    assert s.counters["messages"] == 10 and s.counters["p50_ms"] == 1.5
-    assert s.counters["p99_ms"] is None and s.counters["uptime_s"] == 12.5
-    first, second, _ = s.backends
-    assert (first.reachable, first.scans, first.errors, first.db) == (True, 9, 1, 27001)
-    assert first.version == "ClamAV 1.4.6/27001/Tue Nov 25 08:00:00 2026"
-    assert (second.address, second.reachable, second.db, second.version) == (
-        "10.0.0.2:3310", False, None, None)  # fmt: skip
-    assert (second.in_flight, second.aside) == (2, True)
-    assert (first.in_flight, first.aside) == (0, False)  # an older daemon's line: defaults
-    flat = s.as_dict()
-    assert flat["messages"] == 10 and flat["pid"] == 4242
-    assert flat["clamd"][0]["db"] == 27001  # type: ignore[index]
-
-
-SAMPLE = re.compile(r'^([a-z_]+)(\{[a-z]+="(?:[^"\\\n]|\\.)*"\})? (NaN|-?\d+(?:\.\d+)?)$')
-
-
-def test_prometheus_text_format() -> None:
-    text = prometheus(parse_stats(STATS_LINES))
-    assert text.endswith("\n")
-    declared: dict[str, str] = {}
-    samples: dict[str, float] = {}
-    for line in text.splitlines():
-        if line.startswith("# HELP "):
-            name = line.split()[2]
-            assert name not in declared, f"{name} declared twice"
-            declared[name] = ""
-        elif line.startswith("# TYPE "):
-            _, _, name, kind = line.split()
-            assert name in declared and kind in ("counter", "gauge")
-            declared[name] = kind
-        else:
-            m = SAMPLE.match(line)
-            assert m, f"not a sample line: {line!r}"
-            assert declared.get(m.group(1)), f"{m.group(1)}: sample before its # TYPE"
-            samples[m.group(1) + (m.group(2) or "")] = float(m.group(3))
-    verdicts = [v for k, v in samples.items() if k.startswith("avtool_messages_total{")]
-    assert sum(verdicts) == 10  # every message under exactly one verdict
-    assert samples['avtool_messages_total{verdict="timeout"}'] == 1
-    assert samples['avtool_actions_total{action="reject"}'] == 2
-    assert samples['avtool_scan_ms{quantile="0.5"}'] == 1.5
-    assert 'avtool_scan_ms{quantile="0.99"} NaN' in text
-    assert samples['avtool_clamd_errors_total{backend="10.0.0.2:3310"}'] == 3
-    assert samples['avtool_clamd_up{backend="10.0.0.2:3310"}'] == 0
-    assert samples['avtool_clamd_in_flight{backend="10.0.0.2:3310"}'] == 2
-    assert samples['avtool_clamd_set_aside{backend="10.0.0.2:3310"}'] == 1
-    assert samples['avtool_clamd_set_aside{backend="/run/clamav/clamd.ctl"}'] == 0
-    assert 'avtool_clamd_up{backend="/tmp/we\\"ird\\\\path"} 1' in text
-    assert samples['avtool_clamd_db_version{backend="/run/clamav/clamd.ctl"}'] == 27001
-    assert not any(k.startswith('avtool_clamd_db_version{backend="10.') for k in samples)
-    assert samples["avtool_uptime_seconds"] == 12.5 and declared["avtool_uptime_seconds"] == "gauge"
-
-
-def test_prometheus_of_a_fresh_daemon() -> None:
-    text = prometheus(Stats(1, None, {"messages": 0, "p50_ms": None, "uptime_s": 0.1}))
-    assert 'avtool_messages_total{verdict="clean"} 0' in text
-    assert 'avtool_scan_ms{quantile="0.5"} NaN' in text
-    assert "avtool_clamd_up{" not in text
-
-
 # ---- the command line --------------------------------------------------------------------------
 runner = CliRunner()
 
@@ -429,12 +327,21 @@ runner = CliRunner()
 @pytest.mark.parametrize(
     ("args", "says"),
     [
-        (["sig", "stats", "virus"], "goes with reload only"),
-        (["sig", "reload", "--json"], "go with stats only"),
+        (["sig", "stats", "virus"], "unexpected extra argument(s) (virus)"),
+        (["sig", "virus"], "No such command 'virus'"),
+        (["sig", "reload", "--json"], "No such option: --json"),
+        (["sig", "--json", "reload"], "go with stats only"),
+        (["sig", "--prometheus", "status"], "go with stats only"),
+        (["sig", "--json"], "go with stats only"),  # sig alone is reload
         (["sig", "stats", "--json", "--prometheus"], "not both"),
+        (["sig", "--json", "stats", "--prometheus"], "not both"),
         (["sig", "-l", "stats"], "-l goes with reload only"),
+        (["sig", "-l", "status"], "-l goes with reload only"),
+        (["sig", "status", "-l"], "No such option: -l"),
         (["sig", "-p", "0"], "greater than or equal to 1"),
+        (["sig", "status", "-p", "0"], "greater than or equal to 1"),
         (["sig", "-t", "0"], "greater than or equal to 0.1"),
+        (["sig", "reload", "-t", "0", "virus"], "greater than or equal to 0.1"),
         (["sig", "reload", "everything"], "everything"),
     ],
 )
@@ -442,6 +349,46 @@ def test_usage_errors_exit_2(args: list[str], says: str) -> None:
     result = runner.invoke(app, args, env={"COLUMNS": "200"})
     assert result.exit_code == 2 and says in result.output
     assert "Traceback" not in result.output
+
+
+FRESHCLAM = sig_cli.Asked(to_syslog=True)  # OnUpdateExecute ... avtool sig -l reload virus
+
+
+@pytest.mark.parametrize(
+    ("args", "action", "what", "asked"),
+    [
+        (["-l", "reload", "virus"], "reload", "virus", FRESHCLAM),
+        (["reload", "-l", "virus"], "reload", "virus", FRESHCLAM),
+        (["reload", "virus", "--syslog"], "reload", "virus", FRESHCLAM),
+        ([], "reload", None, sig_cli.Asked()),  # sig alone: config and virus database
+        (["-l", "-t", "5"], "reload", None, sig_cli.Asked(timeout=5.0, to_syslog=True)),
+        (["-p", "7", "-t", "3", "reload", "config"], "reload", "config",
+         sig_cli.Asked(pid=7, timeout=3.0)),
+        (["reload", "-p", "7", "config", "-t", "3"], "reload", "config",
+         sig_cli.Asked(pid=7, timeout=3.0)),
+        (["-p", "7", "-t", "3", "reload", "-t", "4"], "reload", None,
+         sig_cli.Asked(pid=7, timeout=4.0)),  # given twice: the later one, as for one command
+        (["--json", "stats"], "stats", None, sig_cli.Asked(as_json=True)),
+        (["stats", "--prometheus", "-p", "9"], "stats", None, sig_cli.Asked(pid=9, prom=True)),
+        (["-f", "a.conf", "--set", "a=1", "status", "-f", "b.conf", "--set", "b=2"], "status",
+         None, sig_cli.Asked(config_file=Path("b.conf"), sets=("a=1", "b=2"))),
+    ],
+)  # fmt: skip
+def test_options_before_or_after_the_subcommand(
+    args: list[str], action: str, what: str | None, asked: sig_cli.Asked,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:  # fmt: skip
+    """The command line as today's scripts write it reaches the request unchanged, wherever
+    the options stand (the request itself: tests/integration/test_sig.py)."""
+    seen: list[tuple[str, str | None, sig_cli.Asked]] = []
+
+    def run(action: sig_cli.Action, what: sig_cli.What | None, asked: sig_cli.Asked) -> None:
+        seen.append((action.value, what and what.value, asked))
+
+    monkeypatch.setattr(sig_cli, "run", run)
+    result = runner.invoke(app, ["sig", *args], env={"COLUMNS": "200"})
+    assert result.exit_code == 0, result.output
+    assert seen == [(action, what, asked)]
 
 
 def test_help_shows_the_paths_resolved_when_asked(tmp_path: Path) -> None:
@@ -457,6 +404,12 @@ def test_help_shows_the_paths_resolved_when_asked(tmp_path: Path) -> None:
     assert f"Pid file: {tmp_path}/x.pid" in result.output
     assert f"Answers pipe: {tmp_path}/x.pipe" in result.output
     assert "Exit status: 0 ok; 1 the daemon reported an error" in result.output
+    for command in ("reload", "stats", "status"):
+        assert command in result.output
+    sub = runner.invoke(
+        app, ["sig", "reload", "-h"], env={"COLUMNS": "200", "AVTOOL_CONFIG": str(conf)}
+    )
+    assert sub.exit_code == 0 and f"Pid file: {tmp_path}/x.pid" in sub.output
 
 
 def test_help_with_a_broken_config_still_shows_paths(tmp_path: Path) -> None:

@@ -172,3 +172,17 @@ def test_a_timeout_that_cannot_kill_root_s_script_still_returns(
     assert time.monotonic() - started < 5
     assert outcome.tag == "TIMEOUT" and outcome.returncode is None
     assert b"stopped waiting" in outcome.stdout
+
+
+def test_the_script_goes_with_how_avtool_was_installed() -> None:
+    """The Debian package's avtool runs its own /usr/lib/avtool/get_ides.sh (its sudoers
+    snippet names that); a checkout installed by share/install.sh the /usr/local one."""
+    from pathlib import Path
+
+    from avtool import updates
+
+    packaged = Path("/usr/lib/avtool/python/avtool/updates.py")
+    assert updates.script_for(packaged) == Path("/usr/lib/avtool/get_ides.sh")
+    venv = Path("/opt/avtool/lib/python3.11/site-packages/avtool/updates.py")
+    assert updates.script_for(venv) == Path("/usr/local/lib/avtool/get_ides.sh")
+    assert Path("/usr/local/lib/avtool/get_ides.sh") == updates.SCRIPT  # this checkout

@@ -1,4 +1,5 @@
-"""Pid file and answers pipe: no symlinks followed, stale files replaced, live ones respected."""
+"""Pid file (control/pidfile.py) and the daemon's end of the answers pipe (control/fifo.py): no
+symlinks followed, stale files replaced, live ones respected."""
 
 from __future__ import annotations
 
@@ -10,7 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from avtool.control.ipc import END_ERROR, END_OK, Answer, PidFile, alive, read_pid
+from avtool.control.fifo import Answer
+from avtool.control.pidfile import PidFile, alive, read_pid
+from avtool.control.wire import END_ERROR, END_OK
 from avtool.errors import DaemonError
 
 
