@@ -9,9 +9,16 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from hypothesis import settings
 
 from avtool.config import Config
 from tests.support.clamd_harness import ClamdServer
+
+# No per-example deadline: on a 2-core machine shared with clamd and Courier an example can
+# take longer than hypothesis' 200 ms for no fault of the code; the tests that bound a cost
+# measure it themselves.
+settings.register_profile("avtool", deadline=None)
+settings.load_profile("avtool")
 
 # Short keys for engine_config(): the clamd.* keys, and scan.max_size as max_size.
 _SHORT = {"max_size": "scan.max_size"}
