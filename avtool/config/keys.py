@@ -84,7 +84,7 @@ VERBOSITY = key(
     "log.verbosity",
     Int(0, 3),
     1,
-    "0 errors only, 1 one line per message, 2 details, 3 debug",
+    "0 errors only, 1 one line per message, 2 the same as 1 (avfilter's scale), 3 debug",
     reload="log",
 )
 
