@@ -33,13 +33,14 @@ from dataclasses import dataclass, field
 
 from avtool.courier.protocol import Reply
 from avtool.errors import AvtoolError
+from avtool.safedir import READ_NOFOLLOW
 
 MAX_CONTROL_BYTES = 16 << 20  # the observed ones: about 250 bytes plus ~30 per recipient
 
 _KEYS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789")
 _INDEX = re.compile(r"(\d{1,9})(?: |$)")
 _UNSAFE = re.compile(r"[^\x20-\x7e]")
-_FLAGS = os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC
+_FLAGS = READ_NOFOLLOW  # O_RDONLY is 0: ``O_RDWR | _FLAGS`` opens for writing
 
 
 class ControlError(AvtoolError):

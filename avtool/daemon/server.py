@@ -26,19 +26,17 @@ import signal
 import socket
 import stat
 import threading
-import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
 
 from avtool.config import Config
 from avtool.config import keys as K
 from avtool.control.ipc import DEBUG_PIPE, PidFile
-from avtool.courier import protocol
-from avtool.courier.protocol import Reply, Request
 from avtool.daemon.loop import Loop
+from avtool.daemon.options import Options
 from avtool.daemon.pipeline import Pipeline
 from avtool.daemon.reload import Reloader
+from avtool.daemon.slots import Slots, scan_slots
 from avtool.daemon.stats import Stats
 from avtool.engine import Engine
 from avtool.errors import UsageError
@@ -51,18 +49,6 @@ RELOAD_SIGNALS = {
     signal.SIGUSR1: (True, False),
     signal.SIGUSR2: (False, True),
 }
-
-
-@dataclass
-class Options:
-    """How the daemon was started; kept so that a config reload resolves the same way."""
-
-    name: str = "avtool"
-    debug: bool = False
-    fd3: bool = False  # was fd 3 open when the process started (courierfilter's pipe)?
-    socket_dir: Path | None = None
-    config_path: Path | None = None
-    overrides: dict[str, str] = field(default_factory=dict)
 
 
 def fd3_open() -> bool:
@@ -82,9 +68,8 @@ class FilterServer:
         self.options = options
         self.stats = Stats()
         self.pipeline = Pipeline(cfg, Engine.from_config(cfg), name=options.name)
-        scans = cfg[K.MAX_SCANS] or 2 * (os.cpu_count() or 1)
-        self.slots = threading.BoundedSemaphore(scans)
-        self.readers = cfg[K.MAX_CONNECTIONS] or max(16, 4 * scans)
+        self.slots = Slots(scan_slots(cfg))  # one limiter for the loop and the workers
+        self.readers = cfg[K.MAX_CONNECTIONS] or max(16, 4 * self.slots.size)
         self.pid_file = None if options.debug else PidFile(Path(cfg[K.PID_FILE]))
         self.pipe = Path(DEBUG_PIPE) if options.debug else Path(cfg[K.PIPE])
         self.reloader = Reloader(self)
@@ -120,7 +105,15 @@ class FilterServer:
         try:
             self.listener = self._bind()
             self._install_signals()
-            self.loop = Loop(self, self.listener)  # workers start here, the loop in run()
+            self.loop = Loop(  # workers start here, the loop in run()
+                self.listener,
+                self,
+                self.stats,
+                self.slots,
+                readers=self.readers,
+                wake=(self.wake_r, self.wake_w),
+                stopping=self.stopping,
+            )
             self.reloader.start()
         except BaseException:
             self._release()  # nothing of a failed start stays behind (its socket refuses)
@@ -215,33 +208,6 @@ class FilterServer:
         for fd in (self.wake_r, self.wake_w):
             with contextlib.suppress(OSError):
                 os.close(fd)
-
-    def answer(self, conn: socket.socket, request: Request, deadline: float) -> None:
-        """The whole message the blocking way, in a worker thread: a scan slot, the
-        pipeline, the reply (the caller closes ``conn``)."""
-        try:
-            reply = self._scan_in_slot(request, deadline)
-        except Exception:  # noqa: BLE001 - Courier must get an answer: a bug defers the mail
-            log.exception("internal error on %s", request.data_path)
-            reply = Reply(432, "4.3.0 avtool internal error")
-        try:
-            conn.settimeout(10.0)
-            conn.sendall(protocol.format_reply(reply))
-        except OSError as e:
-            log.warning("could not reply to Courier: %s", e)
-
-    def _scan_in_slot(self, request: Request, deadline: float) -> Reply:
-        """Wait for a scan slot and scan, all within the message deadline; past it, 432."""
-        if not self.slots.acquire(timeout=max(0.0, deadline - time.monotonic())):
-            self.stats.count_timeout()
-            log.warning("no scan slot within serve.message_timeout: %s", request.data_path)
-            return Reply(432, "4.3.2 Virus scanner busy, try again later")
-        try:
-            outcome = self.pipeline.handle(request, deadline)
-        finally:
-            self.slots.release()
-        self.stats.record(outcome)
-        return outcome.reply
 
 
 def _watchable(fd: int) -> bool:

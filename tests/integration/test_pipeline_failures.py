@@ -17,7 +17,6 @@ import subprocess
 import sys
 import tempfile
 import time
-import types
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -153,7 +152,7 @@ def test_a_header_write_that_fails_defers(
     def full(*args: Any, **kwargs: Any) -> Any:
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
-    monkeypatch.setattr(message, "tempfile", types.SimpleNamespace(mkstemp=full))
+    monkeypatch.setattr(message, "_create_temp", full)
     outcome, path, ctl, before, ctl_before = run(data, **values)
     assert outcome.reply.code == 432, outcome.reply
     assert path.read_bytes() == before

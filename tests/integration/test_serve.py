@@ -423,7 +423,7 @@ def test_a_start_that_fails_after_bind_leaves_nothing_behind(
         }
     )
 
-    def broken(*_: object) -> None:
+    def broken(*_: object, **__: object) -> None:
         raise OSError(24, "Too many open files")
 
     monkeypatch.setattr(S, "Loop", broken)
