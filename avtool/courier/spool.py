@@ -149,6 +149,16 @@ def _kind(mode: int) -> str:
     return "unknown type"  # pragma: no cover - every Linux file type is listed above
 
 
+def open_beside(data: DataFile, data_path: str, path: str) -> int:
+    """Open ``path`` read-only as open_data does, through the directory descriptor of
+    ``data`` (opened from ``data_path``) when it lies in the same directory, as Courier's
+    control files do: the same inode the checks saw, whatever the path names by now."""
+    directory, name = posixpath.split(path)
+    if directory == posixpath.dirname(data_path) and data.dir_fd >= 0:
+        return _open_checked(name, path, data.dir_fd)[0]
+    return open_data(path)
+
+
 def open_data(path: str) -> int:
     """Open the data file read-only and return the descriptor (the caller closes it); see
     open_message. For a file outside the daemon (batch-test's harness, a quarantine copy of a

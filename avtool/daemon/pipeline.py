@@ -7,12 +7,14 @@ and every failure that is not a decision of the admin is a 4xx, so Courier keeps
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
 import re
 import shutil
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -238,7 +240,8 @@ class Pipeline:
         try:
             _copy_fd(p.fd, target / "data")
             for i, path in enumerate(request.control_paths):
-                _copy_private(path, target / f"control.{i}")
+                with _closing(spool.open_beside(p.data, request.data_path, path)) as fd:
+                    _copy_fd(fd, target / f"control.{i}")
             info = {
                 "verdict": type(verdict).__name__ if verdict is not None else None,
                 "names": list(decision.names),
@@ -328,22 +331,25 @@ def _create_private(path: Path) -> int:
 
 
 def _copy_private(src: str, dst: Path) -> None:
-    """Copy a spool file: opened as the scan opens it (no symlink, regular files only), so a
-    link swapped in since the checks cannot make us copy a file from outside the spool. Both
-    descriptors are closed whatever fails (a full disk once leaked the source's: one
-    descriptor per message, until the filter had none left)."""
-    with (
-        os.fdopen(spool.open_data(src), "rb") as data,
-        os.fdopen(_create_private(dst), "wb") as out,
-    ):
-        shutil.copyfileobj(data, out, 1 << 20)
-        out.flush()
-        os.fsync(out.fileno())
+    """Copy a spool file opened as the scan opens it (no symlink, regular files only), so a
+    link swapped in since the checks cannot make us copy a file from outside the spool."""
+    with _closing(spool.open_data(src)) as fd:
+        _copy_fd(fd, dst)
+
+
+@contextlib.contextmanager
+def _closing(fd: int) -> Iterator[int]:
+    try:
+        yield fd
+    finally:
+        os.close(fd)
 
 
 def _copy_fd(src: int, dst: Path) -> None:
-    """Copy the data file from the descriptor the scan used (pread: its offset is clamd's too,
-    message._At), so the copy is of what was scanned, whatever the path names by now."""
+    """Copy the file open on ``src`` (the data file: the descriptor the scan used; pread, as
+    its offset is clamd's too, message._At) into a new private file: what was scanned,
+    whatever the path names by now. ``src`` stays the caller's to close (_closing: a full disk
+    once leaked it, one descriptor per message until the filter had none left)."""
     with os.fdopen(_create_private(dst), "wb") as out:
         offset = 0
         while chunk := os.pread(src, 1 << 20, offset):
