@@ -217,7 +217,8 @@ class Pipeline:
         if decision.action in ("quarantine", "drop") and decision.drop:
             verb = "dropped" if decision.action == "drop" else "quarantined"
             note = f"{verb} by {self.name}: {decision.reason}"
-            control.mark_delivered(envelope, decision.drop, note, time.time())
+            within = (os.path.dirname(p.request.data_path), p.data.dir_fd)
+            control.mark_delivered(envelope, decision.drop, note, time.time(), within=within)
         if rewrite:
             rename = list(policy.RENAMED) if self.cfg[K.HEADER_RENAME] else []
             data = p.data

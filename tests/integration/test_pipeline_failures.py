@@ -122,7 +122,7 @@ def test_a_drop_mark_that_fails_defers(
     monkeypatch.setattr(
         control,
         "_open",
-        fail_with(errno.EROFS, lambda path, flags: bool(flags & os.O_RDWR))(control._open),
+        fail_with(errno.EROFS, lambda path, flags, *_: bool(flags & os.O_RDWR))(control._open),
     )
     before = open_fds()
     outcome, _, ctl, _, ctl_before = run(mail(attachment=EICAR), **{"policy.infected": action})

@@ -56,7 +56,7 @@ def handle(
     theirs = tmp_path / "theirs"
     theirs.mkdir()
     (theirs / data.name).write_bytes(THEIRS)
-    (theirs / ctl.name).write_text(ctl.read_text())
+    (theirs / ctl.name).write_text(ctl.read_text().replace("rcpt@", "them@"))
     cfg = make_config(
         str(clamd.unix_socket),
         **{"serve.spool_dir": str(tmp_path / "spool"), "policy.quarantine_dir": str(tmp_path / "q")}
@@ -78,7 +78,7 @@ def test_the_quarantine_keeps_the_scanned_file_not_the_one_swapped_in(
     assert outcome.decision is not None and outcome.decision.action == "quarantine"
     (kept,) = (tmp_path / "q").iterdir()
     assert (kept / "data").read_bytes() == original
-    assert (kept / "control.0").read_text() == next(real.glob("*.ctl")).read_text()
+    assert "rcpt@example.test" in (kept / "control.0").read_text()
     assert THEIRS not in (kept / "data").read_bytes()
 
 
@@ -94,3 +94,16 @@ def test_the_header_rewrite_stays_in_the_spool(
     assert rewritten.startswith(b"X-Virus-") and rewritten.endswith(original)
     assert (theirs / data.name).read_bytes() == THEIRS  # neither read nor replaced
     assert sorted(p.name for p in theirs.iterdir()) == sorted([data.name, "1.0.ctl"])
+
+
+def test_drop_marks_go_into_the_scanned_messages_control_file(
+    clamd_server: ClamdServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Marked delivered in the other file, the real one would be delivered: infected mail out."""
+    outcome, real, theirs, _ = handle(
+        clamd_server, tmp_path, monkeypatch, **{"policy.infected": "drop"}
+    )
+    assert outcome.decision is not None and outcome.decision.action == "drop"
+    (ctl,) = real.glob("*.ctl")
+    assert " R 250 Ok - dropped by" in ctl.read_text()
+    assert "dropped by" not in (theirs / ctl.name).read_text()
