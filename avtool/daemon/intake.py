@@ -27,7 +27,7 @@ from avtool.courier import protocol
 from avtool.courier.protocol import Reply, Request
 from avtool.daemon.conns import DONE, Conn, Reader, Timers
 from avtool.daemon.pipeline import Pipeline
-from avtool.daemon.workers import Workers, answer_early, send_reply
+from avtool.daemon.workers import INTERNAL_ERROR, Workers, answer_early, send_reply
 
 log = logging.getLogger("avtool")
 ACCEPT_PAUSE = 0.5  # seconds without accepting after accept() failed (EMFILE)
@@ -84,7 +84,7 @@ class Intake:
             with contextlib.suppress(Exception):
                 self._forget_reader(conn)
         if isinstance(conn, Reader) or conn.state != DONE:
-            self._reply(conn, Reply(432, "4.3.0 avtool internal error"))
+            self._reply(conn, INTERNAL_ERROR)
 
     def _reply(self, conn: Reader | Conn, reply: Reply) -> None:
         send_reply(conn.sock, reply)

@@ -32,6 +32,7 @@ A connection still sending is a ``Reader``; once its request is read and prepare
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import os
 import select
@@ -46,10 +47,10 @@ from avtool.courier.protocol import Request
 from avtool.daemon import policy
 from avtool.daemon.conns import DONE, JUDGING, SCANNING, WAITING, Conn, Reader
 from avtool.daemon.intake import Intake, Source
-from avtool.daemon.pipeline import Judged, Outcome, Pipeline
+from avtool.daemon.pipeline import Judged, Outcome, Pipeline, Prepared
 from avtool.daemon.slots import Slots, busy
 from avtool.daemon.stats import Stats
-from avtool.daemon.workers import answer, send_reply
+from avtool.daemon.workers import INTERNAL_ERROR, answer, send_reply
 from avtool.engine import Engine
 from avtool.engine.pending import PendingScan
 from avtool.engine.session import Session
@@ -213,18 +214,23 @@ class Loop(Intake):
         if isinstance(prepared, Outcome):
             self._conclude(pipeline, request, pipeline.cfg[K.DRY_RUN], prepared)
             self._reply(reader, prepared.reply)
-        elif isinstance(prepared, Judged):  # exempt, but its header needs work
-            self._carry_out(Conn(reader, request, pipeline, prepared.prepared), prepared)
+            return
+        p = prepared.prepared if isinstance(prepared, Judged) else prepared
+        # From here the Conn holds the connection: a bug is its to clean up (a slot, files).
+        self._guarded(functools.partial(self._begin, prepared), Conn(reader, request, pipeline, p))
+
+    def _begin(self, prepared: Prepared | Judged, conn: Conn) -> None:
+        engine = conn.pipeline.engine
+        if isinstance(prepared, Judged):  # exempt, but its header needs work
+            self._carry_out(conn, prepared)
         elif prepared.size > engine.max_size:
-            self._judge(Conn(reader, request, pipeline, prepared), engine.too_large(prepared.size))
+            self._judge(conn, engine.too_large(prepared.size))
+        elif not self.waiting and self.slots.try_take():
+            self._scan(conn)
         else:
-            conn = Conn(reader, request, pipeline, prepared)
-            if not self.waiting and self.slots.try_take():
-                self._scan(conn)
-            else:
-                conn.state = WAITING
-                self.waiting.append(conn)
-                self._timer(conn, conn.deadline)
+            conn.state = WAITING
+            self.waiting.append(conn)
+            self._timer(conn, conn.deadline)
 
     def _slot_timeout(self, conn: Conn) -> None:
         with contextlib.suppress(ValueError):
@@ -325,13 +331,21 @@ class Loop(Intake):
             outcome = pipeline.internal_error(prepared.request, e)
         else:
             outcome = self._complete(conn, judged)
-        self._conclude(pipeline, conn.request, conn.dry_run, outcome)
-        send_reply(conn.sock, outcome.reply)
+        self._answer_in_worker(conn, outcome)
 
     def _complete_in_worker(self, conn: Conn, judged: Judged) -> None:
-        outcome = self._complete(conn, judged)
-        self._conclude(conn.pipeline, conn.request, conn.dry_run, outcome)
-        send_reply(conn.sock, outcome.reply)
+        self._answer_in_worker(conn, self._complete(conn, judged))
+
+    def _answer_in_worker(self, conn: Conn, outcome: Outcome) -> None:
+        """Log, count and reply; Courier gets a reply even when the log line fails (432, as
+        the loop's _abort answers)."""
+        reply = outcome.reply
+        try:
+            self._conclude(conn.pipeline, conn.request, conn.dry_run, outcome)
+        except Exception:  # noqa: BLE001 - Courier must get an answer
+            log.exception("internal error on %s", conn.request.data_path)
+            reply = INTERNAL_ERROR
+        send_reply(conn.sock, reply)
 
     def _next_waiting(self) -> None:
         """Start the waiting scans there is room for. Not re-entered: a scan that fails at once

@@ -27,6 +27,7 @@ from avtool.daemon.stats import Stats
 
 log = logging.getLogger("avtool")
 _DONTWAIT = socket.MSG_DONTWAIT
+INTERNAL_ERROR = Reply(432, "4.3.0 avtool internal error")
 
 
 class Workers:
@@ -95,7 +96,7 @@ def answer(
             reply = busy(stats, request)
     except Exception:  # noqa: BLE001 - Courier must get an answer: a bug defers the mail
         log.exception("internal error on %s", request.data_path)
-        reply = Reply(432, "4.3.0 avtool internal error")
+        reply = INTERNAL_ERROR
     try:
         sock.settimeout(10.0)
         sock.sendall(protocol.format_reply(reply))
