@@ -292,8 +292,8 @@ class Loop(Intake):
         pipeline, prepared = conn.pipeline, conn.prepared
         if policy.hides(verdict, pipeline.cfg):
             # every name, not just clamd's first (secondlook.py): more scans, in a worker
-            conn.state = DONE
             self._hand_over(conn.sock, lambda: self._look_again_in_worker(conn, verdict))
+            conn.state = DONE  # the worker's now: _abort leaves it alone
             return
         try:
             judged = pipeline.judge(prepared, verdict)
@@ -307,8 +307,8 @@ class Loop(Intake):
         """Complete a judged message (Pipeline.complete closes its files): in a worker when
         that writes files."""
         if judged.writes:
-            conn.state = DONE
             self._hand_over(conn.sock, lambda: self._complete_in_worker(conn, judged))
+            conn.state = DONE
             return
         self._finish(conn, self._complete(conn, judged))
 

@@ -7,10 +7,13 @@ connections first (shutdown; the socket file stays, so Courier answers 432 and n
 through unfiltered) -> drain messages in flight within serve.drain_timeout -> remove pid file
 (and, with --debug only, the socket) -> exit 0.
 
-Concurrency: one event loop (loop.py) accepts, reads requests, scans by FILDES over kept-open
-clamd sessions and answers, without a thread per connection; worker threads take what blocks
-(completing a quarantine, a drop or header fields; every message when a clamd is reached over
-TCP). ``serve.max_scans`` bounds the scans, ``serve.read_timeout`` a request.
+Concurrency: one event loop (loop.py, on intake.py) accepts, reads requests, scans by FILDES
+over kept-open clamd sessions and answers, without a thread per connection; worker threads
+(workers.py, a bounded queue) take what blocks (completing a quarantine, a drop or header
+fields; every message when a clamd is reached over TCP). ``serve.max_scans`` bounds the scans
+of both (slots.py), ``serve.read_timeout`` a request. This module wires them: the loop gets
+the listener, this server as the source of the current pipeline (a reload swaps it), the
+stats, the slots, its limits and the wake pipe, and knows nothing else of the server.
 
 Signal handlers only set flags and wake the main thread: SIGHUP reloads config and virus DB,
 SIGUSR1 the config, SIGUSR2 the virus DB, SIGURG asks for the counters (ignored by default, so
