@@ -46,6 +46,7 @@ class Slots:
     def __init__(self, size: int) -> None:
         self.size = size
         self.used = 0
+        self._waiters = 0  # worker threads in take(): only then is a release notified
         self._cond = threading.Condition(threading.Lock())
         # Called after a worker gives a slot back: the loop, whose waiting messages only it
         # may start, sets it to wake itself.
@@ -66,7 +67,11 @@ class Slots:
                 left = deadline - time.monotonic()
                 if left <= 0:
                     return False
-                self._cond.wait(left)
+                self._waiters += 1
+                try:
+                    self._cond.wait(left)
+                finally:
+                    self._waiters -= 1
             self.used += 1
             return True
 
@@ -75,6 +80,7 @@ class Slots:
         messages right after, no need to be woken."""
         with self._cond:
             self.used -= 1
-            self._cond.notify()
+            if self._waiters:
+                self._cond.notify()
         if wake:
             self.on_free()
