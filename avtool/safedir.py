@@ -29,7 +29,12 @@ _DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEX
 # On the way, directories are opened O_PATH: search permission is all a path needs
 # (path_resolution(7)); the one returned is opened for reading if it can be (fsync, listing).
 _PATH = os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
-_FILE = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC
+# The no-follow flag sets, defined once: a file opened to be read (no symlink as its last
+# component, no blocking on a fifo swapped in, never a controlling terminal), and a file created
+# (never through a link, never an existing one).
+READ_NOFOLLOW = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC
+CREATE_NOFOLLOW = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+_FILE = READ_NOFOLLOW
 MAX_LINKS = 40  # path_resolution(7): Linux follows at most 40 links in one path
 
 

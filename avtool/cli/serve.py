@@ -40,7 +40,8 @@ def serve(
     Stops on stdin EOF, SIGTERM or SIGQUIT; SIGHUP reloads config and virus DB, SIGUSR1 the
     config, SIGUSR2 the virus DB (see `avtool sig`).
     """
-    from avtool.daemon.server import Options, fd3_open
+    from avtool.daemon.options import Options
+    from avtool.daemon.server import fd3_open
     from avtool.daemon.server import serve as run
 
     fd3 = fd3_open()  # before anything opens a file that could take the number 3

@@ -33,13 +33,14 @@ from dataclasses import dataclass, field
 
 from avtool.courier.protocol import Reply
 from avtool.errors import AvtoolError
+from avtool.safedir import READ_NOFOLLOW
 
 MAX_CONTROL_BYTES = 16 << 20  # the observed ones: about 250 bytes plus ~30 per recipient
 
 _KEYS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789")
 _INDEX = re.compile(r"(\d{1,9})(?: |$)")
 _UNSAFE = re.compile(r"[^\x20-\x7e]")
-_FLAGS = os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC
+_FLAGS = READ_NOFOLLOW  # O_RDONLY is 0: ``O_RDWR | _FLAGS`` opens for writing
 
 
 class ControlError(AvtoolError):
@@ -152,9 +153,14 @@ def _read(path: str, fd: int, max_bytes: int) -> bytes:
     return b"".join(chunks)
 
 
-def _open(path: str, mode: int) -> int:
+def _open(path: str, mode: int, within: tuple[str, int] | None = None) -> int:
+    """Open ``path`` never through a link as its last step; through the directory descriptor
+    of ``within`` (directory, descriptor) when ``path`` is in that directory."""
+    name, dir_fd = path, None
+    if within is not None and os.path.dirname(path) == within[0]:
+        name, dir_fd = os.path.basename(path), within[1]
     try:
-        return os.open(path, mode | _FLAGS)
+        return os.open(name, mode | _FLAGS, dir_fd=dir_fd)
     except (FileNotFoundError, NotADirectoryError):
         raise _failed("control file vanished", path) from None
     except OSError as e:
@@ -231,6 +237,7 @@ def mark_delivered(
     now: float,
     *,
     max_bytes: int = MAX_CONTROL_BYTES,
+    within: tuple[str, int] | None = None,
 ) -> None:
     """Mark ``recipients`` delivered, so that courierd delivers nothing to them and sends no
     bounce (the drop, docs/notes/courier.md §3). Each gets ``I<n> R 250 Ok - <note>`` and
@@ -241,6 +248,8 @@ def mark_delivered(
     Before writing, the file is read again: a recipient whose slot now holds another address
     raises ControlError (432) rather than marking someone else. Across files it is not atomic;
     the caller answers 4xx on any error, and then Courier discards all the files.
+    ``within``: (directory, its open descriptor), the data file's (courier/spool.py): control
+    files in it are opened through the descriptor, whatever the path names by now.
     """
     by_file: dict[str, list[Recipient]] = {}
     for r in recipients:
@@ -249,11 +258,18 @@ def mark_delivered(
         by_file.setdefault(r.file, []).append(r)
     text = clean_note(note)
     for path, group in by_file.items():
-        _mark_file(path, group, text, int(now), max_bytes)
+        _mark_file(path, group, text, int(now), max_bytes, within)
 
 
-def _mark_file(path: str, group: list[Recipient], note: str, now: int, max_bytes: int) -> None:
-    fd = _open(path, os.O_RDWR | os.O_APPEND)
+def _mark_file(
+    path: str,
+    group: list[Recipient],
+    note: str,
+    now: int,
+    max_bytes: int,
+    within: tuple[str, int] | None,
+) -> None:
+    fd = _open(path, os.O_RDWR | os.O_APPEND, within)
     try:
         try:
             raw = _read(path, fd, max_bytes)

@@ -9,6 +9,9 @@ Courier's own ``Received:``: prepending is how every hop adds its trace fields, 
 The file is streamed, never read whole: the header line by line (in pieces of at most 64 KiB),
 the body in 1 MiB copies, into a temporary file in the same directory that gets the owner,
 group and mode of the original, is fsynced and renamed over it; then the directory is fsynced.
+The daemon does all of it on the descriptors that courier/spool.py opened before the scan (the
+data file, read with ``pread``, and its directory: ``*_in`` functions), so what is rewritten
+is what was scanned even if a directory on the path was swapped meanwhile.
 Replacing the data file this way is what zdkimfilter's filterlib does (docs/notes/peers.md section
 1); Courier reads the file by name after the filter answers (docs/notes/courier.md section 3).
 Handles LF and CRLF files, folded fields, 8-bit bytes, and a message that is all header.
@@ -21,13 +24,17 @@ import functools
 import io
 import os
 import re
+import secrets
 import shutil
 import stat
-import tempfile
 from collections.abc import Iterable, Iterator, Sequence
-from typing import BinaryIO
+from typing import TYPE_CHECKING, BinaryIO
 
 from avtool.errors import AvtoolError
+from avtool.safedir import CREATE_NOFOLLOW, READ_NOFOLLOW
+
+if TYPE_CHECKING:
+    from _typeshed import WriteableBuffer
 
 RENAME_PREFIX = "Old-"
 READ_LINE = 1 << 16
@@ -35,7 +42,7 @@ FOLD_AT = 78  # RFC 5322 2.1.1: lines SHOULD be at most 78 characters
 MAX_WORD = 900  # and MUST be at most 998
 _NAME = re.compile(r"[!-9;-~]+")  # RFC 5322 2.2: printable ASCII except ':'
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
-_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC
+_DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
 
 
 class MessageError(AvtoolError):
@@ -117,13 +124,37 @@ def _names_of(names: tuple[str, ...]) -> _Names:
     return _Names(frozenset(exact), tuple(prefixes))
 
 
-def _open(path: str) -> io.BufferedReader:
-    fd = os.open(path, _FLAGS)
+def _open(path: str, dir_fd: int | None = None) -> int:
+    """A descriptor of the regular file ``path`` (in ``dir_fd``), never through a link."""
+    fd = os.open(path, READ_NOFOLLOW, dir_fd=dir_fd)
     if not stat.S_ISREG(os.fstat(fd).st_mode):
         os.close(fd)
         raise MessageError(f"not a regular file: {path}")
     os.set_blocking(fd, True)
-    return io.BufferedReader(io.FileIO(fd, "rb"), buffer_size=READ_LINE)
+    return fd
+
+
+class _At(io.RawIOBase):
+    """The file open on ``fd`` read from its start with ``pread``, at a position of our own:
+    the file's offset is shared with every clamd it was passed to (FILDES), and one whose scan
+    was abandoned at its timeout may still be reading it."""
+
+    def __init__(self, fd: int) -> None:
+        self._fd = fd
+        self._pos = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: WriteableBuffer) -> int:
+        n = os.preadv(self._fd, [buffer], self._pos)
+        self._pos += n
+        return n
+
+
+def _reader(fd: int) -> io.BufferedReader:
+    """A buffered reader of ``fd`` from its start (_At); closing it leaves ``fd`` open."""
+    return io.BufferedReader(_At(fd), buffer_size=READ_LINE)
 
 
 def quick_header(head: bytes, size: int) -> bytes | None:
@@ -143,33 +174,30 @@ def _ruled_out(header: bytes | None, needles: Iterable[bytes]) -> bool:
     return header is not None and not any(needle in header for needle in needles)
 
 
-def _open_unless_ruled_out(
-    path: str, quick: bytes | None, needles: Iterable[bytes]
-) -> io.BufferedReader | None:
-    """The message open for the line-by-line read, or None when its header (``quick``, else
-    the first read of the file) cannot have what ``needles`` look for."""
-    if _ruled_out(quick, needles):
-        return None
-    src = _open(path)
-    if quick is None:
-        head = src.peek(READ_LINE)[:READ_LINE]
-        if _ruled_out(quick_header(head, os.fstat(src.fileno()).st_size), needles):
-            src.close()
-            return None
-    return src
-
-
 def has_fields(path: str, names: Iterable[str], *, quick: bytes | None = None) -> bool:
-    """Whether the header of the message at ``path`` has a field with one of ``names``
-    (case-insensitive; ``X-Virus-*`` for every name that begins so). Reads the header only;
-    ``quick`` (quick_header) may spare the open."""
+    """has_fields_in for the message at ``path``, opened here without following a link."""
+    fd = _open(path)
+    try:
+        return has_fields_in(fd, names, quick=quick)
+    finally:
+        os.close(fd)
+
+
+def has_fields_in(fd: int, names: Iterable[str], *, quick: bytes | None = None) -> bool:
+    """Whether the header of the message open on ``fd`` has a field with one of ``names``
+    (case-insensitive; ``X-Virus-*`` for every name that begins so). Reads the header only,
+    and nothing when ``quick`` (quick_header) or the first read rules the names out."""
     wanted = _names(names)
     if not wanted:
         return False
-    src = _open_unless_ruled_out(path, quick, wanted.needles())
-    if src is None:
+    needles = wanted.needles()
+    if _ruled_out(quick, needles):
         return False
-    with src:
+    with _reader(fd) as src:
+        if quick is None:
+            head = src.peek(READ_LINE)[:READ_LINE]
+            if _ruled_out(quick_header(head, os.fstat(fd).st_size), needles):
+                return False
         return any(name in wanted for _, name in _header(src))
 
 
@@ -188,52 +216,75 @@ def rewrite_headers(
     *,
     prefix: str = RENAME_PREFIX,
 ) -> None:
-    """Put the ``add`` fields (name, value) at the top of the message at ``path``, and rename
-    every incoming field named in ``rename_prefix_for`` (``X-Virus-*``: every name that begins
-    so) to ``prefix`` + its name, in one atomic
-    replacement of the file (module docstring). Raises OSError or MessageError; the original
-    is then untouched and no temporary file is left."""
+    """rewrite_headers_in for the message at ``path``: its directory and the file (never
+    through a link as the last step) opened here."""
+    directory, name = os.path.split(path)
+    dir_fd = os.open(directory or ".", _DIR)
+    try:
+        fd = _open(name, dir_fd)
+        try:
+            rewrite_headers_in(fd, dir_fd, name, add, rename_prefix_for, prefix=prefix)
+        finally:
+            os.close(fd)
+    finally:
+        os.close(dir_fd)
+
+
+def rewrite_headers_in(
+    fd: int,
+    dir_fd: int,
+    name: str,
+    add: Sequence[tuple[str, str]],
+    rename_prefix_for: Iterable[str],
+    *,
+    prefix: str = RENAME_PREFIX,
+) -> None:
+    """Put the ``add`` fields (name, value) at the top of the message open on ``fd``, called
+    ``name`` in the directory open on ``dir_fd``, and rename every incoming field named in
+    ``rename_prefix_for`` (``X-Virus-*``: every name that begins so) to ``prefix`` + its name,
+    in one atomic replacement of the file (module docstring). Raises OSError; the original is
+    then untouched and no temporary file is left."""
     wanted = _names(rename_prefix_for)
     if not _NAME.fullmatch(prefix) or not prefix.endswith("-"):
         raise ValueError(f"not a field name prefix: {prefix!r}")
-    fields = [(name, value) for name, value in add]
-    for name, _ in fields:
-        field_line(name, "")  # validates the name before any I/O
+    fields = [(field, value) for field, value in add]
+    for field, _ in fields:
+        field_line(field, "")  # validates the name before any I/O
     if not fields and not wanted:
         return
-    directory = os.path.dirname(path) or "."
-    with _open(path) as src:
-        st = os.fstat(src.fileno())
-        fd, tmp = tempfile.mkstemp(prefix=".avtool-", suffix=".tmp", dir=directory)
-        try:
-            with open(fd, "wb", buffering=READ_LINE) as out:
-                eol = _eol(src)
-                for name, value in fields:
-                    out.write(field_line(name, value, eol))
-                mark = prefix.encode("ascii")
-                for line, field in _header(src):
-                    if field in wanted:
-                        out.write(mark)
-                    out.write(line)
-                shutil.copyfileobj(src, out, 1 << 20)
-                out.flush()
-                own = os.fstat(out.fileno())
-                if (own.st_uid, own.st_gid) != (st.st_uid, st.st_gid):
-                    os.fchown(out.fileno(), st.st_uid, st.st_gid)
-                os.fchmod(out.fileno(), stat.S_IMODE(st.st_mode))
-                os.fsync(out.fileno())
-            os.rename(tmp, path)
-        except BaseException:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp)
-            raise
-    _fsync_dir(directory)
-
-
-def _fsync_dir(directory: str) -> None:
-    """Make the rename durable (rename(2) is atomic, but only fsync of the dir persists it)."""
-    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    st = os.fstat(fd)
+    out_fd, tmp = _create_temp(dir_fd)
     try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+        with _reader(fd) as src, open(out_fd, "wb", READ_LINE) as out:
+            eol = _eol(src)
+            for field, value in fields:
+                out.write(field_line(field, value, eol))
+            mark = prefix.encode("ascii")
+            for line, found in _header(src):
+                if found in wanted:
+                    out.write(mark)
+                out.write(line)
+            shutil.copyfileobj(src, out, 1 << 20)
+            out.flush()
+            own = os.fstat(out.fileno())
+            if (own.st_uid, own.st_gid) != (st.st_uid, st.st_gid):
+                os.fchown(out.fileno(), st.st_uid, st.st_gid)
+            os.fchmod(out.fileno(), stat.S_IMODE(st.st_mode))
+            os.fsync(out.fileno())
+        os.rename(tmp, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp, dir_fd=dir_fd)
+        raise
+    os.fsync(dir_fd)  # rename(2) is atomic, but only fsync of the directory persists it
+
+
+def _create_temp(dir_fd: int) -> tuple[int, str]:
+    """A new file, 0600, in the directory open on ``dir_fd`` (as mkstemp, by descriptor):
+    (its descriptor, its name)."""
+    while True:
+        name = f".avtool-{secrets.token_hex(8)}.tmp"
+        try:
+            return os.open(name, CREATE_NOFOLLOW, 0o600, dir_fd=dir_fd), name
+        except FileExistsError:
+            continue

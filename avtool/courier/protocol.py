@@ -3,8 +3,8 @@
 Courier writes, on a fresh connection per message, the data file path + ``\\n``, one or more
 control file paths each + ``\\n``, then an empty line; the filter answers with an SMTP-style
 reply and closes (courierfilter(8), "MAIL FILTER IMPLEMENTATION"; docs/notes/courier.md section 3).
-Nothing here touches a socket; ``check_paths`` and ``open_data`` touch the file system only
-with ``lstat`` and a no-follow ``open``.
+Nothing here touches a socket or the file system: checking the paths and opening the files
+they name is spool.py's.
 
 Which failures are 5xx and which 4xx. A 5xx reply makes Courier refuse the message for good,
 so it is kept for requests that can never work: bytes or path shapes that Courier itself never
@@ -18,11 +18,7 @@ likely a wrong setting, which must not bounce every message) and a relative path
 
 from __future__ import annotations
 
-import errno
-import os
-import posixpath
 import re
-import stat
 from dataclasses import dataclass
 
 from avtool.errors import AvtoolError
@@ -270,106 +266,3 @@ def parse_request(raw: bytes, **limits: int) -> Request:
     if reader.remainder:
         raise malformed("data after the blank line")
     return request
-
-
-def check_paths(request: Request, spool_dir: str) -> None:
-    """Check every path of ``request`` without following a symlink or opening anything: each
-    must be absolute and normalised (no ``.``, ``..``, ``//`` or trailing ``/``), below
-    ``spool_dir``, not named twice, and (``lstat``) a regular file below real directories.
-    Raises ProtocolError with a 5xx or 4xx reply (module docstring)."""
-    spool = posixpath.normpath(spool_dir)
-    if not spool.startswith("/"):
-        raise ValueError(f"spool_dir must be absolute, not {spool_dir!r}")
-    paths = (request.data_path, *request.control_paths)
-    for path in paths:
-        _check_form(path, spool)
-    if len(set(paths)) != len(paths):
-        raise malformed("the same file named twice")
-    seen: set[str] = set()  # directories checked: data and control files share theirs
-    for path in paths:
-        _check_file(path, spool, seen)
-
-
-def _check_form(path: str, spool: str) -> None:
-    if not path.startswith("/"):
-        raise transient("relative path", f": {path!r}")
-    if posixpath.normpath(path) != path or path.startswith("//"):
-        raise malformed("path not normalised", f": {path!r}")
-    if not path.startswith(spool.rstrip("/") + "/"):
-        raise transient("path outside the spool directory", f": {path!r} (not below {spool})")
-
-
-def _check_file(path: str, spool: str, seen: set[str]) -> None:
-    # Directories between the spool and the file must be real directories: a symlinked
-    # tmp/NNN would let lstat of the last part look fine while pointing anywhere.
-    parts = path[len(spool.rstrip("/")) + 1 :].split("/")
-    current = spool
-    for part in parts[:-1]:
-        current = posixpath.join(current, part)
-        if current in seen:
-            continue
-        if not stat.S_ISDIR(_lstat(current).st_mode):
-            raise malformed("a directory in the path is not a directory", f": {current!r}")
-        seen.add(current)
-    mode = _lstat(path).st_mode
-    if not stat.S_ISREG(mode):
-        raise malformed(f"not a regular file ({_kind(mode)})", f": {path!r}")
-
-
-def _lstat(path: str) -> os.stat_result:
-    try:
-        return os.lstat(path)
-    except (FileNotFoundError, NotADirectoryError):
-        raise transient("file vanished", f": {path!r}") from None
-    except OSError as e:
-        raise transient(f"cannot stat a file ({e.strerror})", f": {path!r}") from None
-
-
-def _kind(mode: int) -> str:
-    for test, name in (
-        (stat.S_ISLNK, "symlink"),
-        (stat.S_ISDIR, "directory"),
-        (stat.S_ISFIFO, "fifo"),
-        (stat.S_ISSOCK, "socket"),
-        (stat.S_ISCHR, "character device"),
-        (stat.S_ISBLK, "block device"),
-    ):
-        if test(mode):
-            return name
-    return "unknown type"  # pragma: no cover - every Linux file type is listed above
-
-
-def open_data(path: str) -> int:
-    """Open the data file read-only for the scan and return the descriptor (the caller closes
-    it); see open_message."""
-    return open_message(path)[0]
-
-
-def open_message(path: str) -> tuple[int, int]:
-    """Open the data file read-only for the scan: (descriptor, size); the caller closes it.
-    ``lstat`` first, so that a device is never opened (opening one can have effects); then
-    ``O_NOFOLLOW`` (a symlink swapped in meanwhile fails with ELOOP), ``O_NONBLOCK`` (a fifo
-    swapped in does not block the open) and an ``fstat`` check on what was really opened.
-    Raises ProtocolError: 5xx for a file of the wrong kind, 4xx for a vanished/unreadable one.
-    """
-    mode = _lstat(path).st_mode
-    if not stat.S_ISREG(mode):
-        raise malformed(f"not a regular file ({_kind(mode)})", f": {path!r}")
-    flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC
-    try:
-        fd = os.open(path, flags)
-    except FileNotFoundError:
-        raise transient("file vanished", f": {path!r}") from None
-    except OSError as e:
-        if e.errno == errno.ELOOP:
-            raise malformed("not a regular file (symlink)", f": {path!r}") from None
-        raise transient(f"cannot open the message ({e.strerror})", f": {path!r}") from None
-    try:
-        st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode):
-            raise malformed(f"not a regular file ({_kind(st.st_mode)})", f": {path!r}")
-        os.set_blocking(fd, True)  # a regular file ignores it, but clamd gets a plain fd
-    except BaseException:
-        os.close(fd)
-        raise
-    return fd, st.st_size

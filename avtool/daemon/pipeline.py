@@ -7,45 +7,51 @@ and every failure that is not a decision of the admin is a 4xx, so Courier keeps
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
 import re
 import shutil
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 from avtool import logs
 from avtool.config import Config
 from avtool.config import keys as K
-from avtool.courier import control, message, protocol, unscannable
+from avtool.courier import control, message, protocol, spool, unscannable
 from avtool.courier.control import Envelope
 from avtool.courier.protocol import Reply, Request
+from avtool.courier.spool import DataFile
 from avtool.daemon import policy
 from avtool.engine import Engine, secondlook
 from avtool.engine.verdict import Clean, Infected, Unchecked, Verdict
 from avtool.errors import AvtoolError
+from avtool.safedir import CREATE_NOFOLLOW
 
 log = logging.getLogger("avtool")
 
 
 class Prepared:
-    """A message ready for its scan: the data file open on ``fd`` (read-only, no symlink)."""
+    """A message ready for its scan: the data file open on ``fd`` (read-only, no symlink) and
+    its directory (spool.DataFile), kept open until the message is complete: the scan, the
+    header peek, the rewrite and the quarantine copy all use them, never the path again."""
 
-    __slots__ = ("request", "envelope", "fd", "size", "scan_ms")
+    __slots__ = ("request", "envelope", "data", "fd", "size", "scan_ms")
 
-    def __init__(self, request: Request, envelope: Envelope, fd: int, size: int) -> None:
+    def __init__(self, request: Request, envelope: Envelope, data: DataFile) -> None:
         self.request = request
         self.envelope = envelope
-        self.fd = fd
-        self.size = size
+        self.data = data
+        self.fd = data.fd
+        self.size = data.size
         self.scan_ms = 0.0
 
     def close(self) -> None:
-        if self.fd >= 0:
-            os.close(self.fd)
-            self.fd = -1
+        self.fd = -1
+        self.data.close()
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,7 +100,6 @@ class Pipeline:
         if isinstance(prepared, Outcome):
             return prepared
         if isinstance(prepared, Judged):  # exempt, with forged X-Virus-* fields to rename
-            prepared.prepared.close()
             return self.complete(prepared, dry_run)
         try:
             started = time.monotonic()
@@ -102,8 +107,9 @@ class Pipeline:
             verdict = self.look_again(prepared, verdict, deadline)
             prepared.scan_ms = (time.monotonic() - started) * 1000
             judged = self.judge(prepared, verdict)
-        finally:
+        except BaseException:
             prepared.close()
+            raise
         return self.complete(judged, dry_run)
 
     # The steps, for the daemon's event loop (loop.py), which scans in between without
@@ -112,9 +118,9 @@ class Pipeline:
         """Paths, envelope, exemptions, the open data file: an Outcome when the message needs
         no scan (exempt, or a bad request), a Judged when it needs none but its header needs
         work (exempt with X-Virus-* fields to rename), else the Prepared message. The caller
-        closes what is Prepared (a Judged's too)."""
+        closes what is Prepared (complete() closes a Judged's)."""
         try:
-            protocol.check_paths(request, self.cfg[K.SPOOL_DIR])
+            spool.check_paths(request, self.cfg[K.SPOOL_DIR])
             envelope = control.read_envelope(request.control_paths)
         except (protocol.ProtocolError, control.ControlError) as e:
             return Outcome(e.reply, None, None, None, 0, 0.0)
@@ -124,17 +130,17 @@ class Pipeline:
             return Outcome(Reply(200, "Ok"), policy.exempt(reason), envelope, None, 0, 0.0)
 
         try:
-            fd, size = protocol.open_message(request.data_path)
+            data = spool.open_spooled(request.data_path, self.cfg[K.SPOOL_DIR])
         except protocol.ProtocolError as e:
             return Outcome(e.reply, None, envelope, None, 0, 0.0)
-        prepared = Prepared(request, envelope, fd, size)
+        prepared = Prepared(request, envelope, data)
         if reason is None:
             return prepared
         # Exempt, but a forged X-Virus-Status: Clean must not reach a recipe that trusts it.
         decision = policy.exempt(reason)
         try:
-            quick = message.quick_header(os.pread(fd, message.READ_LINE, 0), size)
-            if message.has_fields(request.data_path, policy.RENAMED, quick=quick):
+            quick = message.quick_header(os.pread(data.fd, message.READ_LINE, 0), data.size)
+            if message.has_fields_in(data.fd, policy.RENAMED, quick=quick):
                 return Judged(prepared, None, decision, True)
         except BaseException:
             prepared.close()
@@ -168,28 +174,31 @@ class Pipeline:
             unseen = unscannable.find(prepared.fd, prepared.size, head)
             if unseen is not None:  # clamd said OK without looking (courier/unscannable.py)
                 verdict = Unchecked(unseen, verdict.backend)
-        request = prepared.request
         decision = policy.decide(verdict, prepared.envelope, self.cfg)
         rewrite = False
         kept = decision.action not in ("quarantine", "drop") or bool(decision.keep)
         if decision.code < 400 and kept:  # somebody gets this copy: header work?
             rewrite = bool(decision.headers) or (
                 self.cfg[K.HEADER_RENAME]
-                and message.has_fields(request.data_path, policy.RENAMED, quick=quick)
+                and message.has_fields_in(prepared.fd, policy.RENAMED, quick=quick)
             )
         return Judged(prepared, verdict, decision, rewrite)
 
     def complete(self, judged: Judged, dry_run: bool) -> Outcome:
-        """Carry the decision out (quarantine, drop marks, header fields) and say the reply."""
+        """Carry the decision out (quarantine, drop marks, header fields) and say the reply;
+        the message's files are closed after, whatever happens."""
         p, verdict, decision = judged.prepared, judged.verdict, judged.decision
         if dry_run:
+            p.close()
             return Outcome(Reply(200, "Ok"), decision, p.envelope, verdict, p.size, p.scan_ms)
         try:
-            self._apply(decision, p.request, p.envelope, verdict, judged.rewrite)
+            self._apply(decision, p, verdict, judged.rewrite)
         except (OSError, AvtoolError) as e:
             log.error("cannot %s %s: %s", decision.action, p.request.data_path, e)
             reply = Reply(432, f"4.3.0 avtool could not {decision.action} the message")
             return Outcome(reply, decision, p.envelope, verdict, p.size, p.scan_ms)
+        finally:
+            p.close()
         return Outcome(
             Reply(decision.code, decision.text), decision, p.envelope, verdict, p.size, p.scan_ms
         )
@@ -200,31 +209,27 @@ class Pipeline:
         return Outcome(reply, None, None, None, 0, 0.0)
 
     def _apply(
-        self,
-        decision: policy.Decision,
-        request: Request,
-        envelope: Envelope,
-        verdict: Verdict | None,
-        rewrite: bool,
+        self, decision: policy.Decision, p: Prepared, verdict: Verdict | None, rewrite: bool
     ) -> None:
+        envelope = p.envelope
         if decision.action == "quarantine":
-            self._quarantine(request, envelope, verdict, decision)
+            self._quarantine(p, verdict, decision)
         if decision.action in ("quarantine", "drop") and decision.drop:
             verb = "dropped" if decision.action == "drop" else "quarantined"
             note = f"{verb} by {self.name}: {decision.reason}"
-            control.mark_delivered(envelope, decision.drop, note, time.time())
+            within = (os.path.dirname(p.request.data_path), p.data.dir_fd)
+            control.mark_delivered(envelope, decision.drop, note, time.time(), within=within)
         if rewrite:
             rename = list(policy.RENAMED) if self.cfg[K.HEADER_RENAME] else []
-            message.rewrite_headers(request.data_path, list(decision.headers), rename)
+            data = p.data
+            message.rewrite_headers_in(
+                data.fd, data.dir_fd, data.name, list(decision.headers), rename
+            )
 
-    def _quarantine(
-        self,
-        request: Request,
-        envelope: Envelope,
-        verdict: Verdict | None,
-        decision: policy.Decision,
-    ) -> None:
-        """Keep data file, control files and verdict in a 0700 dir of 0600 files."""
+    def _quarantine(self, p: Prepared, verdict: Verdict | None, decision: policy.Decision) -> None:
+        """Keep data file (from its open descriptor), control files and verdict in a 0700
+        dir of 0600 files."""
+        request, envelope = p.request, p.envelope
         root = Path(self.cfg[K.QUARANTINE_DIR])
         if not root.is_dir():
             _private_dirs(root)
@@ -234,9 +239,10 @@ class Pipeline:
         os.mkdir(target, 0o700)
         os.chmod(target, 0o700)  # whatever the umask: 0700 even under umask 0277
         try:
-            _copy_private(request.data_path, target / "data")
+            _copy_fd(p.fd, target / "data")
             for i, path in enumerate(request.control_paths):
-                _copy_private(path, target / f"control.{i}")
+                with _closing(spool.open_beside(p.data, request.data_path, path)) as fd:
+                    _copy_fd(fd, target / f"control.{i}")
             info = {
                 "verdict": type(verdict).__name__ if verdict is not None else None,
                 "names": list(decision.names),
@@ -316,7 +322,7 @@ def _private_dirs(path: Path) -> None:
 
 def _create_private(path: Path) -> int:
     """A new file, 0600 whatever the umask, never through a symlink."""
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    fd = os.open(path, CREATE_NOFOLLOW, 0o600)
     try:
         os.fchmod(fd, 0o600)
     except BaseException:
@@ -326,14 +332,29 @@ def _create_private(path: Path) -> int:
 
 
 def _copy_private(src: str, dst: Path) -> None:
-    """Copy a spool file: opened as the scan opens it (no symlink, regular files only), so a
-    link swapped in since the checks cannot make us copy a file from outside the spool. Both
-    descriptors are closed whatever fails (a full disk once leaked the source's: one
-    descriptor per message, until the filter had none left)."""
-    with (
-        os.fdopen(protocol.open_data(src), "rb") as data,
-        os.fdopen(_create_private(dst), "wb") as out,
-    ):
-        shutil.copyfileobj(data, out, 1 << 20)
+    """Copy a spool file opened as the scan opens it (no symlink, regular files only), so a
+    link swapped in since the checks cannot make us copy a file from outside the spool."""
+    with _closing(spool.open_data(src)) as fd:
+        _copy_fd(fd, dst)
+
+
+@contextlib.contextmanager
+def _closing(fd: int) -> Iterator[int]:
+    try:
+        yield fd
+    finally:
+        os.close(fd)
+
+
+def _copy_fd(src: int, dst: Path) -> None:
+    """Copy the file open on ``src`` (the data file: the descriptor the scan used; pread, as
+    its offset is clamd's too, message._At) into a new private file: what was scanned,
+    whatever the path names by now. ``src`` stays the caller's to close (_closing: a full disk
+    once leaked it, one descriptor per message until the filter had none left)."""
+    with os.fdopen(_create_private(dst), "wb") as out:
+        offset = 0
+        while chunk := os.pread(src, 1 << 20, offset):
+            out.write(chunk)
+            offset += len(chunk)
         out.flush()
         os.fsync(out.fileno())

@@ -10,29 +10,42 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from typing import TYPE_CHECKING
+from pathlib import Path
+from typing import TYPE_CHECKING, Protocol
 
 from avtool import logs
 from avtool.config import Config
 from avtool.config import keys as K
 from avtool.control.fifo import Answer
+from avtool.daemon.options import Options
 from avtool.daemon.pipeline import Pipeline
+from avtool.daemon.stats import Stats
 from avtool.engine import Engine
 from avtool.engine.clamdconf import conf_for, disk_db_version, running_clamd_confs
 from avtool.errors import ConfigError, EngineError
 
 if TYPE_CHECKING:
-    from avtool.daemon.server import FilterServer
     from avtool.engine import Backend
 
 log = logging.getLogger("avtool")
 SETTLE_S = 1.0  # no version to watch: clamd swaps a small DB in ~50 ms (docs/notes/clamav.md §2)
 
 
+class Daemon(Protocol):
+    """What a reload reads and swaps: server.FilterServer is one."""
+
+    cfg: Config
+    pipeline: Pipeline  # swapped whole: a message keeps the one it began with
+    options: Options
+    stats: Stats
+    pipe: Path  # where the answers go (ipc.Answer)
+    socket_path: Path | None
+
+
 class Reloader:
     """A thread that carries out reload and stats requests, one at a time, off the main thread."""
 
-    def __init__(self, server: FilterServer) -> None:
+    def __init__(self, server: Daemon) -> None:
         self.server = server
         self.event = threading.Event()
         self.want_config = False

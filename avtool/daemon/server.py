@@ -7,10 +7,13 @@ connections first (shutdown; the socket file stays, so Courier answers 432 and n
 through unfiltered) -> drain messages in flight within serve.drain_timeout -> remove pid file
 (and, with --debug only, the socket) -> exit 0.
 
-Concurrency: one event loop (loop.py) accepts, reads requests, scans by FILDES over kept-open
-clamd sessions and answers, without a thread per connection; worker threads take what blocks
-(completing a quarantine, a drop or header fields; every message when a clamd is reached over
-TCP). ``serve.max_scans`` bounds the scans, ``serve.read_timeout`` a request.
+Concurrency: one event loop (loop.py, on intake.py) accepts, reads requests, scans by FILDES
+over kept-open clamd sessions and answers, without a thread per connection; worker threads
+(workers.py, a bounded queue) take what blocks (completing a quarantine, a drop or header
+fields; every message when a clamd is reached over TCP). ``serve.max_scans`` bounds the scans
+of both (slots.py), ``serve.read_timeout`` a request. This module wires them: the loop gets
+the listener, this server as the source of the current pipeline (a reload swaps it), the
+stats, the slots, its limits and the wake pipe, and knows nothing else of the server.
 
 Signal handlers only set flags and wake the main thread: SIGHUP reloads config and virus DB,
 SIGUSR1 the config, SIGUSR2 the virus DB, SIGURG asks for the counters (ignored by default, so
@@ -27,8 +30,6 @@ import signal
 import socket
 import stat
 import threading
-import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
 
@@ -37,11 +38,11 @@ from avtool.config import keys as K
 from avtool.control.fifo import DEBUG_PIPE
 from avtool.control.pidfile import PidFile
 from avtool.control.wire import RELOAD_SIGNALS, STATS_SIGNAL
-from avtool.courier import protocol
-from avtool.courier.protocol import Reply, Request
 from avtool.daemon.loop import Loop
+from avtool.daemon.options import Options
 from avtool.daemon.pipeline import Pipeline
 from avtool.daemon.reload import Reloader
+from avtool.daemon.slots import Slots, scan_slots
 from avtool.daemon.stats import Stats
 from avtool.engine import Engine
 from avtool.errors import UsageError
@@ -49,18 +50,6 @@ from avtool.errors import UsageError
 log = logging.getLogger("avtool")
 COURIERFILTER_FD = 3
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGQUIT, signal.SIGINT)
-
-
-@dataclass
-class Options:
-    """How the daemon was started; kept so that a config reload resolves the same way."""
-
-    name: str = "avtool"
-    debug: bool = False
-    fd3: bool = False  # was fd 3 open when the process started (courierfilter's pipe)?
-    socket_dir: Path | None = None
-    config_path: Path | None = None
-    overrides: dict[str, str] = field(default_factory=dict)
 
 
 def fd3_open() -> bool:
@@ -80,9 +69,8 @@ class FilterServer:
         self.options = options
         self.stats = Stats()
         self.pipeline = Pipeline(cfg, Engine.from_config(cfg), name=options.name)
-        scans = cfg[K.MAX_SCANS] or 2 * (os.cpu_count() or 1)
-        self.slots = threading.BoundedSemaphore(scans)
-        self.readers = cfg[K.MAX_CONNECTIONS] or max(16, 4 * scans)
+        self.slots = Slots(scan_slots(cfg))  # one limiter for the loop and the workers
+        self.readers = cfg[K.MAX_CONNECTIONS] or max(16, 4 * self.slots.size)
         self.pid_file = None if options.debug else PidFile(Path(cfg[K.PID_FILE]))
         self.pipe = Path(DEBUG_PIPE) if options.debug else Path(cfg[K.PIPE])
         self.reloader = Reloader(self)
@@ -118,7 +106,15 @@ class FilterServer:
         try:
             self.listener = self._bind()
             self._install_signals()
-            self.loop = Loop(self, self.listener)  # workers start here, the loop in run()
+            self.loop = Loop(  # workers start here, the loop in run()
+                self.listener,
+                self,
+                self.stats,
+                self.slots,
+                readers=self.readers,
+                wake=(self.wake_r, self.wake_w),
+                stopping=self.stopping,
+            )
             self.reloader.start()
         except BaseException:
             self._release()  # nothing of a failed start stays behind (its socket refuses)
@@ -213,33 +209,6 @@ class FilterServer:
         for fd in (self.wake_r, self.wake_w):
             with contextlib.suppress(OSError):
                 os.close(fd)
-
-    def answer(self, conn: socket.socket, request: Request, deadline: float) -> None:
-        """The whole message the blocking way, in a worker thread: a scan slot, the
-        pipeline, the reply (the caller closes ``conn``)."""
-        try:
-            reply = self._scan_in_slot(request, deadline)
-        except Exception:  # noqa: BLE001 - Courier must get an answer: a bug defers the mail
-            log.exception("internal error on %s", request.data_path)
-            reply = Reply(432, "4.3.0 avtool internal error")
-        try:
-            conn.settimeout(10.0)
-            conn.sendall(protocol.format_reply(reply))
-        except OSError as e:
-            log.warning("could not reply to Courier: %s", e)
-
-    def _scan_in_slot(self, request: Request, deadline: float) -> Reply:
-        """Wait for a scan slot and scan, all within the message deadline; past it, 432."""
-        if not self.slots.acquire(timeout=max(0.0, deadline - time.monotonic())):
-            self.stats.count_timeout()
-            log.warning("no scan slot within serve.message_timeout: %s", request.data_path)
-            return Reply(432, "4.3.2 Virus scanner busy, try again later")
-        try:
-            outcome = self.pipeline.handle(request, deadline)
-        finally:
-            self.slots.release()
-        self.stats.record(outcome)
-        return outcome.reply
 
 
 def _watchable(fd: int) -> bool:

@@ -29,7 +29,7 @@ FILTER = r'''#!/usr/bin/python3
 import json, os, select, socket, sys, time, traceback
 
 sys.path.insert(0, "__LIB__")
-from avtool.courier import control, message, protocol
+from avtool.courier import control, message, protocol, spool
 
 NAME = os.path.basename(sys.argv[0])  # the socket name must be the filter's name
 DIRS = ("/var/lib/courier/allfilters", "/var/lib/courier/filters")
@@ -40,7 +40,7 @@ def log(**fields):
 
 
 def action_of(path):
-    with os.fdopen(protocol.open_data(path), "rb") as f:
+    with os.fdopen(spool.open_data(path), "rb") as f:
         for line in f:
             if line in (b"\n", b"\r\n"):
                 break
@@ -55,7 +55,7 @@ def serve(conn):
     while request is None:
         chunk = conn.recv(65536)
         request = reader.feed(chunk) if chunk else reader.finish()
-    protocol.check_paths(request, "/var/lib/courier/tmp")
+    spool.check_paths(request, "/var/lib/courier/tmp")
     env = control.read_envelope(request.control_paths)
     action = action_of(request.data_path)
     # courierlogger cuts a line at about 510 bytes: one log line per control record

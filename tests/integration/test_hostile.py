@@ -557,7 +557,11 @@ def test_out_of_descriptors_the_loop_pauses_instead_of_spinning(clamd_server: An
         assert 1 <= errors <= 5, errors  # one per pause of 0.5 s, not one per wake
         for s in idle:
             s.close()
-        # The idle ones are gone (EOF): their descriptors are free, and mail flows again.
+        # The idle ones are gone (EOF): their descriptors are freed as the loop sees it. Wait
+        # for that: sent at once, the message races the last of them for the descriptors.
+        until = time.monotonic() + 10
+        while len(os.listdir(f"/proc/{d.proc.pid}/fd")) > open_fds and time.monotonic() < until:
+            time.sleep(0.05)
         data, ctls = d.spool.message(mail())
         assert d.filter(data, ctls) == "200 Ok\n"
     finally:

@@ -17,7 +17,6 @@ import subprocess
 import sys
 import tempfile
 import time
-import types
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -123,7 +122,7 @@ def test_a_drop_mark_that_fails_defers(
     monkeypatch.setattr(
         control,
         "_open",
-        fail_with(errno.EROFS, lambda path, flags: bool(flags & os.O_RDWR))(control._open),
+        fail_with(errno.EROFS, lambda path, flags, *_: bool(flags & os.O_RDWR))(control._open),
     )
     before = open_fds()
     outcome, _, ctl, _, ctl_before = run(mail(attachment=EICAR), **{"policy.infected": action})
@@ -153,7 +152,7 @@ def test_a_header_write_that_fails_defers(
     def full(*args: Any, **kwargs: Any) -> Any:
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
-    monkeypatch.setattr(message, "tempfile", types.SimpleNamespace(mkstemp=full))
+    monkeypatch.setattr(message, "_create_temp", full)
     outcome, path, ctl, before, ctl_before = run(data, **values)
     assert outcome.reply.code == 432, outcome.reply
     assert path.read_bytes() == before
@@ -251,13 +250,13 @@ def test_a_quarantine_on_a_full_disk_defers_and_leaks_nothing(clamd_server: Clam
 
 BUGGY = """
 import sys
-from avtool.daemon import policy
+from avtool.daemon import pipeline, policy
 from avtool.cli.app import main
 
 def boom(*args, **kwargs):
     raise RuntimeError("a bug")
 
-policy.{name} = boom
+{name} = boom
 sys.argv[0] = "avtool"
 main(sys.argv[1:])
 """
@@ -270,7 +269,7 @@ def test_a_bug_defers_through_the_loop(clamd_server: ClamdServer, where: str) ->
     workdir = Path(tempfile.mkdtemp(prefix="avb", dir="/tmp"))
     d = start_daemon(config_for(str(clamd_server.unix_socket)), workdir=workdir)
     d.stop()  # only for its files: the spool and the config; now the buggy one
-    cmd = [sys.executable, "-c", BUGGY.format(name=where), "serve"]
+    cmd = [sys.executable, "-c", BUGGY.format(name=f"policy.{where}"), "serve"]
     cmd += ["-f", str(workdir / "avtool.conf"), "--socket-dir", str(workdir / "s"), "--debug"]
     proc, _ = spawn_fd3(cmd, workdir / "buggy.log", cwd=workdir)
     buggy = Daemon(proc, workdir / "s" / "avtool", workdir, workdir / "buggy.log", 0.0)
@@ -282,3 +281,23 @@ def test_a_bug_defers_through_the_loop(clamd_server: ClamdServer, where: str) ->
     finally:
         assert buggy.stop() == 0
     assert "internal error on" in buggy.log()
+
+
+def test_a_log_line_that_fails_still_answers(clamd_server: ClamdServer) -> None:
+    """The log line of a message raises (issue 16): Courier still gets 432, whether the loop
+    answers (a clean message) or a worker does (a forged X-Virus-Status to rename: the header
+    is rewritten in a worker), and the daemon goes on. Before, the worker sent no reply."""
+    workdir = Path(tempfile.mkdtemp(prefix="avb", dir="/tmp"))
+    d = start_daemon(config_for(str(clamd_server.unix_socket)), workdir=workdir)
+    d.stop()  # only for its files: the spool and the config; now the buggy one
+    cmd = [sys.executable, "-c", BUGGY.format(name="pipeline.Pipeline.log"), "serve"]
+    cmd += ["-f", str(workdir / "avtool.conf"), "--socket-dir", str(workdir / "s"), "--debug"]
+    proc, _ = spawn_fd3(cmd, workdir / "buggy.log", cwd=workdir)
+    buggy = Daemon(proc, workdir / "s" / "avtool", workdir, workdir / "buggy.log", 0.0)
+    buggy.spool = d.spool
+    try:
+        for data in (mail(), mail().replace(b"Subject:", FORGED, 1), mail()):
+            reply = buggy.filter(*buggy.spool.message(data))
+            assert reply == "432 4.3.0 avtool internal error\n"
+    finally:
+        assert buggy.stop() == 0

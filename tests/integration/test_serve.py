@@ -413,6 +413,7 @@ def test_a_start_that_fails_after_bind_leaves_nothing_behind(
     removed after a start by hand (--debug), kept under courierfilter (it refuses: 432)."""
     from avtool.config import Config
     from avtool.daemon import server as S
+    from avtool.daemon.options import Options
 
     state = Path(tempfile.mkdtemp(prefix="avf", dir="/tmp"))
     cfg = Config.resolve(
@@ -423,14 +424,14 @@ def test_a_start_that_fails_after_bind_leaves_nothing_behind(
         }
     )
 
-    def broken(*_: object) -> None:
+    def broken(*_: object, **__: object) -> None:
         raise OSError(24, "Too many open files")
 
     monkeypatch.setattr(S, "Loop", broken)
     signals = (signal.SIGHUP, signal.SIGTERM, signal.SIGUSR1, signal.SIGURG)
     before = {s: signal.getsignal(s) for s in signals}
     for debug in (True, False):
-        server = S.FilterServer(cfg, S.Options(debug=debug, socket_dir=state))
+        server = S.FilterServer(cfg, Options(debug=debug, socket_dir=state))
         with pytest.raises(OSError, match="Too many"):
             server.start()
         assert {s: signal.getsignal(s) for s in signals} == before

@@ -13,9 +13,9 @@
   function's length is its body without the docstring, from the first statement to the last line
   (a command's docstring is its ``--help``, and a reason must not cost the lines it excuses).
 
-Today's known exceptions sit in ``KNOWN`` below, each with the owner who removes it. The test
-fails on a violation that is not listed, and on a listed one that no longer occurs: the list only
-shrinks, and the lead empties it after merging the rooms.
+Known exceptions would sit in ``KNOWN`` below, each with the owner who removes it (there are
+none). The test fails on a violation that is not listed, and on a listed one that no longer
+occurs: the list only shrinks.
 """
 
 from __future__ import annotations
@@ -34,12 +34,7 @@ MAX_FUNCTION_LINES = 60
 REASON = re.compile(r"^\s*Long: \S.{9,}", re.M)  # the marker and at least ten characters of why
 
 # The one allow-list: today's violations, each with its owner. Remove a line when it is fixed.
-KNOWN: frozenset[str] = frozenset(
-    {
-        "import cycle: avtool.daemon.loop, avtool.daemon.reload, avtool.daemon.server",  # daemon
-        "module over 450 lines: avtool/daemon/loop.py",  # daemon owner
-    }
-)
+KNOWN: frozenset[str] = frozenset()
 
 
 def module_name(path: Path) -> str:

@@ -11,8 +11,9 @@ import pytest
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
-from avtool.courier import protocol
-from avtool.courier.protocol import ProtocolError, Request, check_paths, open_data
+from avtool.courier import spool as spool_module
+from avtool.courier.protocol import ProtocolError, Request
+from avtool.courier.spool import check_paths, open_data
 
 
 @pytest.fixture
@@ -160,7 +161,7 @@ def test_open_data_refuses_symlinks_and_defers_missing(spool: Path) -> None:
 def _regular_lstat(monkeypatch: pytest.MonkeyPatch, spool: Path) -> None:
     """Make the lstat check see a regular file, as if the path changed right after it."""
     regular = os.lstat(spool / "179554" / "D1442023")
-    monkeypatch.setattr(protocol, "_lstat", lambda path: regular)
+    monkeypatch.setattr(spool_module, "_lstat", lambda *args: regular)
 
 
 def test_a_symlink_swapped_in_after_lstat_fails_on_open(

@@ -238,7 +238,7 @@ def test_the_daemon_s_stats_answer_reads_back_through_the_pipe(
         pipe=pipe, socket_path=tmp_path / "avtool", stats=counts,
         pipeline=SimpleNamespace(engine=engine),
     )  # fmt: skip
-    reloader: Any = Reloader(daemon)  # type: ignore[arg-type]
+    reloader: Any = Reloader(daemon)
     thread = threading.Thread(target=lambda: asked.event.wait(10) and reloader.answer_stats())
     thread.start()
     try:
