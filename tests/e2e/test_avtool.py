@@ -65,18 +65,7 @@ def zipped(payload: bytes) -> bytes:
 @pytest.fixture(scope="module")
 def installed(courier_session: float) -> str:
     """Run README's first command once (with its smoke test) against the harness's Courier."""
-    env = dict(os.environ, AVTOOL_SMOKE_DOMAIN=harness.DOMAIN)
-    done = subprocess.run(
-        ["bash", str(REPO / "share" / "install.sh")],
-        capture_output=True,
-        text=True,
-        timeout=900,
-        env=env,
-        check=False,
-    )
-    output = done.stdout + done.stderr
-    assert done.returncode == 0, output
-    return output
+    return _install(smoke=True)
 
 
 @pytest.fixture
@@ -174,10 +163,13 @@ def test_what_the_readme_says_through_courier_and_debian_s_clamd(
     assert "X-Virus-Status" not in delivered["clean one"]
 
 
-def _install(*args: str, conf: Path) -> str:
-    env = dict(os.environ, AVTOOL_SMOKE_DOMAIN=harness.DOMAIN, AVTOOL_CLAMD_CONF=str(conf))
+def _install(*args: str, conf: Path | None = None, smoke: bool = False) -> str:
+    """share/install.sh with ``args``; ``conf``: the clamd.conf it edits (AVTOOL_CLAMD_CONF)."""
+    env = dict(os.environ, AVTOOL_SMOKE_DOMAIN=harness.DOMAIN)
+    if conf is not None:
+        env["AVTOOL_CLAMD_CONF"] = str(conf)
     done = subprocess.run(
-        ["bash", str(REPO / "share" / "install.sh"), "--no-smoke", *args],
+        ["bash", str(REPO / "share" / "install.sh"), *([] if smoke else ["--no-smoke"]), *args],
         capture_output=True,
         text=True,
         timeout=900,

@@ -50,18 +50,7 @@ def messages(path: str) -> Iterator[Message | Problem]:
                     continue  # moved or deleted by a reader meanwhile: not ours to report
                 if not stat.S_ISREG(st.st_mode):
                     continue
-                key, _, info = entry.name.partition(":")
-                yield Message(
-                    path,
-                    "maildir",
-                    key,
-                    entry.path,
-                    st.st_size,
-                    subdir=sub,
-                    info=info,
-                    dev=st.st_dev,
-                    ino=st.st_ino,
-                )
+                yield _message(path, sub, entry.name, entry.path, st)
 
 
 def folders(path: str) -> Iterator[str]:
@@ -81,6 +70,15 @@ def _is_dir(entry: os.DirEntry[str]) -> bool:
         return False
 
 
+def _message(mailbox: str, sub: str, name: str, path: str, st: os.stat_result) -> Message:
+    """The Message for file ``name`` (key:info) in ``sub`` of ``mailbox``, as ``st`` found it."""
+    key, _, info = name.partition(":")
+    return Message(
+        mailbox, "maildir", key, path, st.st_size, subdir=sub, info=info, dev=st.st_dev,
+        ino=st.st_ino,
+    )  # fmt: skip
+
+
 def relocate(message: Message) -> Message | None:
     """The same message after a reader renamed it (a flag change renames the file in ``cur/``,
     reading moves it from ``new/`` to ``cur/``): found again by its unique name."""
@@ -91,17 +89,7 @@ def relocate(message: Message) -> Message | None:
                     key, _, info = entry.name.partition(":")
                     if key == message.key:
                         st = entry.stat(follow_symlinks=False)
-                        return Message(
-                            message.mailbox,
-                            "maildir",
-                            key,
-                            entry.path,
-                            st.st_size,
-                            subdir=sub,
-                            info=info,
-                            dev=st.st_dev,
-                            ino=st.st_ino,
-                        )
+                        return _message(message.mailbox, sub, entry.name, entry.path, st)
         except OSError:
             continue
     return None
