@@ -19,6 +19,7 @@ import select
 import socket
 import threading
 import time
+from abc import ABC, abstractmethod
 from collections.abc import Callable
 from typing import Any, Protocol
 
@@ -43,7 +44,7 @@ class Source(Protocol):
     def pipeline(self) -> Pipeline: ...
 
 
-class Intake:
+class Intake(ABC):
     """Accepts on ``listener`` and reads requests; ``readers`` worker threads."""
 
     def __init__(
@@ -74,9 +75,9 @@ class Intake:
         """Messages in flight (Loop counts its scans too)."""
         return self.workers.pending
 
+    @abstractmethod
     def _start(self, reader: Reader, request: Request) -> None:
         """Serve the request ``reader`` has read (Loop)."""
-        raise NotImplementedError
 
     def _abort(self, conn: Reader | Conn) -> None:
         """Let go of everything ``conn`` holds, answer 432 and close (after a bug)."""
