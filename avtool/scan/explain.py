@@ -61,6 +61,13 @@ def explain(data: bytes, scan: Scan) -> tuple[Part, ...]:
     return tuple(found)
 
 
+def structure(data: bytes) -> list[tuple[str, str, str | None]]:
+    """(number, content type, file name) of every leaf part of ``data``: the MIME tree that
+    ``quarantine show`` prints, numbered as explain() numbers the parts it names."""
+    message = BytesParser(policy=compat32).parsebytes(data)
+    return [(n, part.get_content_type(), _filename(part)) for n, part in _leaves(message, "")]
+
+
 def _leaves(message: Message, prefix: str) -> Iterator[tuple[str, Message]]:
     """(number, part) for every leaf below ``message``, whose own number is ``prefix`` ("" for
     the whole message). A non-multipart message's body is part 1 (RFC 3501 6.4.5)."""

@@ -1,0 +1,1 @@
+"""The quarantine: entries the filter keeps under ``policy.quarantine_dir`` (issue 17)."""
