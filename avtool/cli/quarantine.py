@@ -20,6 +20,7 @@ from avtool.config import keys as K
 from avtool.errors import UsageError
 from avtool.quarantine import show as show_mod
 from avtool.quarantine.store import Entry, Store, check_id
+from avtool.scan.mailbox.message import printable
 
 COURIER_USER = "courier"
 
@@ -71,7 +72,7 @@ def list_(
 def _row(e: Entry) -> str:
     when = e.received.strftime("%Y-%m-%d %H:%M:%S") if e.received else "-"
     size = str(e.size) if e.size is not None else "-"
-    what = e.error or f"<{show_mod.printable(e.sender or '')}> {' '.join(e.names)}"
+    what = e.error or f"<{printable(e.sender or '')}> {' '.join(e.names)}"
     return f"{e.id:<40} {when:<20} {e.verdict or '-':<9} {size:>8} {what}"
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
-from avtool.quarantine.store import Entry
+from avtool.quarantine.store import Entry, iso
 from avtool.scan.explain import Scan, explain, structure
 from avtool.scan.mailbox.message import printable
 
@@ -18,7 +18,7 @@ HEADER_LIMIT = 1 << 16
 
 def render(entry: Entry, data: bytes, scan: Scan | None) -> Iterator[str]:
     """The lines ``show`` prints for ``entry`` whose message is ``data``."""
-    received = entry.received.isoformat().replace("+00:00", "Z") if entry.received else "-"
+    received = iso(entry.received) or "-"
     yield f"id:         {entry.id}"
     yield f"received:   {received}"
     yield f"origin:     {entry.origin}"
@@ -40,4 +40,3 @@ def render(entry: Entry, data: bytes, scan: Scan | None) -> Iterator[str]:
         name = f' "{filename}"' if filename else ""
         found = f"  <- {' '.join(carriers[number])}" if number in carriers else ""
         yield f"  {number:<8} {ctype}{name}{found}"
-

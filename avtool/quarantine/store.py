@@ -53,10 +53,15 @@ class Entry:
 
     def as_json(self) -> dict[str, Any]:
         out = dataclasses.asdict(self)
-        out["received"] = self.received.isoformat().replace("+00:00", "Z") if self.received else None
+        out["received"] = iso(self.received)
         if self.error is None:
             del out["error"]
         return out
+
+
+def iso(when: datetime.datetime | None) -> str | None:
+    """ISO 8601 in UTC with a "Z", as scripts expect of ``list --json``."""
+    return when.isoformat().replace("+00:00", "Z") if when else None
 
 
 def check_id(ident: str) -> str:
