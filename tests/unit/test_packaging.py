@@ -55,7 +55,7 @@ def test_completions_name_every_command_and_its_options() -> None:
     assert f'compgen -W "{" ".join(names)} ' in bash
     for name in names:
         options = [o for p in group.commands[name].params for o in p.opts if o.startswith("-")]
-        assert options, name
+        assert options or hasattr(group.commands[name], "commands"), name  # a group may have none
         line = re.search(rf"^    {re.escape(name)}\) opts=\"([^\"]*)\"", bash, re.M)
         assert line is not None, f"bash: no case for {name}"
         assert set(options) <= set(line.group(1).split()), name
