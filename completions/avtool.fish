@@ -23,7 +23,7 @@ complete -c avtool -n '__fish_seen_subcommand_from config' -l sample -d 'Print a
 complete -c avtool -n '__fish_seen_subcommand_from config' -l format -x -a 'auto table toml' -d 'auto: a table on a terminal, TOML when piped'
 complete -c avtool -n '__fish_seen_subcommand_from config' -s h -l help -d 'Show the help and exit'
 complete -c avtool -n '__fish_seen_subcommand_from quarantine' -s h -l help -d 'Show the help and exit'
-complete -c avtool -n '__fish_seen_subcommand_from quarantine' -a 'delete list purge show'
+complete -c avtool -n '__fish_seen_subcommand_from quarantine' -a 'delete digest list purge show'
 complete -c avtool -n '__fish_seen_subcommand_from quarantine' -F
 complete -c avtool -n '__fish_seen_subcommand_from run-get-ides' -s D -x -a '' -d 'Run the script as UID/GID (numbers or names)'
 complete -c avtool -n '__fish_seen_subcommand_from run-get-ides' -s t -l timeout -x -a '' -d 'Seconds before the script is killed'

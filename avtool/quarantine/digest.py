@@ -93,9 +93,9 @@ def notice(cfg: Config, entries: list[Entry], stamp: Stamp) -> notices.Notice:
         if e.error:
             lines.append(f"      {notices.clean(e.error)}")
             continue
-        rcpts = ", ".join(f"<{r}>" for r in e.recipients[:5])
+        rcpts = notices.clean(", ".join(f"<{r}>" for r in e.recipients[:5]))
         more = f" and {len(e.recipients) - 5} more" if len(e.recipients) > 5 else ""
-        lines.append(f"      from <{notices.clean(e.sender or '')}> to {notices.clean(rcpts)}{more}")
+        lines.append(f"      from <{notices.clean(e.sender or '')}> to {rcpts}{more}")
         lines.append(f"      {notices.clean(', '.join(e.names) or e.verdict or '-')}")
     if len(entries) > MAX_LISTED:
         lines.append(f"  ... and {len(entries) - MAX_LISTED} more: avtool quarantine list")
@@ -105,4 +105,5 @@ def notice(cfg: Config, entries: list[Entry], stamp: Stamp) -> notices.Notice:
         "entries": "\n".join(lines) + "\n",
         "host": socket.gethostname(),
     }
-    return notices.Notice("digest", tuple(cfg[K.NOTIFY_POSTMASTER]), values)
+    admins: tuple[str, ...] = cfg[K.NOTIFY_POSTMASTER]
+    return notices.Notice("digest", admins, values)

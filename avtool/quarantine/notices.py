@@ -198,7 +198,8 @@ def for_message(
     notify.recipients one to the recipients of a quarantined one; none to the sender.
     ``recipients`` are those the message was kept from."""
     when = when or datetime.datetime.now().astimezone()
-    postmaster = _others(cfg[K.NOTIFY_POSTMASTER], sender)
+    admins: tuple[str, ...] = cfg[K.NOTIFY_POSTMASTER]
+    postmaster = _others(admins, sender)
     values = {
         "id": ident,
         "sender": sender,
@@ -208,7 +209,7 @@ def for_message(
         "host": socket.gethostname(),
         "release": f"avtool quarantine release {ident}",
         "days": str(cfg[K.QUARANTINE_DAYS]),
-        "contact": ", ".join(cfg[K.NOTIFY_POSTMASTER]) or "your postmaster",
+        "contact": ", ".join(admins) or "your postmaster",
     }
     template = "quarantined" if action == "quarantine" else "dropped"
     out = [Notice(template, postmaster, values)] if postmaster else []
