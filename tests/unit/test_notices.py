@@ -60,7 +60,9 @@ def parsed(text: bytes) -> EmailMessage:
     return msg
 
 
-def held(cfg: Config, sender: str = "bad@example.com", rcpts: list[str] | None = None) -> list[Notice]:
+def held(
+    cfg: Config, sender: str = "bad@example.com", rcpts: list[str] | None = None
+) -> list[Notice]:
     rcpts = ["a@example.test", "b@example.test"] if rcpts is None else rcpts
     return notices.for_message(cfg, "quarantine", IDENT, sender, rcpts, ["Eicar-Test-Signature"])
 
@@ -137,7 +139,7 @@ def test_the_admin_replaces_one_template_the_others_stay_shipped(tmp_path: Path)
 def test_a_forged_address_cannot_add_a_header_field() -> None:
     cfg = config()
     (note,) = held(cfg, sender="x@example.com\r\nBcc: victim@example.org\r\nSubject: hi")
-    (tmp := notices.compose(cfg, note))
+    tmp = notices.compose(cfg, note)
     msg = parsed(tmp)
     assert msg["Bcc"] is None and len(msg.get_all("Subject") or []) == 1
     assert b"\nBcc:" not in tmp
