@@ -3,7 +3,7 @@ one way avtool sends mail, Courier's sendmail.
 
 ``send`` is the contract every sender uses (the daemon's notices, ``quarantine digest``,
 ``rescan --notify``): a null envelope sender (``-f ''``: Courier's sendmail logs ``from=<>``;
-``-f '<>'`` is refused with "517 Syntax error", exit 67: tried on Debian 12's courier-mta),
+``-f '<>'`` is refused with "517 Syntax error": docs/notes/courier.md §8),
 the recipients after ``--`` (an address cannot pass for an option), and
 ``Auto-Submitted: auto-generated`` (RFC 3834), ``Precedence: bulk`` and
 ``X-Auto-Response-Suppress: All``, so that no vacation program or bounce answers a notice: with
