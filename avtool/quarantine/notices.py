@@ -215,8 +215,9 @@ def for_message(
     out = [Notice(template, postmaster, values)] if postmaster else []
     if action == "quarantine" and cfg[K.NOTIFY_RECIPIENTS]:
         held = _others(recipients, sender)
-        if held:
-            out.append(Notice("recipient", held, values))
+        if held:  # not the list of recipients: one of them must not learn of a Bcc
+            mine = {k: v for k, v in values.items() if k != "recipients"}
+            out.append(Notice("recipient", held, mine))
     return out
 
 

@@ -88,6 +88,7 @@ def test_recipients_notice_goes_to_recipients_never_to_the_envelope_sender() -> 
     assert rc.template == "recipient" and rc.to == ("a@example.test",)
     msg = parsed(notices.compose(cfg, rc))
     assert msg["To"] == "undisclosed:;"  # one recipient does not learn of the others
+    assert "recipients" not in rc.values  # nor through a template of the admin's
     assert "ask Bad@Example.com, pm@example.test to release it" in msg.get_content()
 
 
