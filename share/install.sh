@@ -228,28 +228,38 @@ check_all() {
 
 install_daily_job() {
   # The Debian package's daily job (share/daily-check, run by debian/'s cron file and systemd
-  # timer) at this install's paths: expiry of the quarantine, its digest, the doctor. The cron
-  # line steps aside where systemd runs, and the timer runs it there.
-  local lib=/usr/local/lib/avtool unit
-  install -d -m 755 "$lib" /usr/local/share/avtool
+  # timer) at this install's paths: expiry of the quarantine, its digest, the doctor. Named
+  # avtool-local, not the package's avtool: /etc/cron.d/avtool is the package's conffile (a file
+  # of ours there makes its install stop at a conffile prompt), and each steps aside once the
+  # package's /usr/lib/avtool/daily-check is installed. The cron line also steps aside where
+  # systemd runs, and the timer runs it there.
+  local lib=/usr/local/lib/avtool share=/usr/local/share/avtool unit
+  install -d -m 755 "$lib" "$share"
   install -m 755 "$here/share/daily-check" "$lib/daily-check"
   # the notice templates (avtool.quarantine.notices.SHIPPED for this install)
-  rm -rf /usr/local/share/avtool/notices.new
-  cp -r "$here/share/notices" /usr/local/share/avtool/notices.new
-  chmod -R a+rX,go-w /usr/local/share/avtool/notices.new
-  rm -rf /usr/local/share/avtool/notices
-  mv /usr/local/share/avtool/notices.new /usr/local/share/avtool/notices
-  sed "s|/usr/lib/avtool/|$lib/|g" "$here/debian/avtool.cron.d" > /etc/cron.d/avtool.new
-  chmod 644 /etc/cron.d/avtool.new && mv /etc/cron.d/avtool.new /etc/cron.d/avtool
+  rm -rf "$share/notices.new"
+  cp -r "$here/share/notices" "$share/notices.new"
+  chmod -R a+rX,go-w "$share/notices.new"
+  rm -rf "$share/notices"
+  mv "$share/notices.new" "$share/notices"
+  cat > /etc/cron.d/avtool-local.new <<EOF
+# avtool (share/install.sh): the daily check of the Courier filter, quarantine expiry and digest
+# ($lib/daily-check). It prints, and cron mails root, only when a step fails.
+# Where systemd runs, avtool-local-daily.timer does it; the Debian package's job replaces it.
+MAILTO=root
+47 6 * * * root [ -d /run/systemd/system ] || [ -x /usr/lib/avtool/daily-check ] || [ ! -x $lib/daily-check ] || $lib/daily-check
+EOF
+  chmod 644 /etc/cron.d/avtool-local.new && mv /etc/cron.d/avtool-local.new /etc/cron.d/avtool-local
   if [[ -d /run/systemd/system ]]; then
     for unit in service timer; do
-      sed "s|/usr/lib/avtool/|$lib/|g" "$here/debian/avtool.avtool-daily.$unit" \
-        > "/etc/systemd/system/avtool-daily.$unit"
+      sed -e "s|/usr/lib/avtool/|$lib/|g" \
+        -e 's|^\[Unit\]$|[Unit]\nConditionPathExists=!/usr/lib/avtool/daily-check|' \
+        "$here/debian/avtool.avtool-daily.$unit" > "/etc/systemd/system/avtool-local-daily.$unit"
     done
     systemctl daemon-reload
-    systemctl enable --now avtool-daily.timer
+    systemctl enable --now avtool-local-daily.timer
   fi
-  say "installed the daily job $lib/daily-check (/etc/cron.d/avtool; a systemd timer where systemd runs)"
+  say "installed the daily job $lib/daily-check (/etc/cron.d/avtool-local; a systemd timer where systemd runs)"
 }
 
 install_packages

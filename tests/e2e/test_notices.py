@@ -47,10 +47,14 @@ def empty_quarantine(avtool: Any) -> Iterator[Any]:  # noqa: F811
 
 
 def test_install_sh_installs_the_daily_job(installed: str) -> None:  # noqa: F811
-    cron = Path("/etc/cron.d/avtool")
+    cron = Path("/etc/cron.d/avtool-local")  # /etc/cron.d/avtool is the package's conffile
     assert stat.S_IMODE(cron.stat().st_mode) == 0o644 and cron.stat().st_uid == 0
     (line,) = [x for x in cron.read_text().splitlines() if x[:1].isdigit()]
-    assert line.endswith(f"root [ -d /run/systemd/system ] || [ ! -x {DAILY} ] || {DAILY}")
+    assert line.endswith(
+        "root [ -d /run/systemd/system ] || [ -x /usr/lib/avtool/daily-check ] || "
+        f"[ ! -x {DAILY} ] || {DAILY}"
+    )
+    assert not Path("/etc/cron.d/avtool").exists()
     assert DAILY.stat().st_uid == 0 and stat.S_IMODE(DAILY.stat().st_mode) == 0o755
     assert "AVTOOL=/usr/local/bin/avtool\n" in DAILY.read_text()
     assert "installed the daily job" in installed
@@ -59,7 +63,7 @@ def test_install_sh_installs_the_daily_job(installed: str) -> None:  # noqa: F81
         p.name for p in (Path(__file__).resolve().parents[2] / "share" / "notices").iterdir()
     )
     if Path("/run/systemd/system").is_dir():
-        assert Path("/etc/systemd/system/avtool-daily.timer").exists()
+        assert Path("/etc/systemd/system/avtool-local-daily.timer").exists()
 
 
 def parsed(path: Path) -> email.message.EmailMessage:
