@@ -233,15 +233,15 @@ install_daily_job() {
   # of ours there makes its install stop at a conffile prompt), and each steps aside once the
   # package's /usr/lib/avtool/daily-check is installed. The cron line also steps aside where
   # systemd runs, and the timer runs it there.
-  local lib=/usr/local/lib/avtool share=/usr/local/share/avtool unit
-  install -d -m 755 "$lib" "$share"
+  local lib=/usr/local/lib/avtool data=/usr/local/share/avtool unit
+  install -d -m 755 "$lib" "$data"
   install -m 755 "$here/share/daily-check" "$lib/daily-check"
   # the notice templates (avtool.quarantine.notices.SHIPPED for this install)
-  rm -rf "$share/notices.new"
-  cp -r "$here/share/notices" "$share/notices.new"
-  chmod -R a+rX,go-w "$share/notices.new"
-  rm -rf "$share/notices"
-  mv "$share/notices.new" "$share/notices"
+  rm -rf "$data/notices.new"
+  cp -r "$here/share/notices" "$data/notices.new"
+  chmod -R a+rX,go-w "$data/notices.new"
+  rm -rf "$data/notices"
+  mv "$data/notices.new" "$data/notices"
   cat > /etc/cron.d/avtool-local.new <<EOF
 # avtool (share/install.sh): the daily check of the Courier filter, quarantine expiry and digest
 # ($lib/daily-check). It prints, and cron mails root, only when a step fails.
