@@ -334,6 +334,16 @@ UPDATE_SENDERS = key(
 )
 
 
+# ---- Courier's sendmail: quarantine release and notices (issue 17) ---------------------------
+SENDMAIL = key(
+    "notify.sendmail",
+    Text(r"/\S*", "must be an absolute path"),
+    "/usr/sbin/sendmail",
+    "Courier's sendmail: quarantine release re-injects through it, notices go out through it",
+    reload="live",
+)
+
+
 # ---- the registry: every key above, in the order `avtool config` and the sample file show ---
 KEYS = table((
     BACKENDS, BALANCE, CONNECT_TIMEOUT, SCAN_TIMEOUT, RETRY_AFTER, TRANSFER, MAX_SIZE, VERBOSITY,
@@ -343,6 +353,7 @@ KEYS = table((
     PATTERNS_DEFER, REJECT_TEXT, UNCHECKED, FAILED, SKIP_AUTHENTICATED, SKIP_RELAY_CLIENTS,
     PASS_RECIPIENTS, QUARANTINE_DIR, HEADER_CLEAN, HEADER_RENAME, JOBS, LOCK_TIMEOUT,
     UPDATE_INTERVAL, UPDATE_SENDERS,
+    SENDMAIL,
 ))  # fmt: skip
 
 
