@@ -8,6 +8,7 @@ touched, not an EACCES half way through.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import pwd
 import sys
@@ -15,6 +16,7 @@ from typing import Annotated
 
 import typer
 
+from avtool import logs
 from avtool.cli.common import ConfigFile, SetOption, load_config
 from avtool.config import keys as K
 from avtool.errors import AvtoolError, UsageError
@@ -124,6 +126,7 @@ def release(
         check_id(ident)
     from avtool.quarantine.release import Releaser
 
+    logs.setup(0, level=logging.ERROR)  # a failing clamd is the release's one line
     _allowed()
     cfg = load_config(config_file, sets, role="daemon")
     worst = 0
