@@ -1,0 +1,144 @@
+"""Issue 17 end to end: held by the filter in a real Courier, released through Courier's own
+sendmail, rescanned by the installer's clamd.
+
+A false positive is made for the test: a signature for a harmless text, added to the
+installer's clamd (beside share/testsigs in /var/lib/clamav) and reloaded; taking it away again
+and reloading is "today's signatures" that no longer flag the message.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import socket
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.e2e import harness
+from tests.e2e.test_avtool import CONF, EICAR, QUARANTINE, SOCKET, _install, attachment_mail
+
+pytestmark = pytest.mark.e2e
+
+AVTOOL = "/usr/local/bin/avtool"  # where share/install.sh links it
+CLAMD = "/var/run/clamav/clamd.ctl"
+SIGS = Path("/var/lib/clamav/avtool-e2e-false-positive.ndb")
+MARKER = b"avtool e2e: an innocent line that today's signatures flag"
+FP_NAME = "Avtool.E2E.FalsePositive"
+FP_SENDER = "fp-origin@example.org"  # not the recipient's: Return-Path must say this one
+
+
+@pytest.fixture(scope="module")
+def installed(courier_session: float) -> None:
+    _install()
+
+
+@pytest.fixture
+def held_by_avtool(courier: None, installed: None) -> Iterator[None]:
+    """The filter on, with policy.infected = "quarantine", and an empty quarantine."""
+    original = CONF.read_text()
+    CONF.write_text('[policy]\ninfected = "quarantine"\n')
+    quarantine("purge", "--older-than", "0")
+    harness.filterctl("start", "avtool", timeout=10)
+    try:
+        yield
+    finally:
+        if SOCKET.exists():
+            harness.filterctl("stop", "avtool", timeout=10)
+        CONF.write_text(original)
+        if SIGS.exists():
+            SIGS.unlink()
+            reload_clamd(flagged=False)
+
+
+def quarantine(*args: str) -> subprocess.CompletedProcess[str]:
+    cmd = [AVTOOL, "quarantine", *args, "-f", str(CONF)]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=120, check=False)
+
+
+def clamd_says(data: bytes) -> str:
+    """clamd's answer for ``data`` (INSTREAM), e.g. ``stream: OK``."""
+    with socket.socket(socket.AF_UNIX) as s:
+        s.settimeout(30)
+        s.connect(CLAMD)
+        s.sendall(b"zINSTREAM\0" + len(data).to_bytes(4, "big") + data + b"\0\0\0\0")
+        return s.recv(4096).rstrip(b"\0").decode()
+
+
+def reload_clamd(*, flagged: bool) -> None:
+    """RELOAD (clamd(8)), then wait until the marker is flagged or no longer is: the reload
+    runs in the background and clamd answers with the old database meanwhile."""
+    with socket.socket(socket.AF_UNIX) as s:
+        s.settimeout(30)
+        s.connect(CLAMD)
+        s.sendall(b"zRELOAD\0")
+        assert s.recv(64).rstrip(b"\0") == b"RELOADING"
+    if not harness.wait_for(lambda: (FP_NAME in clamd_says(MARKER)) == flagged, 60, 0.2):
+        raise AssertionError(f"clamd still says {clamd_says(MARKER)!r} after RELOAD")
+
+
+def add_false_positive() -> None:
+    # .ndb: Name:TargetType:Offset:HexSignature (ClamAV's signatures.md); 0 = any file
+    SIGS.write_text(f"{FP_NAME}:0:*:{MARKER.hex()}\n")
+    SIGS.chmod(0o644)
+    reload_clamd(flagged=True)
+
+
+def listed() -> dict[str, dict[str, Any]]:
+    r = quarantine("list", "--json")
+    assert r.returncode == 0, r.stderr
+    return {row["id"]: row for row in map(json.loads, r.stdout.splitlines())}
+
+
+def test_hold_list_release_purge(held_by_avtool: None) -> None:
+    add_false_positive()
+    code, text = harness.send(attachment_mail(EICAR, "e.com", "a real one"))
+    assert code == 250, text
+    fp_body = (MARKER + b"\n").decode()
+    fp_mail = harness.make_message("a false positive", fp_body, sender=FP_SENDER)
+    code, text = harness.send(fp_mail, sender=FP_SENDER)
+    assert code == 250, text
+    harness.wait_completed(harness.queue_id(text))
+    assert harness.mail_files() == []  # both held, none delivered
+
+    rows = listed()
+    assert len(rows) == 2, rows
+    (eicar,) = [row for row in rows.values() if row["names"][0].startswith("Eicar")]
+    (fp,) = [row for row in rows.values() if row["names"][0].startswith(FP_NAME)]
+    assert eicar["sender"] == harness.ADDRESS and fp["sender"] == FP_SENDER
+    for row in (eicar, fp):
+        assert row["recipients"] == [harness.ADDRESS]
+        assert row["verdict"] == "infected" and row["origin"] == "filter"
+        assert row["received"].endswith("Z") and row["size"] > 0
+
+    mark = harness.log_mark()
+    r = quarantine("release", eicar["id"])
+    assert r.returncode == 1, r.stderr
+    assert "still infected: Eicar" in r.stderr and r.stderr.count("\n") == 1
+    time.sleep(1.0)
+    assert harness.mail_files() == [] and eicar["id"] in listed()
+
+    SIGS.unlink()
+    reload_clamd(flagged=False)
+    r = quarantine("release", fp["id"])
+    assert r.returncode == 0, r.stderr
+    assert r.stdout == f"released {fp['id']} to <{harness.ADDRESS}>\n"
+    (delivered,) = harness.wait_for_mail(1)
+    got = delivered.read_bytes()
+    head = got.split(b"\n\n", 1)[0].decode()
+    # the original envelope sender, as Courier's local delivery records it
+    assert re.findall(r"(?m)^Return-Path: .*$", head) == [f"Return-Path: <{FP_SENDER}>"]
+    assert head.count("Delivered-To:") == 1 and "Subject: a false positive" in head
+    assert re.search(r"(?m)^From: <?fp-origin@example\.org>?$", head), head
+    assert MARKER in got
+    assert list(listed()) == [eicar["id"]]
+    harness.wait_for_log(rf"avtool\S*: quarantine: released {re.escape(fp['id'])} ", mark)
+    # (the notices helper: assert here that the postmaster notice for both arrived)
+
+    r = quarantine("purge", "--older-than", "0")
+    assert r.returncode == 0 and r.stdout == "purged 1 message(s)\n", r.stderr
+    assert listed() == {} and not any(QUARANTINE.iterdir())
