@@ -44,7 +44,7 @@ import subprocess
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from avtool import logs
+from avtool import logs, safedir
 from avtool.config import Config
 from avtool.config import keys as K
 from avtool.courier import unscannable
@@ -185,6 +185,7 @@ def rescan(engine: Engine, fd: int) -> Verdict:
 def reinject(sendmail: str, data: int, sender: str, recipients: Sequence[str], ident: str) -> None:
     """Submit the message open on ``data`` through Courier's sendmail with this envelope;
     UsageError with sendmail's own words when it does not take it."""
+    trusted_program(sendmail, ident)
     os.lseek(data, 0, os.SEEK_SET)
     argv = [sendmail, "-f", sender, "--", *recipients]
     try:
@@ -218,6 +219,39 @@ def reinject(sendmail: str, data: int, sender: str, recipients: Sequence[str], i
             f"{ident}: Courier refused the message ({how}: {said or 'no message'}): "
             "not released (the entry stays)"
         )
+
+
+def trusted_program(path: str, ident: str) -> None:
+    """UsageError unless ``path`` is a program only root (or we) could have put there: root
+    runs it with the held mail, and a config value is not proof of who made the file
+    (design.md, "Privileges"). Its directory passes safedir's rule, the path holds no link
+    that another user could have planted (safedir.open_parent), the file is root's or ours
+    and nobody else may write it."""
+    missing = (
+        f"{ident}: {path}: not found (notify.sendmail; is Courier installed?): "
+        "not released (the entry stays)"
+    )
+    try:
+        dir_fd, name = safedir.open_parent(path)
+    except FileNotFoundError:
+        raise UsageError(missing) from None
+    except (OSError, safedir.Unsafe) as e:
+        raise UsageError(f"{ident}: {path}: {e}: not run, not released") from None
+    try:
+        why = safedir.others_can_write(os.fstat(dir_fd), os.path.dirname(path))
+        st = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+    except FileNotFoundError:
+        raise UsageError(missing) from None
+    finally:
+        os.close(dir_fd)
+    if why is None and not stat.S_ISREG(st.st_mode):
+        why = f"{path} is not a regular file"
+    elif why is None and st.st_uid not in (0, os.geteuid()):
+        why = f"{path} belongs to another user (uid {st.st_uid})"
+    elif why is None and st.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
+        why = f"{path} is writable by others (mode {stat.S_IMODE(st.st_mode):04o})"
+    if why is not None:
+        raise UsageError(f"{ident}: notify.sendmail: {why}: not run, not released")
 
 
 def _remove(store: Store, ident: str, fd: int) -> str | None:

@@ -363,6 +363,23 @@ def test_sendmail_missing(store: Path, conf: Path, tmp_path: Path) -> None:
     assert snapshot(store) == before
 
 
+@pytest.mark.parametrize("writable", ["program", "directory"])
+def test_a_sendmail_others_could_replace_is_not_run(
+    store: Path, conf: Path, sendmail: Path, writable: str
+) -> None:
+    """Root runs notify.sendmail with the held mail: not a program another user could swap."""
+    ident = clean_now(store, plain(store))
+    target = sendmail if writable == "program" else sendmail.parent
+    target.chmod(0o777)  # noqa: S103 - the mistake under test
+    before = snapshot(store)
+    r = avtool(conf, "release", ident)
+    assert r.returncode == 2
+    err = one_line(r.stderr)
+    said = "is writable by others (mode 0777)" if writable == "program" else "by every user"
+    assert f"notify.sendmail: {target}" in err and said in err and "not run, not released" in err
+    assert outbox(sendmail) == [] and snapshot(store) == before
+
+
 @pytest.mark.parametrize("ident", ["20260101T000000-nothere", "../../etc/passwd", "x"])
 def test_unknown_or_malformed_id(conf: Path, sendmail: Path, ident: str) -> None:
     r = avtool(conf, "release", ident)
