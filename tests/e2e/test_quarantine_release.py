@@ -99,18 +99,20 @@ def test_hold_list_release_purge(held_by_avtool: None) -> None:
     code, text = harness.send(attachment_mail(EICAR, "e.com", "a real one"))
     assert code == 250, text
     fp_body = (MARKER + b"\n").decode()
-    fp_mail = harness.make_message("a false positive", fp_body, sender=FP_SENDER)
-    code, text = harness.send(fp_mail, sender=FP_SENDER)
-    assert code == 250, text
-    harness.wait_completed(harness.queue_id(text))
-    assert harness.mail_files() == []  # both held, none delivered
+    for sender, subject in ((FP_SENDER, "a false positive"), ("", "a bounce, say")):
+        fp_mail = harness.make_message(subject, fp_body, sender=FP_SENDER)
+        code, text = harness.send(fp_mail, sender=sender)  # "": MAIL FROM:<>
+        assert code == 250, text
+        harness.wait_completed(harness.queue_id(text))
+    assert harness.mail_files() == []  # all held, none delivered
 
     rows = listed()
-    assert len(rows) == 2, rows
+    assert len(rows) == 3, rows
     (eicar,) = [row for row in rows.values() if row["names"][0].startswith("Eicar")]
-    (fp,) = [row for row in rows.values() if row["names"][0].startswith(FP_NAME)]
-    assert eicar["sender"] == harness.ADDRESS and fp["sender"] == FP_SENDER
-    for row in (eicar, fp):
+    fps = {row["sender"]: row for row in rows.values() if row["names"][0].startswith(FP_NAME)}
+    fp, bounce = fps[FP_SENDER], fps[""]
+    assert eicar["sender"] == harness.ADDRESS
+    for row in (eicar, fp, bounce):
         assert row["recipients"] == [harness.ADDRESS]
         assert row["verdict"] == "infected" and row["origin"] == "filter"
         assert row["received"].endswith("Z") and row["size"] > 0
@@ -124,17 +126,24 @@ def test_hold_list_release_purge(held_by_avtool: None) -> None:
 
     SIGS.unlink()
     reload_clamd(flagged=False)
-    r = quarantine("release", fp["id"])
+    r = quarantine("release", fp["id"], bounce["id"])
     assert r.returncode == 0, r.stderr
-    assert r.stdout == f"released {fp['id']} to <{harness.ADDRESS}>\n"
-    (delivered,) = harness.wait_for_mail(1)
-    got = delivered.read_bytes()
-    head = got.split(b"\n\n", 1)[0].decode()
-    # the original envelope sender, as Courier's local delivery records it
-    assert re.findall(r"(?m)^Return-Path: .*$", head) == [f"Return-Path: <{FP_SENDER}>"]
-    assert head.count("Delivered-To:") == 1 and "Subject: a false positive" in head
-    assert re.search(r"(?m)^From: <?fp-origin@example\.org>?$", head), head
-    assert MARKER in got
+    assert r.stdout == "".join(
+        f"released {row['id']} to <{harness.ADDRESS}>\n" for row in (fp, bounce)
+    )
+    delivered = {}
+    for path in harness.wait_for_mail(2):
+        got = path.read_bytes()
+        head = got.split(b"\n\n", 1)[0].decode()
+        assert MARKER in got and head.count("Delivered-To:") == 1
+        assert re.search(r"(?m)^From: <?fp-origin@example\.org>?$", head), head
+        # the original envelope sender, as Courier's local delivery records it
+        (return_path,) = re.findall(r"(?m)^Return-Path: .*$", head)
+        delivered[re.findall(r"(?m)^Subject: (.*)$", head)[0]] = return_path
+    assert delivered == {
+        "a false positive": f"Return-Path: <{FP_SENDER}>",
+        "a bounce, say": "Return-Path: <>",  # the null sender stays null
+    }
     assert list(listed()) == [eicar["id"]]
     harness.wait_for_log(rf"avtool\S*: quarantine: released {re.escape(fp['id'])} ", mark)
     # (the notices helper: assert here that the postmaster notice for both arrived)
