@@ -130,25 +130,26 @@ class Releaser:
         data = _open_data(ident, fd)
         try:
             verdict = self.scan(data)
-            said = self._judge(ident, verdict)
+            said = printable(self._judge(ident, verdict))
             if origin == "mailbox":
-                where = _put_back(self.store, ident, fd, info)
+                where = printable(_put_back(self.store, ident, fd, info))
             else:
                 sender, rcpts = _envelope(ident, info, self.to)
                 reinject(self.sendmail, data, sender, rcpts, ident)
-                where = ", ".join(f"<{r}>" for r in rcpts)
+                where = printable(", ".join(f"<{r}>" for r in rcpts))
         finally:
             os.close(data)
-        leftover = _remove(self.store, ident, fd)
         forced = not isinstance(verdict, Clean)
-        done = Released(ident, where, said, forced=forced, leftover=leftover)
-        held_from = info.get("sender")
-        text = f"quarantine: released {ident} from=<{printable(str(held_from or ''))}> to={where}"
-        if done.forced:
-            logs.audit(log, logging.WARNING, f"{text} FORCED although {said} (--force)")
-        else:
-            logs.audit(log, logging.INFO, f"{text} rescan={said}")
-        return done
+        held_from = printable(str(info.get("sender") or ""))
+        text = f"quarantine: released {ident} from=<{held_from}> to={where}"
+        text += f" FORCED although {said} (--force)" if forced else f" rescan={said}"
+        try:
+            leftover = _remove(self.store, ident, fd)
+        except UsageError as e:
+            logs.audit(log, logging.ERROR, f"{text}; but: {e}")
+            raise
+        logs.audit(log, logging.WARNING if forced else logging.INFO, text)
+        return Released(ident, where, said, forced=forced, leftover=leftover)
 
     def _judge(self, ident: str, verdict: Verdict) -> str:
         """What the rescan said, in a few words; HeldBack or UsageError unless Clean or forced."""

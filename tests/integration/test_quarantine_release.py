@@ -34,7 +34,8 @@ OTHER_ID = "0000000000ABCDEF.0000000069000001.00005678"
 # Courier's sendmail as a release sees it: exit 0 once the message is queued; on trouble
 # its words on stderr and a sysexits code (75: "450 Service temporarily unavailable.",
 # measured with Courier down). Files beside it steer it: "fail" (exit code and text),
-# "sleep" (seconds before it answers), "spool" (a directory to queue into).
+# "sleep" (seconds before it answers), "spool" (a directory to queue into), "block" (a
+# directory to make).
 STAND_IN = textwrap.dedent(
     """\
     #!/usr/bin/python3
@@ -47,6 +48,8 @@ STAND_IN = textwrap.dedent(
         except FileNotFoundError:
             return None
     message = sys.stdin.buffer.read()
+    if setting("block"):  # a directory in the way of the entry's removal
+        os.makedirs(os.path.join(setting("block"), "x"))
     if setting("sleep"):
         time.sleep(float(setting("sleep")))
     fail = setting("fail")
@@ -412,6 +415,24 @@ def test_a_mailbox_entry_waits_for_put_back(store: Path, conf: Path, sendmail: P
         pytest.skip("put_back has landed: its own tests cover it")
     assert r.returncode == 2 and "cannot release mailbox entries yet" in one_line(r.stderr)
     assert snapshot(store) == before and outbox(sendmail) == []
+
+
+def test_delivered_but_not_removed_is_said_and_never_delivered_again(
+    store: Path, conf: Path, sendmail: Path
+) -> None:
+    ident = clean_now(store, plain(store))
+    (sendmail.parent / "block").write_text(str(store / f".released-{ident}"))
+    r = avtool(conf, "release", ident)
+    assert r.returncode == 2
+    err = one_line(r.stderr)
+    assert f"{ident}: delivered, but the entry could not be removed" in err
+    assert f"a second release of it is refused: delete it (avtool quarantine delete {ident})" in err
+    assert (store / ident / "released").exists() and len(outbox(sendmail)) == 1
+    (sendmail.parent / "block").unlink()
+    again = avtool(conf, "release", ident)
+    assert again.returncode == 2 and "already delivered" in one_line(again.stderr)
+    assert len(outbox(sendmail)) == 1
+    assert avtool(conf, "delete", ident).returncode == 0
 
 
 def test_an_earlier_release_that_could_not_remove_is_not_repeated(
