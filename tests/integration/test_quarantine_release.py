@@ -7,6 +7,7 @@ driven in tests/e2e/test_quarantine_release.py.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import logging
 import os
@@ -409,10 +410,10 @@ def test_a_mailbox_entry_waits_for_put_back(store: Path, conf: Path, sendmail: P
     (store / ident / "verdict.json").write_text(
         json.dumps(dict(info, origin="mailbox", mailbox=mailbox))
     )
+    if importlib.util.find_spec("avtool.quarantine.putback") is not None:
+        pytest.skip("put_back has landed: its own tests cover it")
     before = snapshot(store)
     r = avtool(conf, "release", ident)
-    if Path(__file__).parents[2].joinpath("avtool/quarantine/putback.py").exists():
-        pytest.skip("put_back has landed: its own tests cover it")
     assert r.returncode == 2 and "cannot release mailbox entries yet" in one_line(r.stderr)
     assert snapshot(store) == before and outbox(sendmail) == []
 
