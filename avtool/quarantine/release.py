@@ -17,7 +17,8 @@ The order protects the mail (issue 17, "Concurrency"):
 A failure before 3 completes (clamd down, sendmail refused or missing, a full spool disk)
 leaves the entry as it was. Courier's sendmail, measured (courier-mta 1.0.16, Debian 12):
 ``-f ''`` is the null sender (``Return-Path: <>``), ``-f '<>'`` is refused (517, exit 67); any
-user may set ``-f``; Courier down exits 75 with ``450 Service temporarily unavailable.``;
+user may set ``-f``; Courier unable to take it (authdaemond down) exits 75, saying
+``450 Service temporarily unavailable.`` on stdout and why on stderr;
 recipients after ``--`` are taken as given and the message's To/Cc are not read; a line
 holding a lone ``.`` is kept (it runs as with ``-oi``). It does rewrite the header as every
 local submission: address fields re-formatted (comments dropped, ``<a@b>`` as ``a@b``),
@@ -193,7 +194,9 @@ def reinject(sendmail: str, data: int, sender: str, recipients: Sequence[str], i
         done = subprocess.run(  # noqa: S603 - a fixed program, the envelope as separate words
             argv,
             stdin=data,
-            capture_output=True,
+            # its reply ("450 ...") on stdout, its complaints on stderr: one stream, in order
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
             env={"PATH": "/usr/bin:/bin"},  # no MAILUSER/MAILHOST/NAME: From stays as it is
             cwd="/",
             timeout=SENDMAIL_TIMEOUT,
@@ -213,7 +216,7 @@ def reinject(sendmail: str, data: int, sender: str, recipients: Sequence[str], i
         raise UsageError(f"{ident}: {sendmail}: {e.strerror or e}: not released") from None
     if done.returncode != 0:
         said = " / ".join(
-            printable(line) for line in done.stderr.decode(errors="replace").splitlines()
+            printable(line) for line in done.stdout.decode(errors="replace").splitlines()
         )
         how = f"exit {done.returncode}" if done.returncode > 0 else f"signal {-done.returncode}"
         raise UsageError(

@@ -8,6 +8,7 @@ and reloading is "today's signatures" that no longer flag the message.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 import socket
@@ -26,6 +27,7 @@ pytestmark = pytest.mark.e2e
 
 AVTOOL = "/usr/local/bin/avtool"  # where share/install.sh links it
 CLAMD = "/var/run/clamav/clamd.ctl"
+AUTHDAEMON = "/run/courier/authdaemon/socket"
 SIGS = Path("/var/lib/clamav/avtool-e2e-false-positive.ndb")
 MARKER = b"avtool e2e: an innocent line that today's signatures flag"
 FP_NAME = "Avtool.E2E.FalsePositive"
@@ -88,6 +90,28 @@ def add_false_positive() -> None:
     reload_clamd(flagged=True)
 
 
+def authdaemon_answers() -> bool:
+    with socket.socket(socket.AF_UNIX) as s:
+        try:
+            s.connect(AUTHDAEMON)
+        except OSError:
+            return False
+    return True
+
+
+@contextlib.contextmanager
+def courier_down() -> Iterator[None]:
+    """Courier unable to accept local mail: authdaemond stopped, so submit cannot look the
+    recipient up (measured: sendmail prints 450 Service temporarily unavailable, exits 75)."""
+    subprocess.run(["/usr/sbin/authdaemond", "stop"], check=True, capture_output=True)
+    try:
+        assert harness.wait_for(lambda: not authdaemon_answers(), 15)
+        yield
+    finally:
+        subprocess.run(["/usr/sbin/authdaemond", "start"], check=True, capture_output=True)
+        assert harness.wait_for(authdaemon_answers, 15)
+
+
 def listed() -> dict[str, dict[str, Any]]:
     r = quarantine("list", "--json")
     assert r.returncode == 0, r.stderr
@@ -126,6 +150,12 @@ def test_hold_list_release_purge(held_by_avtool: None) -> None:
 
     SIGS.unlink()
     reload_clamd(flagged=False)
+    with courier_down():  # Courier cannot take it now: the entry stays, nothing delivered
+        r = quarantine("release", fp["id"])
+    assert r.returncode == 2
+    assert "Courier refused the message (exit 75: " in r.stderr and r.stderr.count("\n") == 1
+    assert "450 Service temporarily unavailable." in r.stderr, r.stderr
+    assert fp["id"] in listed() and harness.mail_files() == []
     r = quarantine("release", fp["id"], bounce["id"])
     assert r.returncode == 0, r.stderr
     assert r.stdout == "".join(
