@@ -325,7 +325,9 @@ def test_two_concurrent_releases_deliver_once(store: Path, conf: Path, sendmail:
     assert again.returncode == 2 and "no such quarantine entry" in one_line(again.stderr)
 
 
-def test_delete_waits_for_no_one_during_a_release(store: Path, conf: Path, sendmail: Path) -> None:
+def test_delete_and_purge_leave_an_entry_being_released(
+    store: Path, conf: Path, sendmail: Path
+) -> None:
     """A delete (or purge) does not pull an entry from under a release in progress."""
     ident = clean_now(store, plain(store))
     (sendmail.parent / "sleep").write_text("2")
