@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import sys
+import syslog
 from typing import TextIO
 
 # log.verbosity: 0 errors only, 1 one line per message, 3 debug; 2 is accepted (avfilter's scale
@@ -65,3 +66,23 @@ def line(logger: logging.Logger, level: int, text: str) -> None:
             # As logging.Handler.emit does (handleError): a line that cannot be written (stderr
             # closed or full) is lost, and the message it speaks of is still answered.
             pass
+
+
+# logging levels as syslog(3) priorities, for audit()
+_PRIORITY = {
+    logging.DEBUG: syslog.LOG_DEBUG,
+    logging.INFO: syslog.LOG_INFO,
+    logging.WARNING: syslog.LOG_WARNING,
+    logging.ERROR: syslog.LOG_ERR,
+    logging.CRITICAL: syslog.LOG_CRIT,
+}
+
+
+def audit(logger: logging.Logger, level: int, text: str, *, tag: str = "avtool") -> None:
+    """One line to syslog, facility mail, for what an admin did from a command (a quarantine
+    release, forced or not): a command's stderr is a terminal, not the mail log, and the
+    record must outlive it. Also to ``logger``, as any line. syslog(3) drops the line where
+    no syslog daemon listens (containers: docs/notes/courier.md pitfall 9); it never fails."""
+    logger.log(level, "%s", text)
+    syslog.openlog(tag, syslog.LOG_PID, syslog.LOG_MAIL)
+    syslog.syslog(_PRIORITY.get(level, syslog.LOG_NOTICE), text)

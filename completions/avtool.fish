@@ -2,7 +2,7 @@
 complete -c avtool -f
 complete -c avtool -n 'not __fish_seen_subcommand_from batch-test config quarantine run-get-ides scan serve sig' -a batch-test -d 'Read data and control file names on stdin, as Courier writes them on …'
 complete -c avtool -n 'not __fish_seen_subcommand_from batch-test config quarantine run-get-ides scan serve sig' -a config -d 'Show every key with its value, type, default and source; or check the…'
-complete -c avtool -n 'not __fish_seen_subcommand_from batch-test config quarantine run-get-ides scan serve sig' -a quarantine -d 'List, show, delete and purge the messages the filter quarantined'
+complete -c avtool -n 'not __fish_seen_subcommand_from batch-test config quarantine run-get-ides scan serve sig' -a quarantine -d 'List, show, release, delete and purge the messages the filter quarant…'
 complete -c avtool -n 'not __fish_seen_subcommand_from batch-test config quarantine run-get-ides scan serve sig' -a run-get-ides -d 'Run the update script /usr/local/lib/avtool/get_ides.sh with privileg…'
 complete -c avtool -n 'not __fish_seen_subcommand_from batch-test config quarantine run-get-ides scan serve sig' -a scan -d 'Scan mail files and mailboxes with clamd: which delivered messages ar…'
 complete -c avtool -n 'not __fish_seen_subcommand_from batch-test config quarantine run-get-ides scan serve sig' -a serve -d 'Run the Courier global filter: courierfilter starts it (`filterctl st…'
@@ -23,7 +23,7 @@ complete -c avtool -n '__fish_seen_subcommand_from config' -l sample -d 'Print a
 complete -c avtool -n '__fish_seen_subcommand_from config' -l format -x -a 'auto table toml' -d 'auto: a table on a terminal, TOML when piped'
 complete -c avtool -n '__fish_seen_subcommand_from config' -s h -l help -d 'Show the help and exit'
 complete -c avtool -n '__fish_seen_subcommand_from quarantine' -s h -l help -d 'Show the help and exit'
-complete -c avtool -n '__fish_seen_subcommand_from quarantine' -a 'delete digest list purge show'
+complete -c avtool -n '__fish_seen_subcommand_from quarantine' -a 'delete digest list purge release show'
 complete -c avtool -n '__fish_seen_subcommand_from quarantine' -F
 complete -c avtool -n '__fish_seen_subcommand_from run-get-ides' -s D -x -a '' -d 'Run the script as UID/GID (numbers or names)'
 complete -c avtool -n '__fish_seen_subcommand_from run-get-ides' -s t -l timeout -x -a '' -d 'Seconds before the script is killed'

@@ -1,4 +1,4 @@
-"""``avtool quarantine``: list, show, delete and purge what the filter held (issue 17).
+"""``avtool quarantine``: list, show, release, delete and purge what the filter held (issue 17).
 
 Only root and the filter's user (courier) may: the store is theirs (0700), and a held
 message is mail for somebody else. Anyone else gets one line and exit 2 before the store is
@@ -8,6 +8,7 @@ touched, not an EACCES half way through.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import pwd
 import sys
@@ -15,9 +16,10 @@ from typing import Annotated
 
 import typer
 
+from avtool import logs
 from avtool.cli.common import ConfigFile, SetOption, load_config
 from avtool.config import keys as K
-from avtool.errors import UsageError
+from avtool.errors import AvtoolError, UsageError
 from avtool.quarantine import show as show_mod
 from avtool.quarantine.store import Entry, Store, check_id
 from avtool.scan.mailbox.message import printable
@@ -25,7 +27,7 @@ from avtool.scan.mailbox.message import printable
 COURIER_USER = "courier"
 
 quarantine = typer.Typer(
-    help="List, show, delete and purge the messages the filter quarantined.",
+    help="List, show, release, delete and purge the messages the filter quarantined.",
     no_args_is_help=True,
 )
 Ids = Annotated[list[str], typer.Argument(metavar="ID...", help="Quarantine ids (from list).")]
@@ -99,6 +101,48 @@ def show(
     engine = Engine.from_config(cfg.override(K.TRANSFER, "auto"))
     for line in show_mod.render(entry, data, lambda b: secondlook.scan_bytes(engine, b)):
         typer.echo(line)
+
+
+@quarantine.command("release")
+def release(
+    ids: Ids,
+    to: Annotated[
+        list[str] | None,
+        typer.Option("--to", metavar="ADDR", help="Deliver to ADDR instead (repeatable)."),
+    ] = None,
+    force: Annotated[
+        bool, typer.Option("--force", help="Release even if the rescan still finds a virus.")
+    ] = False,
+    config_file: ConfigFile = None,
+    sets: SetOption = None,
+) -> None:
+    """Scan held messages again and deliver those that are clean now.
+
+    A message the filter held is re-injected through Courier's sendmail with its original
+    envelope sender and recipients (or --to), then removed. Exit 0 all released, 1 some still
+    infected (held back), 2 an error (unknown id, Courier refused, ...): the worst one.
+    """
+    from avtool.quarantine.release import Releaser
+
+    # every outcome is one line of its own here, and the record goes to syslog (logs.audit)
+    logs.setup(0, level=logging.CRITICAL)
+    _allowed()
+    cfg = load_config(config_file, sets, role="daemon")
+    worst = 0
+    with Store(str(cfg[K.QUARANTINE_DIR])) as store:
+        releaser = Releaser.from_config(cfg, store, to=to or (), force=force)
+        for ident in ids:
+            try:
+                done = releaser.release(ident)
+            except AvtoolError as e:
+                typer.echo(f"avtool: {e}", err=True)
+                worst = max(worst, 2 if e.exit_code != 1 else 1)
+                continue
+            how = f" (forced: {done.verdict})" if done.forced else ""
+            typer.echo(f"released {ident} to {done.where}{how}")
+            if done.leftover:
+                typer.echo(f"avtool: {ident}: delivered; remove {done.leftover} by hand", err=True)
+    raise typer.Exit(worst)
 
 
 @quarantine.command("delete")

@@ -272,6 +272,9 @@ class Pipeline:
                 "reason": decision.reason,
                 "sender": envelope.sender,
                 "recipients": [r.address for r in envelope.recipients],
+                # whose delivery the quarantine took (not a pass-recipient's, not one done
+                # before): those a release gives it to (quarantine/release.py)
+                "held": [r.address for r in decision.drop],
                 "message_id": envelope.message_id,
                 "backend": verdict.backend if verdict is not None else None,
                 "time": stamp,

@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import datetime
 import errno
+import fcntl
 import json
 import os
 import re
@@ -33,6 +34,10 @@ _VERDICTS = {"Infected": "infected", "Unchecked": "unchecked", "Clean": "clean",
 
 class NotFound(UsageError):
     """No entry with this id."""
+
+
+class Busy(UsageError):
+    """Another process holds the entry's lock (a release in progress)."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -124,6 +129,29 @@ class Store:
                 raise UsageError(f"{ident}: not a directory (a link?): refused") from None
             raise UsageError(f"{ident}: {e.strerror}") from None
 
+    def open_locked(self, ident: str) -> int:
+        """The entry's directory descriptor, holding its lock: flock(2) on that descriptor,
+        not blocking, so that two releases of one id deliver it once. The lock goes with the
+        descriptor (close it to let go). Checked again once locked: an entry that a holder
+        of the lock removed or renamed meanwhile is NotFound, never acted on twice."""
+        fd = self._open_entry(ident)
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                raise Busy(f"{ident}: being released by another process") from None
+            try:
+                now = os.stat(ident, dir_fd=self.fd, follow_symlinks=False)
+            except FileNotFoundError:
+                now = None
+            held = os.fstat(fd)
+            if now is None or (now.st_dev, now.st_ino) != (held.st_dev, held.st_ino):
+                raise NotFound(f"{ident}: no such quarantine entry (released or deleted meanwhile)")
+        except BaseException:
+            os.close(fd)
+            raise
+        return fd
+
     def entry(self, ident: str) -> Entry:
         """The record for ``ident``; a corrupt entry gives a record with ``error`` set."""
         try:
@@ -148,12 +176,15 @@ class Store:
             os.close(fd)
 
     def delete(self, ident: str) -> None:
-        """Remove the entry; rmtree with a dir fd never follows a link (shutil docs)."""
-        os.close(self._open_entry(ident))
+        """Remove the entry; rmtree with a dir fd never follows a link (shutil docs). Not
+        while a release holds it (open_locked): it may be on its way out already."""
+        fd = self.open_locked(ident)
         try:
             shutil.rmtree(ident, dir_fd=self.fd)
         except OSError as e:
             raise UsageError(f"{ident}: cannot delete: {e.strerror or e}") from None
+        finally:
+            os.close(fd)
 
     def purge(self, older_than_days: float, now: datetime.datetime | None = None) -> list[str]:
         """Delete every entry received more than ``older_than_days`` ago; the ids deleted."""
@@ -162,7 +193,10 @@ class Store:
         gone = []
         for ident in self.ids():
             if _received(ident) <= cutoff:
-                self.delete(ident)
+                try:
+                    self.delete(ident)
+                except (Busy, NotFound):
+                    continue  # being released, or gone meanwhile: not ours to purge
                 gone.append(ident)
         return gone
 
