@@ -27,8 +27,8 @@ from avtool.quarantine.intake import Found, StoreWriter, Taken, take
 from avtool.quarantine.putback import put_back
 from avtool.quarantine.store import Store
 from avtool.scan.mailbox import mbox
-from avtool.scan.mailbox.walk import walk
 from avtool.scan.mailbox.message import Message, Problem
+from avtool.scan.mailbox.walk import walk
 from tests.integration.test_move_attacks import attacker
 from tests.support.dirs import public_dir
 from tests.support.mailboxes import EICAR, mbox_bytes, plain, with_attachment
@@ -37,9 +37,8 @@ pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="root over mailboxes o
 
 NOBODY = pwd.getpwnam("nobody")
 COURIER = pwd.getpwnam("courier")  # the store's owner, as the daemon's user owns it
-VIRUS = (
-    b"Return-Path: <bad@example.net>\nDelivered-To: bob@example.test\n"
-    + with_attachment("virus", "eicar.com", EICAR)
+VIRUS = b"Return-Path: <bad@example.net>\nDelivered-To: bob@example.test\n" + with_attachment(
+    "virus", "eicar.com", EICAR
 )
 NAMES = ("Eicar-Signature",)
 MTIME = 1_700_000_000
