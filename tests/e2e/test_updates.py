@@ -240,9 +240,10 @@ def _write_conf(clamd: ClamdServer, daemon: Daemon, python: Path) -> None:
 
 def _settings(text: str) -> None:
     """/etc/avtool/get_ides.conf with the stub dir first on PATH, and no update run yet (the
-    script's stamp removed: each test starts outside the interval)."""
+    script's stamp removed: each test starts outside the interval). No rescan of the machine's
+    mailboxes unless ``text`` sets RESCAN_COMMAND."""
     CONF.parent.mkdir(parents=True, exist_ok=True)
-    CONF.write_text(f'PATH="{STUB_DIR}:$PATH"\n{text}')
+    CONF.write_text(f'PATH="{STUB_DIR}:$PATH"\nRESCAN_COMMAND=""\n{text}')
     (STATE_DIR / "last").unlink(missing_ok=True)
 
 
