@@ -233,6 +233,7 @@ configure_clamd
 start_clamd
 install_filter
 bash "$here/share/install-updates.sh"   # the update script for run-get-ides (no user yet)
+bash "$here/share/install-rescan.sh"    # the hourly rescan when clamd's signatures change
 start_courier
 enable_filter
 check_all
