@@ -233,9 +233,9 @@ configure_clamd
 start_clamd
 install_filter
 bash "$here/share/install-updates.sh"   # the update script for run-get-ides (no user yet)
-bash "$here/share/install-rescan.sh"    # the hourly rescan when clamd's signatures change
 start_courier
 enable_filter
 check_all
+bash "$here/share/install-rescan.sh"   # the hourly rescan of delivered mail (new signatures)
 if [[ -n $smoke ]]; then smoke_test; fi
 say "done: every message Courier receives by SMTP is now scanned by clamd"
