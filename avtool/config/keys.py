@@ -334,6 +334,30 @@ UPDATE_SENDERS = key(
 )
 
 
+# ---- avtool rescan (retro-scan after signature updates) ---------------------------------------
+RESCAN_ROOTS = key(
+    "rescan.roots",
+    TextList(Text(r"/.*", "must be an absolute path or glob")),
+    (),
+    "mailboxes `avtool rescan` scans (globs); empty: ~/Maildir of every local user (passwd)",
+    reload="live",
+)
+RESCAN_DAYS = key(
+    "rescan.days",
+    Int(0, 36500),
+    14,
+    "`avtool rescan` scans mail delivered within this many days (file time, From_ line); 0: all",
+    reload="live",
+)
+RESCAN_STATE = key(
+    "rescan.state",
+    Text(r"/.*", "must be absolute"),
+    "/var/lib/avtool/rescan.sqlite",
+    "what `avtool rescan` scanned with which signatures, and its findings (SQLite, 0600)",
+    reload="live",
+)
+
+
 # ---- the registry: every key above, in the order `avtool config` and the sample file show ---
 KEYS = table((
     BACKENDS, BALANCE, CONNECT_TIMEOUT, SCAN_TIMEOUT, RETRY_AFTER, TRANSFER, MAX_SIZE, VERBOSITY,
@@ -343,6 +367,7 @@ KEYS = table((
     PATTERNS_DEFER, REJECT_TEXT, UNCHECKED, FAILED, SKIP_AUTHENTICATED, SKIP_RELAY_CLIENTS,
     PASS_RECIPIENTS, QUARANTINE_DIR, HEADER_CLEAN, HEADER_RENAME, JOBS, LOCK_TIMEOUT,
     UPDATE_INTERVAL, UPDATE_SENDERS,
+    RESCAN_ROOTS, RESCAN_DAYS, RESCAN_STATE,
 ))  # fmt: skip
 
 

@@ -21,7 +21,7 @@ import re
 import stat
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from typing import BinaryIO, Literal, Protocol
@@ -144,7 +144,7 @@ def run(
     if list(paths).count(STDIN) > 1:
         raise UsageError("'-' (standard input) can be given once")
     engine = Engine.from_config(cfg)
-    _preflight(engine)
+    preflight(engine)
     jobs = options.jobs or cfg[K.JOBS] or default_jobs(engine)
     dest, exclude = _quarantine(options.move_to)
     with contextlib.ExitStack() as cleanup:
@@ -152,7 +152,7 @@ def run(
             cleanup.callback(dest.close)
         spooled = spool_stdin(stdin) if STDIN in paths and stdin is not None else None
         summary = Summary(jobs=jobs)
-        worker = _Worker(cfg, engine, options, moving=dest is not None)
+        worker = Worker(cfg, engine, options, moving=dest is not None)
         victims: list[tuple[Message, str]] = []
 
         def record(item: Result | Problem) -> None:
@@ -169,7 +169,8 @@ def run(
 
         counter = _Counter(paths, spooled, exclude) if options.count else None
         started = time.monotonic()
-        _scan_all(paths, spooled, exclude, jobs, worker, record, counter, report)
+        items = walk_inputs(paths, stdin=spooled, exclude=exclude)
+        scan_all(items, jobs, worker, record, counter, report)
         summary.seconds = time.monotonic() - started
         if counter is not None:
             counter.stop.set()
@@ -185,18 +186,17 @@ def run(
         return summary
 
 
-def _scan_all(
-    paths: Sequence[str],
-    spooled: OpenFile | None,
-    exclude: set[tuple[int, int]],
+def scan_all(
+    items: Iterable[Message | Problem],
     jobs: int,
-    worker: _Worker,
-    record: _Record,
-    counter: _Counter | None,
-    report: Report,
+    worker: Worker,
+    record: Record,
+    counter: _Counter | None = None,
+    report: Report | None = None,
 ) -> None:
-    """Walk and scan with at most ``2 * jobs`` messages in flight (the walk runs ahead only
-    that far), handing each result to ``record`` as it completes."""
+    """Scan ``items`` (a walk, pulled on this thread) with at most ``2 * jobs`` messages in
+    flight (the walk runs ahead only that far), handing each result and problem to ``record``
+    on this thread as it completes. ``counter`` tells ``report`` the total once it is known."""
     done: queue.SimpleQueue[Future[Result | Problem]] = queue.SimpleQueue()
     pool = ThreadPoolExecutor(max_workers=jobs, thread_name_prefix="avtool-scan")
     in_flight = 0
@@ -208,12 +208,12 @@ def _scan_all(
             record(done.get().result())
             in_flight -= 1
             block = False
-        if counter is not None and not told_total and counter.finished.is_set():
+        if counter and report and not told_total and counter.finished.is_set():
             told_total = True
             report.total(*counter.counts)
 
     try:
-        for item in walk_inputs(paths, stdin=spooled, exclude=exclude):
+        for item in items:
             if isinstance(item, Problem):
                 record(item)
                 continue
@@ -233,7 +233,7 @@ def _scan_all(
     pool.shutdown()
 
 
-class _Record(Protocol):
+class Record(Protocol):
     def __call__(self, item: Result | Problem) -> None: ...
 
 
@@ -265,7 +265,7 @@ class _Counter:
             self.finished.set()
 
 
-class _Worker:
+class Worker:
     """Scans one message (on a pool thread): verdict, then what a report needs of it."""
 
     def __init__(self, cfg: Config, engine: Engine, options: Options, *, moving: bool) -> None:
@@ -416,7 +416,7 @@ def clamd_threads(engine: Engine) -> int:
     return total
 
 
-def _preflight(engine: Engine) -> None:
+def preflight(engine: Engine) -> None:
     """One PING per backend before any scan: with no clamd the scan would only print a
     failure per message."""
     reasons = []
@@ -432,9 +432,13 @@ def _preflight(engine: Engine) -> None:
 __all__ = [
     "ClamdUnreachable",
     "Options",
+    "Record",
     "Report",
     "Result",
     "Summary",
+    "Worker",
     "default_jobs",
+    "preflight",
     "run",
+    "scan_all",
 ]
