@@ -24,7 +24,7 @@ complete -c avtool -n '__fish_seen_subcommand_from config' -l sample -d 'Print a
 complete -c avtool -n '__fish_seen_subcommand_from config' -l format -x -a 'auto table toml' -d 'auto: a table on a terminal, TOML when piped'
 complete -c avtool -n '__fish_seen_subcommand_from config' -s h -l help -d 'Show the help and exit'
 complete -c avtool -n '__fish_seen_subcommand_from quarantine' -s h -l help -d 'Show the help and exit'
-complete -c avtool -n '__fish_seen_subcommand_from quarantine' -a 'delete list purge show'
+complete -c avtool -n '__fish_seen_subcommand_from quarantine' -a 'delete digest list purge show'
 complete -c avtool -n '__fish_seen_subcommand_from quarantine' -F
 complete -c avtool -n '__fish_seen_subcommand_from rescan' -s f -l config-file -r -F -d 'Config file to read (default: $AVTOOL_CONFIG, then the usual places)'
 complete -c avtool -n '__fish_seen_subcommand_from rescan' -l set -x -a '' -d 'Override one key, e.g. log.verbosity=2'

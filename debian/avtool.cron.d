@@ -1,4 +1,5 @@
-# avtool: the daily check of the Courier filter (/usr/lib/avtool/daily-check). It prints, and
-# cron mails root, only when a check fails. Where systemd runs, avtool-daily.timer does it.
+# avtool: the daily check of the Courier filter, quarantine expiry and digest
+# (/usr/lib/avtool/daily-check). It prints, and cron mails root, only when a step fails.
+# Where systemd runs, avtool-daily.timer does it.
 MAILTO=root
 47 6 * * * root [ -d /run/systemd/system ] || [ ! -x /usr/lib/avtool/daily-check ] || /usr/lib/avtool/daily-check

@@ -226,6 +226,32 @@ check_all() {
   die "the checks above failed"
 }
 
+install_daily_job() {
+  # The Debian package's daily job (share/daily-check, run by debian/'s cron file and systemd
+  # timer) at this install's paths: expiry of the quarantine, its digest, the doctor. The cron
+  # line steps aside where systemd runs, and the timer runs it there.
+  local lib=/usr/local/lib/avtool unit
+  install -d -m 755 "$lib" /usr/local/share/avtool
+  install -m 755 "$here/share/daily-check" "$lib/daily-check"
+  # the notice templates (avtool.quarantine.notices.SHIPPED for this install)
+  rm -rf /usr/local/share/avtool/notices.new
+  cp -r "$here/share/notices" /usr/local/share/avtool/notices.new
+  chmod -R a+rX,go-w /usr/local/share/avtool/notices.new
+  rm -rf /usr/local/share/avtool/notices
+  mv /usr/local/share/avtool/notices.new /usr/local/share/avtool/notices
+  sed "s|/usr/lib/avtool/|$lib/|g" "$here/debian/avtool.cron.d" > /etc/cron.d/avtool.new
+  chmod 644 /etc/cron.d/avtool.new && mv /etc/cron.d/avtool.new /etc/cron.d/avtool
+  if [[ -d /run/systemd/system ]]; then
+    for unit in service timer; do
+      sed "s|/usr/lib/avtool/|$lib/|g" "$here/debian/avtool.avtool-daily.$unit" \
+        > "/etc/systemd/system/avtool-daily.$unit"
+    done
+    systemctl daemon-reload
+    systemctl enable --now avtool-daily.timer
+  fi
+  say "installed the daily job $lib/daily-check (/etc/cron.d/avtool; a systemd timer where systemd runs)"
+}
+
 install_packages
 install_avtool
 ensure_database
@@ -233,6 +259,7 @@ configure_clamd
 start_clamd
 install_filter
 bash "$here/share/install-updates.sh"   # the update script for run-get-ides (no user yet)
+install_daily_job
 start_courier
 enable_filter
 check_all

@@ -115,12 +115,69 @@ def delete(ids: Ids, config_file: ConfigFile = None, sets: SetOption = None) -> 
 @quarantine.command("purge")
 def purge(
     older_than: Annotated[
-        float, typer.Option("--older-than", metavar="DAYS", min=0, help="Age in days.")
-    ],
+        float | None,
+        typer.Option(
+            "--older-than",
+            metavar="DAYS",
+            min=0,
+            help="Age in days (default: policy.quarantine_days, where 0 keeps everything).",
+        ),
+    ] = None,
     config_file: ConfigFile = None,
     sets: SetOption = None,
 ) -> None:
     """Remove every held message received more than DAYS days ago."""
-    with _open(config_file, sets) as store:
-        gone = store.purge(older_than)
+    _allowed()
+    cfg = load_config(config_file, sets, role="daemon")
+    days: float = cfg[K.QUARANTINE_DAYS] if older_than is None else older_than
+    if older_than is None and days == 0:
+        typer.echo("policy.quarantine_days = 0: held messages are kept, none purged")
+        return
+    with Store(str(cfg[K.QUARANTINE_DIR])) as store:
+        gone = store.purge(days)
     typer.echo(f"purged {len(gone)} message(s)")
+
+
+@quarantine.command("digest")
+def digest(
+    to_stdout: Annotated[
+        bool,
+        typer.Option("--print", help="Write the digest to stdout instead; send nothing."),
+    ] = False,
+    scheduled: Annotated[
+        bool,
+        typer.Option("--scheduled", help="Do nothing unless notify.digest is daily (cron)."),
+    ] = False,
+    config_file: ConfigFile = None,
+    sets: SetOption = None,
+) -> None:
+    """Mail notify.postmaster the messages quarantined since the last digest."""
+    from avtool.quarantine import digest as digest_mod
+    from avtool.quarantine import notices
+
+    _allowed()
+    cfg = load_config(config_file, sets, role="daemon")
+    if scheduled and cfg[K.NOTIFY_DIGEST] != "daily":
+        return
+    with Store(str(cfg[K.QUARANTINE_DIR])) as store:
+        stamp = digest_mod.read_stamp(store)
+        entries = digest_mod.new_since(store, stamp)
+        if not entries:
+            typer.echo(f"nothing quarantined since {stamp.sent or 'the quarantine began'}")
+            return
+        note = digest_mod.notice(cfg, entries, stamp)
+        if to_stdout:
+            sys.stdout.buffer.write(notices.compose(cfg, note))
+            sys.stdout.buffer.flush()
+            return
+        if not note.to:
+            raise UsageError("notify.postmaster is empty: nobody to send the digest to")
+        notices.send(cfg, list(note.to), notices.compose(cfg, note))
+        try:
+            digest_mod.write_stamp(store, stamp, entries)
+        except OSError as e:
+            raise notices.NoticeError(
+                f"digest sent, but {digest_mod.STAMP} not written ({e.strerror or e}): "
+                "the next digest lists the same messages again"
+            ) from None
+    typer.echo(f"digest of {len(entries)} message(s) sent to {', '.join(note.to)}")

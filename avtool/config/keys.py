@@ -358,6 +358,76 @@ RESCAN_STATE = key(
 )
 
 
+# ---- quarantine expiry and notices (issue 17) --------------------------------------------------
+QUARANTINE_DAYS = key(
+    "policy.quarantine_days",
+    Int(0, 36500),
+    30,
+    "the daily job purges quarantined mail older than this many days; 0: keep it for ever",
+    reload="live",
+)
+SENDMAIL = key(
+    "notify.sendmail",
+    Text(r"/.*", "must be absolute"),
+    "/usr/sbin/sendmail",
+    "Courier's sendmail: notices and released mail are submitted through it",
+    reload="live",
+)
+NOTIFY_POSTMASTER = key(
+    "notify.postmaster",
+    TextList(Text(r"[^\s<>,;]+", "must be an address (a bare name is on the local domain)")),
+    ("postmaster",),
+    "who gets a notice per quarantined or dropped message and the digest; empty: nobody",
+    reload="live",
+)
+NOTIFY_RECIPIENTS = key(
+    "notify.recipients",
+    Bool(),
+    False,
+    "tell each recipient of a held message its id and whom to ask (never the sender)",
+    reload="live",
+)
+NOTIFY_DIGEST = key(
+    "notify.digest",
+    Choice(("off", "daily")),
+    "off",
+    "daily: the daily job mails notify.postmaster what was quarantined since the last digest",
+    reload="live",
+)
+NOTIFY_TEMPLATES = key(
+    "notify.templates",
+    Text(r"(/.*)?", "must be absolute, or empty"),
+    "",
+    "a dir of notice templates replacing the shipped ones (share/notices/); empty: shipped",
+    reload="live",
+)
+NOTIFY_TIMEOUT = key(
+    "notify.timeout",
+    Seconds(1.0, 3600.0),
+    60.0,
+    "seconds sendmail may take to accept a notice before it is killed",
+    reload="live",
+)
+
+
+# ---- avtool rescan: what is done with a finding (issue 18) ------------------------------------
+RESCAN_ACTION = key(
+    "rescan.action",
+    Choice(("report", "quarantine")),
+    "report",
+    "what `avtool rescan` does with an infected message: report it, or (as --quarantine) move "
+    "it into the quarantine, from where `avtool quarantine release` puts it back",
+    reload="live",
+)
+RESCAN_NOTIFY_OWNERS = key(
+    "rescan.notify_owners",
+    Bool(),
+    False,
+    "`avtool rescan --notify` also tells each mailbox's owner what was found in it",
+    reload="live",
+)
+
+
 # ---- the registry: every key above, in the order `avtool config` and the sample file show ---
 KEYS = table((
     BACKENDS, BALANCE, CONNECT_TIMEOUT, SCAN_TIMEOUT, RETRY_AFTER, TRANSFER, MAX_SIZE, VERBOSITY,
@@ -368,6 +438,9 @@ KEYS = table((
     PASS_RECIPIENTS, QUARANTINE_DIR, HEADER_CLEAN, HEADER_RENAME, JOBS, LOCK_TIMEOUT,
     UPDATE_INTERVAL, UPDATE_SENDERS,
     RESCAN_ROOTS, RESCAN_DAYS, RESCAN_STATE,
+    QUARANTINE_DAYS, SENDMAIL, NOTIFY_POSTMASTER, NOTIFY_RECIPIENTS, NOTIFY_DIGEST,
+    NOTIFY_TEMPLATES, NOTIFY_TIMEOUT,
+    RESCAN_ACTION, RESCAN_NOTIFY_OWNERS,
 ))  # fmt: skip
 
 

@@ -346,6 +346,7 @@ class Loop(Intake):
             log.exception("internal error on %s", conn.request.data_path)
             reply = INTERNAL_ERROR
         send_reply(conn.sock, reply)
+        conn.pipeline.notify(outcome)  # after the reply: Courier never waits for a notice
 
     def _next_waiting(self) -> None:
         """Start the waiting scans there is room for. Not re-entered: a scan that fails at once

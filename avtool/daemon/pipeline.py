@@ -29,6 +29,7 @@ from avtool.daemon import policy
 from avtool.engine import Engine, secondlook
 from avtool.engine.verdict import Clean, Infected, Unchecked, Verdict
 from avtool.errors import AvtoolError
+from avtool.quarantine import notices
 from avtool.safedir import CREATE_NOFOLLOW
 
 log = logging.getLogger("avtool")
@@ -75,6 +76,7 @@ class Outcome:
     verdict: Verdict | None
     size: int
     scan_ms: float
+    held: str | None = None  # quarantined (its quarantine id) or dropped (its message id)
 
 
 class Pipeline:
@@ -84,6 +86,7 @@ class Pipeline:
         self.cfg = cfg
         self.engine = engine
         self.name = name
+        self.outbox = notices.Outbox()  # a reload's new pipeline has its own
 
     def handle(self, request: Request, deadline: float, *, dry_run: bool = False) -> Outcome:
         """The whole message, blocking: prepare, scan, judge, complete, log."""
@@ -192,16 +195,31 @@ class Pipeline:
             p.close()
             return Outcome(Reply(200, "Ok"), decision, p.envelope, verdict, p.size, p.scan_ms)
         try:
-            self._apply(decision, p, verdict, judged.rewrite)
+            held = self._apply(decision, p, verdict, judged.rewrite)
         except (OSError, AvtoolError) as e:
             log.error("cannot %s %s: %s", decision.action, p.request.data_path, e)
             reply = Reply(432, f"4.3.0 avtool could not {decision.action} the message")
             return Outcome(reply, decision, p.envelope, verdict, p.size, p.scan_ms)
         finally:
             p.close()
-        return Outcome(
-            Reply(decision.code, decision.text), decision, p.envelope, verdict, p.size, p.scan_ms
-        )
+        reply = Reply(decision.code, decision.text)
+        return Outcome(reply, decision, p.envelope, verdict, p.size, p.scan_ms, held)
+
+    def notify(self, outcome: Outcome) -> None:
+        """The notices for a quarantined or dropped message (quarantine/notices.py), called
+        once Courier has its reply: they are sent in threads of their own, never waited for
+        here, and a failure is a log line; clean mail costs one attribute test."""
+        d, envelope = outcome.decision, outcome.envelope
+        if outcome.held is None or d is None or envelope is None:
+            return
+        try:
+            kept_from = [r.address for r in d.drop or envelope.recipients]
+            notes = notices.for_message(
+                self.cfg, d.action, outcome.held, envelope.sender, kept_from, list(d.names)
+            )
+            self.outbox.post(self.cfg, outcome.held, notes)
+        except Exception as e:  # noqa: BLE001 - a notice never changes what Courier was told
+            log.error("notice for %s not sent: %s", outcome.held, e)
 
     def internal_error(self, request: Request, error: Exception) -> Outcome:
         log.error("internal error on %s", request.data_path, exc_info=error)
@@ -210,10 +228,14 @@ class Pipeline:
 
     def _apply(
         self, decision: policy.Decision, p: Prepared, verdict: Verdict | None, rewrite: bool
-    ) -> None:
+    ) -> str | None:
+        """Carry the decision out; the id a notice names when the message is held or dropped."""
         envelope = p.envelope
+        held = None
         if decision.action == "quarantine":
-            self._quarantine(p, verdict, decision)
+            held = self._quarantine(p, verdict, decision)
+        elif decision.action == "drop":
+            held = envelope.message_id or Path(p.request.data_path).name
         if decision.action in ("quarantine", "drop") and decision.drop:
             verb = "dropped" if decision.action == "drop" else "quarantined"
             note = f"{verb} by {self.name}: {decision.reason}"
@@ -225,10 +247,11 @@ class Pipeline:
             message.rewrite_headers_in(
                 data.fd, data.dir_fd, data.name, list(decision.headers), rename
             )
+        return held
 
-    def _quarantine(self, p: Prepared, verdict: Verdict | None, decision: policy.Decision) -> None:
+    def _quarantine(self, p: Prepared, verdict: Verdict | None, decision: policy.Decision) -> str:
         """Keep data file (from its open descriptor), control files and verdict in a 0700
-        dir of 0600 files."""
+        dir of 0600 files; the entry's id."""
         request, envelope = p.request, p.envelope
         root = Path(self.cfg[K.QUARANTINE_DIR])
         if not root.is_dir():
@@ -261,6 +284,7 @@ class Pipeline:
         except BaseException:
             shutil.rmtree(target, ignore_errors=True)  # no half quarantine: the caller defers
             raise
+        return target.name
 
     def log(self, request: Request, outcome: Outcome, dry_run: bool) -> None:
         """The one line per message."""

@@ -84,6 +84,7 @@ def answer(
 ) -> None:
     """The whole message the blocking way, in a worker thread: a scan slot within the
     message's deadline, the pipeline, the reply (the caller closes ``sock``)."""
+    outcome = None
     try:
         if slots.take(deadline):
             try:
@@ -102,6 +103,8 @@ def answer(
         sock.sendall(protocol.format_reply(reply))
     except OSError as e:
         log.warning("could not reply to Courier: %s", e)
+    if outcome is not None:
+        pipeline.notify(outcome)  # after the reply, in threads of its own (notices.Outbox)
 
 
 def send_reply(sock: socket.socket, reply: Reply) -> None:
