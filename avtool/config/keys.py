@@ -1,6 +1,6 @@
 """Every configuration key: ``section.name``, kind, default, a one-line doc and how a reload
-applies it (kinds.Reload), in one place; the registry ``KEYS`` built from them; the cross-key
-checks ``CHECKS``.
+applies it (kinds.Reload), in one place; the registry ``KEYS`` built from them (the cross-key
+checks are in checks.py).
 
 To add a key, add one ``key(...)`` entry here and name it in ``KEYS``; ``avtool config``, the
 sample config, the environment override ``AVTOOL_SECTION_NAME``, validation and what a reload
@@ -10,13 +10,10 @@ does follow from it. Read values with ``cfg[keys.NAME]``, typed. Nothing here im
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 from avtool.config.kinds import (
     Bool,
     Choice,
     Int,
-    Resolved,
     Seconds,
     Size,
     Text,
@@ -442,39 +439,3 @@ KEYS = table((
     NOTIFY_TEMPLATES, NOTIFY_TIMEOUT,
     RESCAN_ACTION, RESCAN_NOTIFY_OWNERS,
 ))  # fmt: skip
-
-
-# ---- cross-key checks: each returns a problem text or None -------------------------------------
-def _fildes_needs_unix(cfg: Resolved) -> str | None:
-    tcp = [b for b in cfg[BACKENDS] if not b.startswith("/")]
-    if cfg[TRANSFER] == "fildes" and tcp:
-        return (
-            f"clamd.transfer: fildes works on unix sockets only, but clamd.backends has "
-            f"{', '.join(tcp)} ({cfg.source(TRANSFER)})"
-        )
-    return None
-
-
-def _connect_within_scan(cfg: Resolved) -> str | None:
-    if cfg[CONNECT_TIMEOUT] > cfg[SCAN_TIMEOUT]:
-        return (
-            f"clamd.connect_timeout: {cfg[CONNECT_TIMEOUT]:g} s is longer than "
-            f"clamd.scan_timeout {cfg[SCAN_TIMEOUT]:g} s ({cfg.source(CONNECT_TIMEOUT)})"
-        )
-    return None
-
-
-def _scan_within_message(cfg: Resolved) -> str | None:
-    if cfg[SCAN_TIMEOUT] > cfg[MESSAGE_TIMEOUT]:
-        return (
-            f"clamd.scan_timeout: {cfg[SCAN_TIMEOUT]:g} s is longer than serve.message_timeout "
-            f"{cfg[MESSAGE_TIMEOUT]:g} s: it would cut every slow scan ({cfg.source(SCAN_TIMEOUT)})"
-        )
-    return None
-
-
-CHECKS: list[Callable[[Resolved], str | None]] = [
-    _fildes_needs_unix,
-    _connect_within_scan,
-    _scan_within_message,
-]
