@@ -12,6 +12,7 @@ from avtool import logs
 from avtool.cli.common import ConfigFile, SetOption, load_config
 from avtool.cli.scan import JsonView, TextView
 from avtool.rescan import actions as rescan_actions
+from avtool.rescan import last
 from avtool.rescan.runner import Options, RescanSummary, run
 from avtool.scan.scanner import Summary
 
@@ -45,6 +46,12 @@ def rescan(
         None, "-j", "--jobs", min=1, max=256, help="Messages scanned at once (as for scan)."
     ),
     quiet: bool = typer.Option(False, "-q", "--quiet", help="Only the findings: no summary."),
+    if_changed: bool = typer.Option(
+        False,
+        "--if-changed",
+        help="Only if clamd's signatures changed since the last complete rescan (else exit 0 "
+        "at once, no mailbox read): for the hourly job.",
+    ),
 ) -> None:
     """Scan delivered mail again with today's signatures, skipping what they already saw.
 
@@ -52,19 +59,29 @@ def rescan(
     signatures are scanned; a renamed or moved message is not scanned twice; a signature
     update makes every message new again. State: rescan.state (SQLite).
 
+    --quarantine (or rescan.action = "quarantine") moves what is found into avtool's
+    quarantine (`avtool quarantine release ID` puts it back where it was); --notify sends
+    notify.postmaster one report of what was found and not reported yet (and each mailbox's
+    owner theirs, with rescan.notify_owners).
+
     Bad input: one line each on stderr, and the run goes on.
 
     Exit status: 0 all clean, 1 a virus found, 2 errors (bad input, failed scans, no clamd).
     """
     cfg = load_config(config_file, set_)
     logs.setup(0, level=logging.ERROR)
+    if if_changed and (same := last.nothing_new(cfg)) is not None:
+        if not quiet:
+            typer.echo(f"avtool rescan: no new signatures since the last rescan ({same})", err=True)
+        raise typer.Exit(0)
+    moving = rescan_actions.moving(cfg, quarantine)
     view: RescanText | RescanJson
     view = RescanJson() if json_ else RescanText(quiet=quiet)
-    actions = rescan_actions.build(cfg, view, quarantine=quarantine, notify=notify)
+    actions = rescan_actions.build(cfg, view, quarantine=moving, notify=notify)
     options = Options(days=days, jobs=jobs or 0)
     with view:
         summary = run(cfg, roots or [], view, options=options, actions=actions)
-    view.finish(summary, moving=quarantine)
+    view.finish(summary, moving=moving)
     raise typer.Exit(summary.exit_code)
 
 

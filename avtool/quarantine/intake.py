@@ -31,7 +31,7 @@ import secrets
 import stat
 import time
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from email.parser import BytesHeaderParser
 from email.policy import compat32
 from typing import Any
@@ -61,7 +61,7 @@ class Found:
 
 @dataclass(frozen=True)
 class Taken:
-    found: Found
+    found: Found  # as given to take()
     ident: str  # the quarantine id
 
 
@@ -199,7 +199,7 @@ def _take_file(store: StoreWriter, f: Found) -> Taken | Problem:
                 raise
             with contextlib.suppress(OSError):
                 os.fsync(dir_fd)
-            return Taken(replace(f, message=m), ident)
+            return Taken(f, ident)
         finally:
             os.close(fd)
             os.close(dir_fd)
