@@ -85,8 +85,12 @@ def run(
     state = State.open(state_path, ident.digest, lambda text: note(Problem("state", text, False)))
     summary.state = state.path
     try:
+        now = time.time_ns()
         days = cfg[K.RESCAN_DAYS] if options.days is None else options.days
-        summary.since = window.since(days, time.time_ns())
+        summary.since = window.since(days, now)
+        # What is forgotten: older than the wider of this run's window and the configured
+        # one (a one-off --days 3 must not make the next run scan a week again).
+        forget = min(summary.since, window.since(cfg[K.RESCAN_DAYS], now))
         summary.jobs = options.jobs or cfg[K.JOBS] or default_jobs(engine)
         worker = Worker(cfg, engine, ScanOptions(), moving=False)
         rescan = _Rescan(state, summary, report, actions)
@@ -94,7 +98,7 @@ def run(
         scan_all(rescan.items(found), summary.jobs, worker, rescan.record)
         rescan.finish()
         summary.seconds = time.monotonic() - started
-        state.prune(summary.since)
+        state.prune(forget)
         state.set_last_run(_facts(summary))
         if actions.done is not None:
             actions.done(state, summary)
