@@ -12,6 +12,8 @@
 Written by root into the state's directory, which passed the pid file's rule when the state
 was opened (no other user can write it or replace a directory on its path: safedir, private):
 a temp file (O_EXCL, O_NOFOLLOW) renamed over the old one, so a reader sees one or the other.
+The directory gets search permission for others (0711 when State.open made it 0700), so that
+the daemon's user reaches the file; the state in it stays 0600.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import contextlib
 import datetime
 import json
 import os
+import stat
 from typing import Any
 
 from avtool import safedir
@@ -72,8 +75,17 @@ def write(state: State, summary: RescanSummary) -> None:
         finally:
             os.close(fd)
         os.replace(tmp, NAME, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+        _searchable(dir_fd)
     finally:
         os.close(dir_fd)
+
+
+def _searchable(dir_fd: int) -> None:
+    """The daemon's user must reach the file: search permission on the state's directory
+    (State.open makes it 0700). Search only, no listing: the state itself stays 0600."""
+    mode = stat.S_IMODE(os.fstat(dir_fd).st_mode)
+    if mode & 0o011 != 0o011:
+        os.fchmod(dir_fd, mode | 0o011)
 
 
 def read(cfg: Config) -> dict[str, Any] | None:
