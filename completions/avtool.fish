@@ -34,6 +34,7 @@ complete -c avtool -n '__fish_seen_subcommand_from rescan' -l quarantine -d 'Mov
 complete -c avtool -n '__fish_seen_subcommand_from rescan' -l notify -d 'Send the postmaster a report of what was found'
 complete -c avtool -n '__fish_seen_subcommand_from rescan' -s j -l jobs -x -a '' -d 'Messages scanned at once (as for scan)'
 complete -c avtool -n '__fish_seen_subcommand_from rescan' -s q -l quiet -d 'Only the findings: no summary'
+complete -c avtool -n '__fish_seen_subcommand_from rescan' -l if-changed -d 'Only if clamds signatures changed since the last complete rescan (els…'
 complete -c avtool -n '__fish_seen_subcommand_from rescan' -s h -l help -d 'Show the help and exit'
 complete -c avtool -n '__fish_seen_subcommand_from rescan' -F
 complete -c avtool -n '__fish_seen_subcommand_from run-get-ides' -s D -x -a '' -d 'Run the script as UID/GID (numbers or names)'
