@@ -59,7 +59,8 @@ def mail(root: Path, count: int, users: int, seed: int = 3) -> tuple[list[Path],
         if n < users:
             for sub in ("cur", "new", "tmp"):
                 (md / sub).mkdir(parents=True, mode=0o755)
-        kind = "eicar" if n % 1000 == 999 else ("plain" if n % 3 else "alternative")
+        # One in 1,001: spread over the users, so that a kill half way has found some.
+        kind = "eicar" if n % 1001 == 500 else ("plain" if n % 3 else "alternative")
         infected += kind == "eicar"
         sub, info = ("new", "") if n % 5 == 0 else ("cur", ":2,S")
         path = md / sub / f"{1700000000 + n}.M{n}P1.bench{info}"
@@ -72,17 +73,28 @@ def mail(root: Path, count: int, users: int, seed: int = 3) -> tuple[list[Path],
     return files, infected
 
 
-def rescan(sock: str, state: Path, root: Path, *prefix: str) -> dict[str, object]:
-    """One ``avtool rescan --json`` process, timed whole; its summary and the rate."""
+def rescan(
+    sock: str, state: Path, root: Path, *prefix: str, clamd: int | None = None
+) -> dict[str, object]:
+    """One ``avtool rescan --json`` process, timed whole; its summary, the rate, and the CPU
+    seconds it and clamd (pid ``clamd``) used meanwhile."""
     cmd = [*prefix, sys.executable, "-m", "avtool", "rescan", "--json", "--days", "0"]
     cmd += ["--set", f"clamd.backends={sock}", "--set", f"rescan.state={state}", str(root)]
+    out = state.with_name(state.name + ".out")
+    clamd_cpu = cpu_of(clamd)
     t0 = time.perf_counter()
-    proc = subprocess.run(cmd, capture_output=True, cwd=REPO, check=False)
+    with open(out, "wb") as f:
+        proc = subprocess.Popen(cmd, stdout=f, stderr=subprocess.DEVNULL, cwd=REPO)
+        _, status, usage = os.wait4(proc.pid, 0)
     seconds = time.perf_counter() - t0
-    assert proc.returncode in (0, 1), (proc.returncode, proc.stderr.decode()[-2000:])
-    summary = json.loads(proc.stdout.splitlines()[-1])
+    clamd_cpu = cpu_of(clamd) - clamd_cpu
+    code = os.waitstatus_to_exitcode(status)
+    assert code in (0, 1), code
+    summary = json.loads(out.read_bytes().splitlines()[-1])
     touched = summary["scanned"] + summary["skipped"]
     return {
+        "avtool_cpu_s": round(usage.ru_utime + usage.ru_stime, 2),
+        "clamd_cpu_s": round(clamd_cpu, 2),
         "scanned": summary["scanned"],
         "skipped": summary["skipped"],
         "found": summary["infected"],
@@ -90,6 +102,14 @@ def rescan(sock: str, state: Path, root: Path, *prefix: str) -> dict[str, object
         "rate": round(touched / seconds, 1),  # messages dealt with per second, process wall
         "loop_rate": round(touched / summary["seconds"], 1) if summary["seconds"] else None,
     }
+
+
+def cpu_of(pid: int | None) -> float:
+    """User + system CPU seconds of process ``pid`` so far (proc(5): stat fields 14 and 15)."""
+    if pid is None:
+        return 0.0
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def set_atimes_before_mtimes(files: list[Path]) -> None:
@@ -156,6 +176,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--count", type=int, default=20000)
     parser.add_argument("--users", type=int, default=20)
+    parser.add_argument("--pairs", type=int, default=3, help="first-pass runs of each")
     parser.add_argument("--out", type=Path, default=REPO / "bench" / "out" / "rescan.json")
     args = parser.parse_args(argv)
 
@@ -180,19 +201,23 @@ def main(argv: list[str] | None = None) -> int:
         engine = Engine.from_config(Config.resolve(env={}, overrides={"clamd.backends": sock}))
         states = work / "state"
         first: list[dict[str, object]] = []
-        for i in range(2):  # interleaved, each rescan on a fresh state; best of each
-            first.append({"name": "clamd MULTISCAN (alone)", **multiscan(engine, root, args.count)})
-            first.append(
-                {"name": "avtool rescan, first pass", **rescan(sock, states / f"s{i}", root)}
-            )
-        state = states / "s1"
+        for i in range(args.pairs):  # interleaved, each rescan on a fresh state
+            before = cpu_of(server.pid)
+            alone = multiscan(engine, root, args.count)
+            alone["clamd_cpu_s"] = round(cpu_of(server.pid) - before, 2)
+            first.append({"name": "clamd MULTISCAN (alone)", **alone})
+            run = rescan(sock, states / f"s{i}", root, clamd=server.pid)
+            first.append({"name": "avtool rescan, first pass", **run})
+        state = states / "s0"
         set_atimes_before_mtimes(files)
         second = [
             {"name": "avtool rescan, second pass", **rescan(sock, state, root)} for _ in range(2)
         ]
         read = read_since(files)
         opens = strace_opens(sock, state, root, work) if shutil.which("strace") else None
-        state_bytes = sum(p.stat().st_size for p in states.glob("s1*"))
+        state_bytes = sum(
+            p.stat().st_size for p in (state, state.with_name("s0-wal")) if p.exists()
+        )
         kill = killed_half_way(sock, states / "killed", root, args.count, infected)
     finally:
         server.stop()
@@ -204,6 +229,15 @@ def main(argv: list[str] | None = None) -> int:
     ratio = round(
         best(first, "avtool rescan, first pass") / best(first, "clamd MULTISCAN (alone)"), 3
     )
+    pairs = [
+        round(float(b["rate"]) / float(a["rate"]), 3)  # type: ignore[arg-type]
+        for a, b in zip(first[::2], first[1::2], strict=True)
+    ]
+    # What a CPU-bound machine allows: clamd's share of the CPU both used in the first pass.
+    shares = [
+        round(float(r["clamd_cpu_s"]) / (float(r["clamd_cpu_s"]) + float(r["avtool_cpu_s"])), 3)  # type: ignore[arg-type]
+        for r in first[1::2]
+    ]
     rate = best(second, "avtool rescan, second pass")
     per_message = round(state_bytes / args.count, 1)
     wrong = [str(r["name"]) for r in first if r["found"] != infected]
@@ -228,7 +262,12 @@ def main(argv: list[str] | None = None) -> int:
             "state": {"bytes": state_bytes, "bytes_per_message": per_message},
             "sigkill": kill,
             "targets": {
-                "first_vs_multiscan": {"value": ratio, "target": f">= {TARGET_RATIO}"},
+                "first_vs_multiscan": {
+                    "value": ratio,
+                    "pairs": pairs,
+                    "clamd_cpu_share": shares,
+                    "target": f">= {TARGET_RATIO}",
+                },
                 "second_pass_msg_per_s": {"value": rate, "target": f">= {TARGET_RATE:.0f}"},
                 "state_bytes_per_message": {
                     "value": per_message,
@@ -249,25 +288,30 @@ def main(argv: list[str] | None = None) -> int:
         f"mail: {args.count} messages in {args.users} Maildirs, {corpus['bytes'] / 1e6:.0f} MB, "
         f"{infected} infected"
     )
-    head = f"{'run':30} {'msg/s':>8} {'loop msg/s':>10} {'s':>7} {'scanned':>7} {'skipped':>7} {'found':>5}"
+    head = f"{'run':30} {'msg/s':>8} {'loop msg/s':>10} {'s':>7} "
+    head += f"{'scanned':>7} {'skipped':>7} {'found':>5}"
     print(head + "\n" + "-" * len(head))
     for r in first + second:
         print(
-            f"{r['name']!s:30} {r['rate']!s:>8} {r.get('loop_rate', '-')!s:>10} {r['seconds']!s:>7} "
-            f"{r.get('scanned', r.get('messages'))!s:>7} {r.get('skipped', '-')!s:>7} {r['found']!s:>5}"
+            f"{r['name']!s:30} {r['rate']!s:>8} {r.get('loop_rate', '-')!s:>10} "
+            f"{r['seconds']!s:>7} {r.get('scanned', r.get('messages'))!s:>7} "
+            f"{r.get('skipped', '-')!s:>7} {r['found']!s:>5}"
         )
     mark = {True: "ok", False: "MISSED"}
     print("targets:")
     print(
-        f"  first pass / MULTISCAN: {ratio:.3f} (>= {TARGET_RATIO})  {mark[passed['first_vs_multiscan']]}"
+        f"  first pass / MULTISCAN: {ratio:.3f} best of each (>= {TARGET_RATIO})  "
+        f"{mark[passed['first_vs_multiscan']]}"
     )
+    print(f"    each pair: {pairs}; clamd's share of the CPU in the first passes: {shares}")
     print(
-        f"  second pass: {rate:,.0f} msg/s, process wall time (>= {TARGET_RATE:,.0f}); messages read: "
-        f"{read} by atime, {opens} opens under strace  "
+        f"  second pass: {rate:,.0f} msg/s, process wall time (>= {TARGET_RATE:,.0f}); "
+        f"messages read: {read} by atime, {opens} opens under strace  "
         f"{mark[passed['second_rate'] and passed['second_reads_nothing']]}"
     )
     print(
-        f"  state: {per_message} bytes/message (< {TARGET_BYTES:.0f})  {mark[passed['state_bytes']]}"
+        f"  state: {per_message} bytes/message (< {TARGET_BYTES:.0f})  "
+        f"{mark[passed['state_bytes']]}"
     )
     print(
         f"  SIGKILL half way: integrity {kill['integrity_check']}, {kill['committed_before_kill']} "
