@@ -31,7 +31,7 @@ from avtool.config import keys as K
 from avtool.courier import unscannable
 from avtool.engine import Clean, Engine, Failed, Infected, Unchecked, Verdict, secondlook
 from avtool.errors import EngineError, UsageError
-from avtool.safedir import Unsafe, open_file
+from avtool.safedir import Unsafe
 from avtool.scan.explain import Part, explain
 from avtool.scan.mailbox import STDIN, Message, Moved, OpenFile, Problem, move, open_quarantine
 from avtool.scan.mailbox import spool as spool_stdin
@@ -39,6 +39,7 @@ from avtool.scan.mailbox import walk as walk_inputs
 from avtool.scan.mailbox.maildir import Maildir, copy_range, relocate
 from avtool.scan.mailbox.mbox import digest
 from avtool.scan.mailbox.message import read_head, sender_and_subject
+from avtool.scan.mailbox.opener import Opener
 from avtool.scan.mailbox.walk import why
 
 log = logging.getLogger("avtool.scan")
@@ -270,6 +271,7 @@ class Worker:
 
     def __init__(self, cfg: Config, engine: Engine, options: Options, *, moving: bool) -> None:
         self.engine = engine
+        self.opener = Opener()  # Maildir and MH messages by their folders' descriptors
         # transfer "scan" needs a path clamd can open; a byte range has none, so ranges go by
         # FILDES (INSTREAM over TCP) whatever clamd.transfer says.
         self.range_engine = (
@@ -298,14 +300,14 @@ class Worker:
         # swapped for a fifo must not hang the scan in open(2) (fifo(7)).
         try:
             try:
-                fd = open_file(m.path)
+                fd = self.opener.open(m)
             except FileNotFoundError:
                 again = relocate(m) if m.format == "maildir" else None
                 if again is None:
                     text = "gone before it was scanned (deleted meanwhile)"
                     return Problem(m.where, text, False)
                 m = again
-                fd = open_file(m.path)
+                fd = self.opener.open(m)
         except OSError as e:
             return Result(m, Failed(f"cannot open: {why(e)}"))
         except Unsafe as e:

@@ -23,7 +23,7 @@ from typer.testing import CliRunner
 
 from avtool.cli.app import app
 from avtool.config import Config
-from avtool.engine import Engine, Infected
+from avtool.engine import Engine, Failed, Infected
 from avtool.rescan import runner as rescan_runner
 from avtool.scan.mailbox import Message, Problem
 from avtool.scan.scanner import Result, Worker
@@ -233,20 +233,21 @@ def test_mbox(clamd: ClamdServer, tmp_path: Path) -> None:
     assert first.scanned == {"1", "3"} and first.summary["outside_window"] == 1
     assert first.exit_code == 1
     assert findings(state) == [(str(box), '["Eicar-Test-Signature.Body.UNOFFICIAL"]')]
-    # Unchanged (same inode, size, mtime): not read at all. Proof: bytes changed behind a
-    # restored mtime go unseen.
+    # Unchanged (same inode, size, mtime): not read at all. Proof: a From_ line changed
+    # behind a restored mtime goes unseen (read, its check would differ: scanned again).
     st = box.stat()
     data = box.read_bytes()
-    box.write_bytes(data.replace(b"Subject: one", b"Subject: 1ne"))
+    box.write_bytes(data.replace(b"From alice@", b"From alicf@", 1))
     os.utime(box, ns=(st.st_atime_ns, st.st_mtime_ns))
     unread = rescan(clamd, state, str(box))
     assert unread.messages == [] and unread.summary["skipped"] == 2, unread.output
     assert unread.summary["outside_window"] == 1
-    # New mail appended: read again; only the new message is scanned.
+    # New mail appended: read again; the new message is scanned, and the one whose From_
+    # line changed; the third is known.
     with box.open("ab") as f:
         f.write(from_line(0) + plain("new") + b"\n")
     appended = rescan(clamd, state, str(box))
-    assert appended.scanned == {"4"} and appended.summary["skipped"] == 2, appended.output
+    assert appended.scanned == {"1", "4"} and appended.summary["skipped"] == 1, appended.output
     assert len(findings(state)) == 1
 
 
@@ -380,3 +381,24 @@ def _count(state: Path, table: str) -> int:
             return int(db.execute(f"SELECT count(*) FROM {table}").fetchone()[0])  # noqa: S608
     except sqlite3.Error:
         return 0
+
+
+def test_a_failed_scan_is_tried_again_next_run(
+    clamd: ClamdServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    md, state = tmp_path / "Maildir", tmp_path / "s.sqlite"
+    flaky = deliver(md, "1.M1P1.h", plain("flaky"))
+    deliver(md, "2.M1P1.h", plain("fine"))
+
+    class Failing(Worker):
+        def scan(self, m: Message) -> Result | Problem:
+            if m.path == str(flaky):
+                return Result(m, Failed("clamd went away (injected)"))
+            return super().scan(m)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(rescan_runner, "Worker", Failing)
+        failed = rescan(clamd, state, str(md))
+    assert failed.exit_code == 2 and failed.summary["failed"] == 1
+    again = rescan(clamd, state, str(md))
+    assert again.scanned == {flaky.name} and again.summary["skipped"] == 1

@@ -146,3 +146,20 @@ def test_identity_combines_version_and_listing() -> None:
     assert a.digest != Identity(("ClamAV 1.4.6/27001/x",), ("d1",)).digest
     assert a.digest != Identity(("ClamAV 1.4.6/27000/x",), ("d2",)).digest
     assert not a.blind and Identity(("ClamAV 1.4.6",), (None,)).blind
+
+
+def test_a_finding_and_its_scanned_row_commit_together(tmp_path: Path) -> None:
+    """If recording the finding fails (a kill, a full disk), the message is not marked
+    scanned either: the next run scans it again and finds it (never scanned-but-lost)."""
+    path = tmp_path / "r.sqlite"
+    state, _ = open_state(path)
+    state.db.execute(
+        "CREATE TRIGGER no_findings BEFORE INSERT ON findings BEGIN SELECT RAISE(ABORT, 'x'); END"
+    )
+    with pytest.raises(sqlite3.IntegrityError):
+        state.found(("/m/cur/x", "/m", "maildir", "x"), ["Bad.Sig"], (1, 5, 10, 20))
+    state.db.execute("DROP TRIGGER no_findings")
+    state.close()
+    state, _ = open_state(path)
+    assert not state.file_known(1, 5, 10, 20) and state.findings() == []
+    state.close()
