@@ -178,6 +178,13 @@ def test_rescan_quarantine_then_put_back_maildir_mbox_mh(clamd: ClamdServer, box
         owned_private(box.store / ident, COURIER.pw_uid, 0o700)
         info = json.loads((box.store / ident / "verdict.json").read_text())
         assert info["origin"] == "mailbox" and info["names"][0].startswith(NAME)
+    listed = cli.invoke(
+        app, ["quarantine", "list", "--json", "--set", f"policy.quarantine_dir={box.store}"]
+    )
+    entries = [json.loads(line) for line in listed.stdout.splitlines()]
+    assert sorted(e["id"] for e in entries) == idents, listed.output
+    assert {e["origin"] for e in entries} == {"mailbox"}
+    assert {e["sender"] for e in entries} == {"bad@example.net"}
     kinds = {
         json.loads((box.store / i / "verdict.json").read_text())["mailbox"]["kind"]: i
         for i in idents
