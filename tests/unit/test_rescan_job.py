@@ -15,10 +15,15 @@ REPO = Path(__file__).resolve().parents[2]
 JOB = REPO / "share" / "rescan-job.sh"
 
 
-def job(tmp_path: Path, rc: int, *, enabled: bool = True) -> subprocess.CompletedProcess[str]:
+def job(
+    tmp_path: Path, rc: int, *, enabled: bool = True, keep_stub: bool = False
+) -> subprocess.CompletedProcess[str]:
     """The job, as root's cron runs it, with a stand-in avtool that records its arguments."""
     stub = tmp_path / "avtool"
-    stub.write_text(f'#!/bin/sh\necho "$@" >> {tmp_path}/calls\necho "found: a line"\nexit {rc}\n')
+    if not keep_stub:
+        stub.write_text(
+            f'#!/bin/sh\necho "$@" >> {tmp_path}/calls\necho "found: a line"\nexit {rc}\n'
+        )
     stub.chmod(0o755)
     env = {"PATH": os.environ["PATH"], "AVTOOL_RESCAN_AVTOOL": str(stub)}
     if enabled:
@@ -48,6 +53,16 @@ def test_a_failed_rescan_is_mailed_to_root(tmp_path: Path) -> None:
     assert result.returncode == 1
     assert "the hourly rescan of delivered mail failed on" in result.stdout
     assert "(exit 2)" in result.stdout and "found: a line" in result.stdout
+
+
+def test_a_rescan_already_running_is_no_failure(tmp_path: Path) -> None:
+    """get_ides.sh's rescan holds the state's lock: the hourly one steps aside silently."""
+    stub = tmp_path / "avtool"
+    stub.write_text(
+        "#!/bin/sh\necho 'avtool: another avtool rescan is using /var/lib/x; not run' >&2\nexit 2\n"
+    )
+    result = job(tmp_path, 2, keep_stub=True)
+    assert (result.returncode, result.stdout) == (0, "")
 
 
 def test_nothing_runs_while_the_filter_is_not_enabled(tmp_path: Path) -> None:
