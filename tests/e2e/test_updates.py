@@ -249,7 +249,7 @@ def _rescan_after_update(clamd: ClamdServer, python: Path) -> Path:
     for sub in ("cur", "new", "tmp"):
         (md / sub).mkdir(parents=True)
     delivered = md / "new" / "1700000000.M1P1.e2e"
-    delivered.write_bytes(b"Subject: numbers\n\nLook: " + MARKER + b"\n")
+    delivered.write_bytes(b"From: numbers@example.test\n\nLook: " + MARKER + b"\n")  # no Subject:
     (base / "outbox").mkdir()
     stub = base / "sendmail"
     stub.write_text(f"#!/bin/sh\ncat > $(mktemp {base}/outbox/mail.XXXXXX)\n")
