@@ -107,7 +107,8 @@ class _Acts:
             return
         by_found = {id(s.found): s for s in self.seen.values()}
         with store:
-            events = take(store, [s.found for s in self.seen.values()], lock_timeout=self.cfg[K.LOCK_TIMEOUT])
+            found = [s.found for s in self.seen.values()]
+            events = take(store, found, lock_timeout=self.cfg[K.LOCK_TIMEOUT])
             for event in events:
                 if isinstance(event, Problem):
                     self._problem(summary, event)
