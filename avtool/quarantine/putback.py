@@ -16,8 +16,9 @@ must not write where that file says on its word alone (design.md, "Privileges").
 Maildir: a fresh unique name in the ``new/`` or ``cur/`` it came from, keeping its flags,
 written in ``tmp/`` and linked into place (the Maildir spec). mbox: appended with its From_
 line under the mbox's fcntl, flock and dot locks (locking.py); a failure half way truncates
-back. MH: the next free number. Only once the message is durable there is the entry removed;
-a failure before leaves the entry as it was, a crash after at worst a copy in both places.
+back. MH: the next free number. Only once the message is durable there does release remove the
+entry (release.py, under the entry's lock); a failure before leaves the entry as it was, a crash
+after at worst a copy in both places.
 """
 
 from __future__ import annotations
@@ -79,8 +80,11 @@ class Where:
 
 def put_back(store: Store, ident: str, entry_fd: int, info: dict[str, Any]) -> str:
     """Put the message of entry ``ident`` (open as ``entry_fd``, ``info`` its verdict.json)
-    back into its mailbox as its owner, then remove the entry. The path it went back to;
-    UsageError with one clear line on failure, and the entry stays."""
+    back into its mailbox as its owner; the path it went back to, durable there. The caller
+    (release, holding the entry's lock) removes the entry then. UsageError with one clear line
+    on failure: nothing was written, the entry stays. ``store``: the store it is in (the
+    shared contract's signature; the entry is reached through ``entry_fd``)."""
+    del store
     try:
         where = Where.parse(info)
     except ValueError as e:
@@ -98,10 +102,6 @@ def put_back(store: Store, ident: str, entry_fd: int, info: dict[str, Any]) -> s
         path = _put(where, data, fail)
     finally:
         os.close(data)
-    try:
-        store.delete(ident)
-    except UsageError as e:
-        raise UsageError(f"put back as {path}, but the entry stays: {e}") from None
     return path
 
 

@@ -105,14 +105,20 @@ def intake(world: World, items: list[Found]) -> list[Taken | Problem]:
 
 
 def release(world: World, ident: str) -> str:
-    """What quarantine release does for a mailbox entry once the rescan passed it."""
+    """What quarantine release does for a mailbox entry once its rescan passed it: put_back,
+    which leaves the entry as it was, then the entry removed (release.py does, under its
+    lock)."""
     with Store(str(world.store)) as store:
         fd = os.open(ident, os.O_RDONLY | os.O_DIRECTORY, dir_fd=store.fd)
         try:
             info = json.loads((world.store / ident / "verdict.json").read_bytes())
-            return put_back(store, ident, fd, info)
+            before = sorted(os.listdir(world.store / ident))
+            where = put_back(store, ident, fd, info)
+            assert sorted(os.listdir(world.store / ident)) == before  # the caller removes it
         finally:
             os.close(fd)
+        store.delete(ident)
+    return where
 
 
 def one_taken(events: list[Taken | Problem]) -> str:
