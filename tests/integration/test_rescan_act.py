@@ -11,6 +11,7 @@ from __future__ import annotations
 import datetime
 import email
 import email.policy
+import importlib.util
 import json
 import os
 import signal
@@ -37,7 +38,12 @@ from tests.integration.test_mailbox_quarantine import (
     release,
 )
 from tests.integration.test_move_attacks import attacker
-from tests.integration.test_rescan import add_signature, marker_message, new_marker
+from tests.integration.test_rescan import (
+    add_signature,
+    marker_message,
+    new_marker,
+    remove_signature,
+)
 from tests.support.clamd_harness import REPO, ClamdServer
 from tests.support.dirs import public_dir
 from tests.support.mailboxes import mbox_bytes, plain
@@ -358,3 +364,63 @@ def test_sig_stats_shows_the_time_and_findings_of_the_last_rescan(
     listing = subprocess.run(["ls", str(box.state.parent)], user="courier", capture_output=True)
     assert listing.returncode != 0  # search, not list
     assert box.state.stat().st_mode & 0o777 == 0o600  # not the state itself
+
+
+# ---- avtool quarantine release (issue 17's command, another helper's) of mailbox entries -------
+@pytest.mark.skipif(
+    importlib.util.find_spec("avtool.quarantine.release") is None,
+    reason="avtool quarantine release has not landed yet",
+)
+def test_release_puts_a_false_positive_back_where_it_was_and_holds_a_virus(
+    clamd: ClamdServer, box: Box
+) -> None:
+    """A signature names a harmless message in a Maildir (with flags), an mbox and an MH
+    folder; rescan --quarantine takes all three and EICAR; the signature goes; release puts
+    each back where it was, as its owner, and holds EICAR back (exit 1, nothing moved)."""
+    marker = new_marker()
+    harmless = marker_message(marker)
+    md = box.home / "Maildir"
+    for sub in ("cur", "new", "tmp"):
+        (md / sub).mkdir(parents=True)
+    (md / "cur" / "1700000000.M1P1.test:2,FS").write_bytes(harmless)
+    (md / "new" / "1700000001.M1P1.test").write_bytes(VIRUS)
+    inbox = box.home / "mail" / "inbox"
+    inbox.parent.mkdir()
+    inbox.write_bytes(mbox_bytes([plain("one"), harmless]))
+    mh = box.home / "Mail" / "inbox"
+    mh.mkdir(parents=True)
+    (mh / "1").write_bytes(harmless)
+    box.give(box.home)
+    add_signature(clamd, "AvtoolFalsePositive", marker, box.base / "probe.eml")
+    try:
+        taken = rescan(clamd, box, "--quarantine", "--days", "0", str(md), str(inbox), str(mh))
+        assert summary(taken)["moved"] == 4, taken.output
+    finally:
+        remove_signature(clamd, "AvtoolFalsePositive", box.base / "probe.eml")
+    by_kind: dict[str, list[str]] = {}
+    for ident in os.listdir(box.store):
+        info = json.loads((box.store / ident / "verdict.json").read_text())
+        by_kind.setdefault(info["mailbox"]["kind"], []).append(ident)
+    verdicts = {i: (box.store / i / "verdict.json").read_text() for i in by_kind["maildir"]}
+    eicar = next(i for i, text in verdicts.items() if "Eicar" in text)
+    store = [
+        "--set",
+        f"policy.quarantine_dir={box.store}",
+        "--set",
+        f"clamd.backends={clamd.unix_socket}",
+    ]
+
+    held = cli.invoke(app, ["quarantine", "release", eicar, *store])
+    assert held.exit_code == 1, held.output
+    assert (box.store / eicar / "data").exists() and os.listdir(md / "new") == []
+
+    rest = sorted(set(os.listdir(box.store)) - {eicar})
+    done = cli.invoke(app, ["quarantine", "release", *rest, *store])
+    assert done.exit_code == 0, done.output
+    assert sorted(os.listdir(box.store)) == [eicar]
+    (back,) = os.listdir(md / "cur")
+    assert back.endswith(":2,FS") and (md / "cur" / back).read_bytes() == harmless
+    owned_private(md / "cur" / back, NOBODY.pw_uid, 0o600)
+    assert inbox.read_bytes() == mbox_bytes([plain("one"), harmless])
+    assert os.listdir(mh) == ["1"] and (mh / "1").read_bytes() == harmless  # the next number
+    owned_private(mh / "1", NOBODY.pw_uid, 0o600)
