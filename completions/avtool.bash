@@ -6,10 +6,11 @@ _avtool() {
     case "${COMP_WORDS[i]}" in -*) ;; *) cmd="${COMP_WORDS[i]}"; break ;; esac
   done
   case "$cmd" in
-    "") COMPREPLY=($(compgen -W "batch-test config quarantine run-get-ides scan serve sig --version --debug -h --help" -- "$cur")); return ;;
+    "") COMPREPLY=($(compgen -W "batch-test config quarantine rescan run-get-ides scan serve sig --version --debug -h --help" -- "$cur")); return ;;
     batch-test) opts="-f --config-file --set --dry-run -h --help"; words=""; files="" ;;
     config) opts="-f --config-file --set --verbose -v --check --daemon --sample --format -h --help"; words=""; files="" ;;
     quarantine) opts="-h --help"; words="delete digest list purge release show"; files="1" ;;
+    rescan) opts="-f --config-file --set --days --json --quarantine --notify -j --jobs -q --quiet --if-changed -h --help"; words=""; files="1" ;;
     run-get-ides) opts="-D -t --timeout -h --help"; words=""; files="1" ;;
     scan) opts="-f --config-file --set -j --jobs --json --explain --move-to -q --quiet -h --help"; words=""; files="1" ;;
     serve) opts="-f --config-file --set --debug --socket-dir --name -h --help"; words=""; files="" ;;

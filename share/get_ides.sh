@@ -16,6 +16,11 @@
 #   CHECK_USER      default clamav: the check runs as this user, never as root (a flaw in a
 #                   database parser must not run with root's rights)
 #   RELOAD_COMMAND  default "sudo -n -u courier /usr/local/bin/avtool sig -l reload virus"
+#   RESCAN_COMMAND  default "/usr/local/bin/avtool rescan --notify --quiet": after a successful
+#                   update, look for already delivered mail that the new signatures name (as
+#                   root, who may read every mailbox; within RUN_TIMEOUT: a rescan cut short
+#                   goes on at the next run or the hourly avtool-rescan job). Its report goes
+#                   to the postmaster, its output into this mail. Empty: no rescan.
 #   MIN_INTERVAL    default 3600: seconds between two runs, whoever asks (mail, or the mailbox
 #                   user calling sudo directly); a request inside it ends "subject: SKIPPED"
 #   RUN_TIMEOUT     default 540: seconds for all the steps together; a step still running
@@ -39,6 +44,7 @@ DB_DIR=/var/lib/clamav
 CHECK_COMMAND=""
 CHECK_USER=clamav
 RELOAD_COMMAND="sudo -n -u courier /usr/local/bin/avtool sig -l reload virus"
+RESCAN_COMMAND="/usr/local/bin/avtool rescan --notify --quiet"
 MIN_INTERVAL=3600
 RUN_TIMEOUT=540
 STATE_DIR=/var/lib/avtool-get-ides
@@ -133,5 +139,18 @@ step "reloading the running filter"
 bounded sh -c "$RELOAD_COMMAND" 2>&1; rc=$?
 timed_out $rc && fail "the reload timed out (RUN_TIMEOUT $RUN_TIMEOUT s)" "reload (timeout)"
 [ $rc -eq 0 ] || fail "the filter did not confirm the reload" "reload"
+
+# The update is done and in use: what the rescan finds is news, not a failure of the update.
+if [ -n "$RESCAN_COMMAND" ]; then
+  step "rescanning delivered mail: $RESCAN_COMMAND"
+  bounded sh -c "$RESCAN_COMMAND" 2>&1; rc=$?
+  if timed_out $rc; then
+    echo "##the rescan stopped at RUN_TIMEOUT ($RUN_TIMEOUT s); the next one goes on from there" >&2
+  elif [ $rc -eq 1 ]; then
+    echo "##the rescan found infected mail that was delivered before this update" >&2
+  elif [ $rc -ne 0 ]; then
+    echo "#the rescan failed (exit $rc): $RESCAN_COMMAND" >&2
+  fi
+fi
 
 echo "subject: OK"

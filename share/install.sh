@@ -273,5 +273,6 @@ install_daily_job
 start_courier
 enable_filter
 check_all
+bash "$here/share/install-rescan.sh"   # the hourly rescan of delivered mail (new signatures)
 if [[ -n $smoke ]]; then smoke_test; fi
 say "done: every message Courier receives by SMTP is now scanned by clamd"

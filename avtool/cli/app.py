@@ -10,6 +10,7 @@ from avtool import __version__
 from avtool.cli import batch as batch_cmd
 from avtool.cli import config as config_cmd
 from avtool.cli import quarantine as quarantine_cmd
+from avtool.cli import rescan as rescan_cmd
 from avtool.cli import run_get_ides as updates_cmd
 from avtool.cli import scan as scan_cmd
 from avtool.cli import serve as serve_cmd
@@ -55,6 +56,7 @@ app.command("config")(config_cmd.config)
 app.command("serve")(serve_cmd.serve)
 app.command("batch-test")(batch_cmd.batch_test)
 app.command("scan")(scan_cmd.scan)
+app.command("rescan")(rescan_cmd.rescan)
 app.add_typer(sig_cmd.sig, name="sig")
 app.add_typer(quarantine_cmd.quarantine, name="quarantine")
 app.command("run-get-ides", help=updates_cmd.HELP)(updates_cmd.run_get_ides)

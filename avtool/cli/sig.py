@@ -226,7 +226,7 @@ def _check(action: Action, asked: Asked) -> None:
 def run(action: Action, what: What | None, asked: Asked) -> None:
     """One request: the signal, the answer printed (or to syslog), the exit status."""
     from avtool.control import client, wire
-    from avtool.control.prometheus import prometheus
+    from avtool.control.prometheus import prometheus, rescan_prometheus
 
     _check(action, asked)
     timeout = TIMEOUT_S if asked.timeout is None else asked.timeout
@@ -235,8 +235,9 @@ def run(action: Action, what: What | None, asked: Asked) -> None:
         signum = wire.reload_signal(what.value if what else None)
     log = _Syslog() if asked.to_syslog else None
     warnings: list[str] = []
+    cfg = _paths_config(asked.config_file, list(asked.sets))
     try:
-        where = client.target(_paths_config(asked.config_file, list(asked.sets)), asked.pid)
+        where = client.target(cfg, asked.pid)
         answer = client.request(where, signum, timeout, warnings)
     except wire.SigError as e:
         if log:
@@ -249,19 +250,29 @@ def run(action: Action, what: What | None, asked: Asked) -> None:
         _emit(answer, log)
     elif answer.end == "ok":
         counters = answer.stats()
+        rescan = _last_rescan(cfg) if action is Action.stats else {}
         if action is Action.status:
             _status(where.pid, counters)
         elif asked.as_json:
-            typer.echo(json.dumps(counters.as_dict(), indent=1))
+            typer.echo(json.dumps({**counters.as_dict(), **rescan}, indent=1))
         elif asked.prom:
-            typer.echo(prometheus(counters), nl=False)
+            typer.echo(prometheus(counters) + rescan_prometheus(rescan), nl=False)
         else:
-            _stats_table(counters)
+            _stats_table(counters, rescan)
     if problem := answer.problem(where.pid, timeout):
         print(f"avtool: {problem}", file=sys.stderr)
         if log:
             log.error(problem)
     raise typer.Exit(answer.exit_code)
+
+
+def _last_rescan(cfg: Config) -> dict[str, object]:
+    """The time and findings of the last ``avtool rescan`` (its summary file, beside
+    rescan.state); none when there was none or this user cannot read it."""
+    from avtool.rescan import last
+
+    facts = last.read(cfg) or {}
+    return {key: facts[key] for key in last.SHOWN if key in facts}
 
 
 def _paths_config(config_file: Any, set_: list[str] | None) -> Config:
@@ -323,7 +334,7 @@ def _status(pid: int, stats: Stats) -> None:
     typer.echo(f"avtool is running: pid {stats.pid or pid}, up {uptime} s, socket {stats.socket}")
 
 
-def _stats_table(stats: Stats) -> None:
+def _stats_table(stats: Stats, rescan: dict[str, object]) -> None:
     from rich.console import Console
     from rich.table import Table
 
@@ -334,6 +345,8 @@ def _stats_table(stats: Stats) -> None:
     for name, value in stats.counters.items():
         shown = "-" if value is None else f"{value:.1f}" if isinstance(value, float) else value
         table.add_row(name, str(shown))
+    for name, fact in rescan.items():
+        table.add_row(name, str(fact))
     console.print(table)
     if stats.backends:
         backends = Table(title="clamd")

@@ -4,9 +4,9 @@ Precedence, lowest first: default < file < environment (``AVTOOL_SECTION_KEY``) 
 Which file: ``-f/--config-file`` > ``AVTOOL_CONFIG`` > for the daemon ``/etc/courier/filters/
 avtool.conf``; for user commands the platformdirs user config file, then that system file.
 
-Keys are defined in keys.py (one entry each), which also builds the registry ``KEYS`` and the
-cross-key ``CHECKS`` that this module uses; keys.py imports nothing from here. Values are read
-with ``cfg[keys.NAME]``, typed.
+Keys are defined in keys.py (one entry each), which also builds the registry ``KEYS``; the
+cross-key ``CHECKS`` that this module uses are in checks.py; neither imports from here. Values
+are read with ``cfg[keys.NAME]``, typed.
 """
 
 from __future__ import annotations
@@ -20,7 +20,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
-from avtool.config.keys import CHECKS, KEYS
+from avtool.config.checks import CHECKS
+from avtool.config.keys import KEYS
 from avtool.config.kinds import Key
 from avtool.errors import ConfigError
 

@@ -1,6 +1,6 @@
 """Every configuration key: ``section.name``, kind, default, a one-line doc and how a reload
-applies it (kinds.Reload), in one place; the registry ``KEYS`` built from them; the cross-key
-checks ``CHECKS``.
+applies it (kinds.Reload), in one place; the registry ``KEYS`` built from them (the cross-key
+checks are in checks.py).
 
 To add a key, add one ``key(...)`` entry here and name it in ``KEYS``; ``avtool config``, the
 sample config, the environment override ``AVTOOL_SECTION_NAME``, validation and what a reload
@@ -10,13 +10,10 @@ does follow from it. Read values with ``cfg[keys.NAME]``, typed. Nothing here im
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 from avtool.config.kinds import (
     Bool,
     Choice,
     Int,
-    Resolved,
     Seconds,
     Size,
     Text,
@@ -334,6 +331,30 @@ UPDATE_SENDERS = key(
 )
 
 
+# ---- avtool rescan (retro-scan after signature updates) ---------------------------------------
+RESCAN_ROOTS = key(
+    "rescan.roots",
+    TextList(Text(r"/.*", "must be an absolute path or glob")),
+    (),
+    "mailboxes `avtool rescan` scans (globs); empty: ~/Maildir of every local user (passwd)",
+    reload="live",
+)
+RESCAN_DAYS = key(
+    "rescan.days",
+    Int(0, 36500),
+    14,
+    "`avtool rescan` scans mail delivered within this many days (file time, From_ line); 0: all",
+    reload="live",
+)
+RESCAN_STATE = key(
+    "rescan.state",
+    Text(r"/.*", "must be absolute"),
+    "/var/lib/avtool/rescan.sqlite",
+    "what `avtool rescan` scanned with which signatures, and its findings (SQLite, 0600)",
+    reload="live",
+)
+
+
 # ---- quarantine expiry and notices (issue 17) --------------------------------------------------
 QUARANTINE_DAYS = key(
     "policy.quarantine_days",
@@ -386,6 +407,24 @@ NOTIFY_TIMEOUT = key(
 )
 
 
+# ---- avtool rescan: what is done with a finding (issue 18) ------------------------------------
+RESCAN_ACTION = key(
+    "rescan.action",
+    Choice(("report", "quarantine")),
+    "report",
+    "what `avtool rescan` does with an infected message: report it, or (as --quarantine) move "
+    "it into the quarantine, from where `avtool quarantine release` puts it back",
+    reload="live",
+)
+RESCAN_NOTIFY_OWNERS = key(
+    "rescan.notify_owners",
+    Bool(),
+    False,
+    "`avtool rescan --notify` also tells each mailbox's owner what was found in it",
+    reload="live",
+)
+
+
 # ---- the registry: every key above, in the order `avtool config` and the sample file show ---
 KEYS = table((
     BACKENDS, BALANCE, CONNECT_TIMEOUT, SCAN_TIMEOUT, RETRY_AFTER, TRANSFER, MAX_SIZE, VERBOSITY,
@@ -395,42 +434,8 @@ KEYS = table((
     PATTERNS_DEFER, REJECT_TEXT, UNCHECKED, FAILED, SKIP_AUTHENTICATED, SKIP_RELAY_CLIENTS,
     PASS_RECIPIENTS, QUARANTINE_DIR, HEADER_CLEAN, HEADER_RENAME, JOBS, LOCK_TIMEOUT,
     UPDATE_INTERVAL, UPDATE_SENDERS,
+    RESCAN_ROOTS, RESCAN_DAYS, RESCAN_STATE,
     QUARANTINE_DAYS, SENDMAIL, NOTIFY_POSTMASTER, NOTIFY_RECIPIENTS, NOTIFY_DIGEST,
     NOTIFY_TEMPLATES, NOTIFY_TIMEOUT,
+    RESCAN_ACTION, RESCAN_NOTIFY_OWNERS,
 ))  # fmt: skip
-
-
-# ---- cross-key checks: each returns a problem text or None -------------------------------------
-def _fildes_needs_unix(cfg: Resolved) -> str | None:
-    tcp = [b for b in cfg[BACKENDS] if not b.startswith("/")]
-    if cfg[TRANSFER] == "fildes" and tcp:
-        return (
-            f"clamd.transfer: fildes works on unix sockets only, but clamd.backends has "
-            f"{', '.join(tcp)} ({cfg.source(TRANSFER)})"
-        )
-    return None
-
-
-def _connect_within_scan(cfg: Resolved) -> str | None:
-    if cfg[CONNECT_TIMEOUT] > cfg[SCAN_TIMEOUT]:
-        return (
-            f"clamd.connect_timeout: {cfg[CONNECT_TIMEOUT]:g} s is longer than "
-            f"clamd.scan_timeout {cfg[SCAN_TIMEOUT]:g} s ({cfg.source(CONNECT_TIMEOUT)})"
-        )
-    return None
-
-
-def _scan_within_message(cfg: Resolved) -> str | None:
-    if cfg[SCAN_TIMEOUT] > cfg[MESSAGE_TIMEOUT]:
-        return (
-            f"clamd.scan_timeout: {cfg[SCAN_TIMEOUT]:g} s is longer than serve.message_timeout "
-            f"{cfg[MESSAGE_TIMEOUT]:g} s: it would cut every slow scan ({cfg.source(SCAN_TIMEOUT)})"
-        )
-    return None
-
-
-CHECKS: list[Callable[[Resolved], str | None]] = [
-    _fildes_needs_unix,
-    _connect_within_scan,
-    _scan_within_message,
-]

@@ -1,10 +1,11 @@
 """The daemon's counters (wire.Stats, the answer to ``avtool sig stats``) in Prometheus' text
-exposition format, for node_exporter's textfile collector."""
+exposition format, for node_exporter's textfile collector; and the last rescan's facts."""
 
 from __future__ import annotations
 
+import datetime
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 from avtool.control.wire import ACTIONS, VERDICTS, Backend, Stats
 
@@ -88,6 +89,35 @@ def prometheus(stats: Stats) -> str:
         "Seconds since the daemon started.",
         [("", c.get("uptime_s", 0))],
     )
+    return "\n".join(out) + "\n"
+
+
+def rescan_prometheus(facts: Mapping[str, object]) -> str:
+    """The last ``avtool rescan`` (its summary, rescan/last.py): when it ended and what it
+    found; nothing before the first rescan."""
+    when = facts.get("last_rescan")
+    if not isinstance(when, str):
+        return ""
+    try:
+        stamp = datetime.datetime.fromisoformat(when).timestamp()
+    except ValueError:
+        return ""
+    families = (
+        ("avtool_rescan_last_timestamp_seconds", "When the last rescan ended (Unix time).", stamp),
+        (
+            "avtool_rescan_last_scanned",
+            "Messages the last rescan scanned.",
+            facts.get("last_rescan_scanned"),
+        ),
+        (
+            "avtool_rescan_last_infected",
+            "Infected messages the last rescan found.",
+            facts.get("last_rescan_infected"),
+        ),
+    )
+    out = []
+    for name, doc, value in families:
+        out += [f"# HELP {name} {doc}", f"# TYPE {name} gauge", f"{name} {_value(value)}"]
     return "\n".join(out) + "\n"
 
 

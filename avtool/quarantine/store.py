@@ -238,6 +238,7 @@ def _parse(ident: str, fd: int) -> Entry:
         verdict=_VERDICTS.get(info.get("verdict"), str(info.get("verdict")).lower()),
         reason=_str(info.get("reason")),
         message_id=_str(info.get("message_id")),
+        origin=str(info.get("origin") or "filter"),
     )
 
 

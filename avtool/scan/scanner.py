@@ -21,7 +21,7 @@ import re
 import stat
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from typing import BinaryIO, Literal, Protocol
@@ -31,7 +31,7 @@ from avtool.config import keys as K
 from avtool.courier import unscannable
 from avtool.engine import Clean, Engine, Failed, Infected, Unchecked, Verdict, secondlook
 from avtool.errors import EngineError, UsageError
-from avtool.safedir import Unsafe, open_file
+from avtool.safedir import Unsafe
 from avtool.scan.explain import Part, explain
 from avtool.scan.mailbox import STDIN, Message, Moved, OpenFile, Problem, move, open_quarantine
 from avtool.scan.mailbox import spool as spool_stdin
@@ -39,6 +39,7 @@ from avtool.scan.mailbox import walk as walk_inputs
 from avtool.scan.mailbox.maildir import Maildir, copy_range, relocate
 from avtool.scan.mailbox.mbox import digest
 from avtool.scan.mailbox.message import read_head, sender_and_subject
+from avtool.scan.mailbox.opener import Opener
 from avtool.scan.mailbox.walk import why
 
 log = logging.getLogger("avtool.scan")
@@ -144,7 +145,7 @@ def run(
     if list(paths).count(STDIN) > 1:
         raise UsageError("'-' (standard input) can be given once")
     engine = Engine.from_config(cfg)
-    _preflight(engine)
+    preflight(engine)
     jobs = options.jobs or cfg[K.JOBS] or default_jobs(engine)
     dest, exclude = _quarantine(options.move_to)
     with contextlib.ExitStack() as cleanup:
@@ -152,7 +153,7 @@ def run(
             cleanup.callback(dest.close)
         spooled = spool_stdin(stdin) if STDIN in paths and stdin is not None else None
         summary = Summary(jobs=jobs)
-        worker = _Worker(cfg, engine, options, moving=dest is not None)
+        worker = Worker(cfg, engine, options, moving=dest is not None)
         victims: list[tuple[Message, str]] = []
 
         def record(item: Result | Problem) -> None:
@@ -169,7 +170,8 @@ def run(
 
         counter = _Counter(paths, spooled, exclude) if options.count else None
         started = time.monotonic()
-        _scan_all(paths, spooled, exclude, jobs, worker, record, counter, report)
+        items = walk_inputs(paths, stdin=spooled, exclude=exclude)
+        scan_all(items, jobs, worker, record, counter, report)
         summary.seconds = time.monotonic() - started
         if counter is not None:
             counter.stop.set()
@@ -185,18 +187,17 @@ def run(
         return summary
 
 
-def _scan_all(
-    paths: Sequence[str],
-    spooled: OpenFile | None,
-    exclude: set[tuple[int, int]],
+def scan_all(
+    items: Iterable[Message | Problem],
     jobs: int,
-    worker: _Worker,
-    record: _Record,
-    counter: _Counter | None,
-    report: Report,
+    worker: Worker,
+    record: Record,
+    counter: _Counter | None = None,
+    report: Report | None = None,
 ) -> None:
-    """Walk and scan with at most ``2 * jobs`` messages in flight (the walk runs ahead only
-    that far), handing each result to ``record`` as it completes."""
+    """Scan ``items`` (a walk, pulled on this thread) with at most ``2 * jobs`` messages in
+    flight (the walk runs ahead only that far), handing each result and problem to ``record``
+    on this thread as it completes. ``counter`` tells ``report`` the total once it is known."""
     done: queue.SimpleQueue[Future[Result | Problem]] = queue.SimpleQueue()
     pool = ThreadPoolExecutor(max_workers=jobs, thread_name_prefix="avtool-scan")
     in_flight = 0
@@ -208,12 +209,12 @@ def _scan_all(
             record(done.get().result())
             in_flight -= 1
             block = False
-        if counter is not None and not told_total and counter.finished.is_set():
+        if counter and report and not told_total and counter.finished.is_set():
             told_total = True
             report.total(*counter.counts)
 
     try:
-        for item in walk_inputs(paths, stdin=spooled, exclude=exclude):
+        for item in items:
             if isinstance(item, Problem):
                 record(item)
                 continue
@@ -233,7 +234,7 @@ def _scan_all(
     pool.shutdown()
 
 
-class _Record(Protocol):
+class Record(Protocol):
     def __call__(self, item: Result | Problem) -> None: ...
 
 
@@ -265,11 +266,12 @@ class _Counter:
             self.finished.set()
 
 
-class _Worker:
+class Worker:
     """Scans one message (on a pool thread): verdict, then what a report needs of it."""
 
     def __init__(self, cfg: Config, engine: Engine, options: Options, *, moving: bool) -> None:
         self.engine = engine
+        self.opener = Opener()  # Maildir and MH messages by their folders' descriptors
         # transfer "scan" needs a path clamd can open; a byte range has none, so ranges go by
         # FILDES (INSTREAM over TCP) whatever clamd.transfer says.
         self.range_engine = (
@@ -298,14 +300,14 @@ class _Worker:
         # swapped for a fifo must not hang the scan in open(2) (fifo(7)).
         try:
             try:
-                fd = open_file(m.path)
+                fd = self.opener.open(m)
             except FileNotFoundError:
                 again = relocate(m) if m.format == "maildir" else None
                 if again is None:
                     text = "gone before it was scanned (deleted meanwhile)"
                     return Problem(m.where, text, False)
                 m = again
-                fd = open_file(m.path)
+                fd = self.opener.open(m)
         except OSError as e:
             return Result(m, Failed(f"cannot open: {why(e)}"))
         except Unsafe as e:
@@ -416,7 +418,7 @@ def clamd_threads(engine: Engine) -> int:
     return total
 
 
-def _preflight(engine: Engine) -> None:
+def preflight(engine: Engine) -> None:
     """One PING per backend before any scan: with no clamd the scan would only print a
     failure per message."""
     reasons = []
@@ -432,9 +434,13 @@ def _preflight(engine: Engine) -> None:
 __all__ = [
     "ClamdUnreachable",
     "Options",
+    "Record",
     "Report",
     "Result",
     "Summary",
+    "Worker",
     "default_jobs",
+    "preflight",
     "run",
+    "scan_all",
 ]

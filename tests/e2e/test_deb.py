@@ -261,6 +261,7 @@ def test_install_enable_upgrade_while_mail_flows_remove_purge(
     assert WRAPPER.stat().st_mode & 0o111 == 0o111
     conffiles = run("dpkg-query", "-W", "-f=${Conffiles}", "avtool").stdout
     assert str(CONF) in conffiles and "/etc/cron.d/avtool" in conffiles
+    assert "/etc/cron.d/avtool-rescan " in conffiles  # the hourly rescan (issue 18)
     courier_ids = pwd.getpwnam("courier").pw_uid, pwd.getpwnam("courier").pw_gid
     for path, mode in ((STATE, 0o750), (QUARANTINE, 0o700)):
         st = path.lstat()
@@ -276,6 +277,15 @@ def test_install_enable_upgrade_while_mail_flows_remove_purge(
     assert not any(Path("/etc/sudoers.d").glob("avtool*")), "sudoers enabled behind our back"
     daily = run("/usr/lib/avtool/daily-check")
     assert (daily.returncode, daily.stdout) == (0, ""), daily  # not enabled: nothing to check
+    job = Path("/usr/lib/avtool/rescan-job")
+    assert job.stat().st_uid == 0 and stat.S_IMODE(job.stat().st_mode) == 0o755
+    assert "AVTOOL=/usr/bin/avtool" in job.read_text() and "/usr/local/" not in job.read_text()
+    assert (
+        Path("/lib/systemd/system/avtool-rescan.timer").exists()
+        or Path("/usr/lib/systemd/system/avtool-rescan.timer").exists()
+    )
+    hourly = run(str(job))
+    assert (hourly.returncode, hourly.stdout) == (0, ""), hourly  # not enabled: no rescan
 
     # --- enabled as the admin does: a clean and an EICAR mail through Courier ---------------
     config = f'[clamd]\nbackends = ["{clamd.unix_socket}"]\n[headers]\nclean = true\n'
@@ -376,6 +386,9 @@ def test_install_enable_upgrade_while_mail_flows_remove_purge(
             Path("/run/courier/avtool.pipe"),
             Path("/etc/systemd/system/timers.target.wants/avtool-daily.timer"),
             Path("/var/lib/systemd/deb-systemd-helper-enabled/avtool-daily.timer.dsh-also"),
+            Path("/etc/systemd/system/timers.target.wants/avtool-rescan.timer"),
+            Path("/var/lib/systemd/deb-systemd-helper-enabled/avtool-rescan.timer.dsh-also"),
+            Path("/etc/cron.d/avtool-rescan"),
         )
         if p.exists() or p.is_symlink()
     ]

@@ -15,6 +15,7 @@ import email
 import email.policy
 import os
 import pwd
+import re
 import shutil
 import stat
 import subprocess
@@ -238,11 +239,39 @@ def _write_conf(clamd: ClamdServer, daemon: Daemon, python: Path) -> None:
     _settings(f'DB_DIR="{clamd.db_dir}"\nRELOAD_COMMAND="{reload}"\n')
 
 
+def _rescan_after_update(clamd: ClamdServer, python: Path) -> Path:
+    """RESCAN_COMMAND: this checkout's avtool rescans a Maildir holding a message delivered
+    before the update, which the update's signature names, and reports to a sendmail
+    stand-in. The delivered message's path."""
+    base = Path(tempfile.mkdtemp(prefix="avu-rescan", dir="/tmp"))
+    base.chmod(0o755)
+    md = base / "Maildir"
+    for sub in ("cur", "new", "tmp"):
+        (md / sub).mkdir(parents=True)
+    delivered = md / "new" / "1700000000.M1P1.e2e"
+    delivered.write_bytes(b"From: numbers@example.test\n\nLook: " + MARKER + b"\n")  # no Subject:
+    (base / "outbox").mkdir()
+    stub = base / "sendmail"
+    stub.write_text(f"#!/bin/sh\ncat > $(mktemp {base}/outbox/mail.XXXXXX)\n")
+    stub.chmod(0o755)
+    sets = {
+        "clamd.backends": str(clamd.unix_socket),
+        "rescan.state": str(base / "state" / "rescan.sqlite"),
+        "notify.sendmail": str(stub),
+        "notify.postmaster": "postmaster@example.test",
+    }
+    args = " ".join(f"--set {k}={v}" for k, v in sets.items())
+    command = f"{python} -m avtool rescan --notify --quiet {args} {md}"
+    CONF.write_text(CONF.read_text() + f'RESCAN_COMMAND="{command}"\n')
+    return delivered
+
+
 def _settings(text: str) -> None:
     """/etc/avtool/get_ides.conf with the stub dir first on PATH, and no update run yet (the
-    script's stamp removed: each test starts outside the interval)."""
+    script's stamp removed: each test starts outside the interval). No rescan of the machine's
+    mailboxes unless ``text`` sets RESCAN_COMMAND."""
     CONF.parent.mkdir(parents=True, exist_ok=True)
-    CONF.write_text(f'PATH="{STUB_DIR}:$PATH"\n{text}')
+    CONF.write_text(f'PATH="{STUB_DIR}:$PATH"\nRESCAN_COMMAND=""\n{text}')
     (STATE_DIR / "last").unlink(missing_ok=True)
 
 
@@ -266,12 +295,20 @@ def test_an_announcement_updates_checks_and_reloads(
     _stub_freshclam(clamd.db_dir)
     _stub_clamscan()
     _write_conf(clamd, daemon, installed.python)
+    delivered = _rescan_after_update(clamd, installed.python)
     assert _verdict(daemon).startswith("200")  # the signature is not known yet
 
     kept = _announce(installed, "ClamAV daily 27001")
 
     assert kept["Subject"] == "[OK] ClamAV daily 27001"
     body = kept.get_content()
+    # then the rescan (issue 18), as root: the mail delivered before the update that the new
+    # signature names is in the mail, and its report went to the postmaster
+    assert "== rescanning delivered mail: " in body, body
+    assert re.search(rf"INFECTED .*{delivered.name}.*Avtool\.E2E\.NewSig", body), body
+    reports = sorted((delivered.parents[2] / "outbox").iterdir())
+    assert len(reports) == 1 and b"Avtool.E2E.NewSig" in reports[0].read_bytes()
+    shutil.rmtree(delivered.parents[2], ignore_errors=True)
     # the check ran clamscan as clamav, not root, and the real one loaded the new database
     assert f"check uid: {pwd.getpwnam('clamav').pw_uid}\n" in body, body
     assert "== updating" in body and "daily.cld updated (version: 27001" in body

@@ -17,8 +17,9 @@ SCRIPT = Path(__file__).resolve().parents[2] / "share" / "get_ides.sh"
 
 
 def run(tmp_path: Path, conf: str, *args: str) -> subprocess.CompletedProcess[str]:
-    """The script as root runs it directly, with ``conf`` and a state dir of the test's own."""
-    (tmp_path / "conf").write_text(f'STATE_DIR="{tmp_path}/state"\n{conf}')
+    """The script as root runs it directly, with ``conf`` and a state dir of the test's own (and
+    no rescan unless ``conf`` asks for one)."""
+    (tmp_path / "conf").write_text(f'STATE_DIR="{tmp_path}/state"\nRESCAN_COMMAND=true\n{conf}')
     env = dict(os.environ, AVTOOL_GET_IDES_CONF=str(tmp_path / "conf"))
     env.pop("SUDO_UID", None)
     return subprocess.run(
@@ -73,7 +74,7 @@ def test_concurrent_requests_make_exactly_one_run(tmp_path: Path) -> None:
     end at once, kept and tagged, exit 0. MIN_INTERVAL=0: only the lock is at work here."""
     conf = (
         f'MIN_INTERVAL=0\nUPDATE_COMMAND="echo run >> {tmp_path}/runs; sleep 2"\n'
-        "CHECK_COMMAND=true\nRELOAD_COMMAND=true\n"
+        "CHECK_COMMAND=true\nRELOAD_COMMAND=true\nRESCAN_COMMAND=true\n"
     )
     (tmp_path / "conf").write_text(f'STATE_DIR="{tmp_path}/state"\n{conf}')
     env = dict(os.environ, AVTOOL_GET_IDES_CONF=str(tmp_path / "conf"))
@@ -188,3 +189,48 @@ def test_the_check_runs_as_clamav_not_root(tmp_path: Path, request: pytest.Fixtu
     assert f"check uid: {clamav.pw_uid} gid: {clamav.pw_gid}" in result.stdout, result.stdout
     assert "== checking that the database loads (as user clamav)" in result.stdout
     assert result.stdout.splitlines()[-1] == "subject: OK", result.stdout + result.stderr
+
+
+# ---- issue 18: the rescan after a successful update ----------------------------------------
+STEPS_OK = "UPDATE_COMMAND=true\nCHECK_COMMAND=true\nRELOAD_COMMAND=true\n"
+
+
+@pytest.mark.parametrize(
+    ("rc", "said"),
+    [
+        (0, None),
+        (1, "##the rescan found infected mail that was delivered before this update"),
+        (2, "#the rescan failed (exit 2)"),
+    ],
+)
+def test_a_successful_update_ends_with_a_rescan(tmp_path: Path, rc: int, said: str | None) -> None:
+    """Its output goes into the mail; what it finds, or its failure, is no failure of the
+    update (the subject stays OK), and is said on stderr (syslog)."""
+    conf = f'{STEPS_OK}RESCAN_COMMAND="echo rescanned as $(id -u); exit {rc}"\n'
+    result = run(tmp_path, conf)
+    lines = result.stdout.splitlines()
+    assert lines[-2] == f"rescanned as {os.geteuid()}" and lines[-1] == "subject: OK"
+    assert lines[-3].startswith("== rescanning delivered mail: echo rescanned")
+    assert (said is None and "rescan" not in result.stderr) or (said and said in result.stderr)
+    assert result.returncode == 0
+
+
+def test_no_rescan_after_a_failed_update(tmp_path: Path) -> None:
+    conf = f'UPDATE_COMMAND=false\nRESCAN_COMMAND="echo run >> {tmp_path}/runs"\n'
+    result = run(tmp_path, conf)
+    assert result.stdout.splitlines()[-1] == "subject: FAILED update"
+    assert _runs(tmp_path) == [] and "rescanning" not in result.stdout
+
+
+def test_the_rescan_is_bounded_by_run_timeout(tmp_path: Path) -> None:
+    conf = f'RUN_TIMEOUT=3\n{STEPS_OK}RESCAN_COMMAND="sleep 60"\n'
+    started = time.monotonic()
+    result = run(tmp_path, conf)
+    assert time.monotonic() - started < 20
+    assert result.stdout.splitlines()[-1] == "subject: OK"
+    assert "##the rescan stopped at RUN_TIMEOUT (3 s)" in result.stderr
+
+
+def test_the_default_rescan_command_is_the_installed_avtool() -> None:
+    text = SCRIPT.read_text()
+    assert 'RESCAN_COMMAND="/usr/local/bin/avtool rescan --notify --quiet"' in text

@@ -75,7 +75,7 @@ def _message(mailbox: str, sub: str, name: str, path: str, st: os.stat_result) -
     key, _, info = name.partition(":")
     return Message(
         mailbox, "maildir", key, path, st.st_size, subdir=sub, info=info, dev=st.st_dev,
-        ino=st.st_ino,
+        ino=st.st_ino, mtime=st.st_mtime_ns,
     )  # fmt: skip
 
 

@@ -68,6 +68,7 @@ class Message:
     # only on that inode (0, 0: unknown, never moved).
     dev: int = 0
     ino: int = 0
+    mtime: int = 0  # file-backed: st_mtime_ns when listed (rescan's window and state)
     source: OpenFile | None = field(default=None, compare=False, repr=False)
 
     @property

@@ -49,8 +49,9 @@ def messages(path: str) -> Iterator[Message | Problem]:
                 continue
             if stat.S_ISREG(st.st_mode):
                 yield Message(
-                    path, "mh", entry.name, entry.path, st.st_size, dev=st.st_dev, ino=st.st_ino
-                )
+                    path, "mh", entry.name, entry.path, st.st_size, dev=st.st_dev,
+                    ino=st.st_ino, mtime=st.st_mtime_ns,
+                )  # fmt: skip
 
 
 def folders(path: str) -> Iterator[str]:

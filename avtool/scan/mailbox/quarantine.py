@@ -42,7 +42,7 @@ class Moved:
 Victim = tuple[Message, str]  # the message and, for mbox, the digest of the bytes scanned
 
 
-class _Replaced(Exception):
+class Replaced(Exception):
     """The name no longer holds the file that was scanned."""
 
 
@@ -73,14 +73,14 @@ def move(
 def _move_file(dest: maildir.Maildir, m: Message) -> Moved | Problem:
     try:
         if m.ino == 0:
-            raise _Replaced("not scanned from a file")
-        dir_fd, name, fd, m = _open_scanned(m)
+            raise Replaced("not scanned from a file")
+        dir_fd, name, fd, m = open_scanned(m)
         try:
             return Moved(m, _move_open(dest, m, dir_fd, name, fd))
         finally:
             os.close(fd)
             os.close(dir_fd)
-    except (Unsafe, _Replaced) as e:
+    except (Unsafe, Replaced) as e:
         return Problem(m.where, f"not moved: {e}; {LEFT}")
     except OSError as e:
         return Problem(m.where, f"not moved: {why(e)}")
@@ -102,7 +102,7 @@ def _move_open(dest: maildir.Maildir, m: Message, dir_fd: int, name: str, fd: in
     try:
         now = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
         if (now.st_dev, now.st_ino) != (st.st_dev, st.st_ino):
-            raise _Replaced("its name was given to another file during the move")
+            raise Replaced("its name was given to another file during the move")
         os.unlink(name, dir_fd=dir_fd)
     except BaseException:
         with contextlib.suppress(OSError):
@@ -113,9 +113,9 @@ def _move_open(dest: maildir.Maildir, m: Message, dir_fd: int, name: str, fd: in
     return to
 
 
-def _open_scanned(m: Message) -> tuple[int, str, int, Message]:
+def open_scanned(m: Message) -> tuple[int, str, int, Message]:
     """(its directory, its name, the file open, the message as found) for the file that was
-    scanned; FileNotFoundError if it is gone, _Replaced if its name holds another file. A
+    scanned; FileNotFoundError if it is gone, Replaced if its name holds another file. A
     Maildir message renamed by a reader since the scan (a flag change, or read: new/ to cur/)
     is found again by its unique name and inode."""
     if m.format == "file":
@@ -146,7 +146,7 @@ def _open_in_maildir(folder: int, m: Message) -> tuple[int, str, int, Message]:
             for name in names:
                 try:
                     fd = _open_if_scanned(sub_fd, name, m)
-                except _Replaced:
+                except Replaced:
                     replaced = True
                     continue
                 if fd is not None:
@@ -158,26 +158,26 @@ def _open_in_maildir(folder: int, m: Message) -> tuple[int, str, int, Message]:
             raise
         os.close(sub_fd)
     if replaced:
-        raise _Replaced(_OTHER)
+        raise Replaced(_OTHER)
     raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), m.path)
 
 
 def _open_if_scanned(dir_fd: int, name: str, m: Message) -> int | None:
     """``name`` in ``dir_fd`` open, if it is the file that was scanned (st_dev, st_ino); None
-    if there is no such name; _Replaced if it names something else (never followed)."""
+    if there is no such name; Replaced if it names something else (never followed)."""
     try:
         fd = os.open(name, _FILE, dir_fd=dir_fd)
     except FileNotFoundError:
         return None
     except OSError as e:
         if e.errno == errno.ELOOP:
-            raise _Replaced(f"{name} is a symbolic link now") from None
+            raise Replaced(f"{name} is a symbolic link now") from None
         raise
     st = os.fstat(fd)
     if stat.S_ISREG(st.st_mode) and (st.st_dev, st.st_ino) == (m.dev, m.ino):
         return fd
     os.close(fd)
-    raise _Replaced(_OTHER)
+    raise Replaced(_OTHER)
 
 
 def _move_mbox(

@@ -18,7 +18,7 @@ import re
 import stat
 import tempfile
 import threading
-from collections.abc import Collection, Generator, Iterator, Sequence
+from collections.abc import Callable, Collection, Generator, Iterator, Sequence
 from typing import BinaryIO, Literal
 
 from avtool import safedir
@@ -32,6 +32,9 @@ _FIELD = re.compile(rb"[\x21-\x39\x3b-\x7e]{1,200}:")
 
 Item = Message | Problem
 Counts = tuple[int, int]  # messages, problems that are errors
+# Called with (path, fstat) of each file met outside Maildir and MH folders, before a byte of
+# it is read: True means "known, do not read it" (rescan: an mbox unchanged since its scan).
+Known = Callable[[str, os.stat_result], bool]
 
 
 def kind_of(head: bytes) -> Literal["mbox", "message"] | None:
@@ -49,12 +52,13 @@ def walk(
     stdin: OpenFile | None = None,
     exclude: Collection[tuple[int, int]] = (),
     stop: threading.Event | None = None,
+    known: Known | None = None,
 ) -> Iterator[Item]:
     """Messages and problems for each argument, in order, streamed. ``-`` is ``stdin``, already
     spooled (spool()); ``exclude`` holds (st_dev, st_ino) of directories not to enter (the
-    quarantine); ``stop`` ends the walk early."""
+    quarantine); ``stop`` ends the walk early; ``known``: files not to read (Known)."""
     for arg in args:
-        items = _stdin(stdin) if arg == STDIN else _argument(arg, exclude)
+        items = _stdin(stdin) if arg == STDIN else _argument(arg, exclude, known)
         for item in items:
             yield item
             if stop is not None and stop.is_set():
@@ -90,21 +94,25 @@ def _stdin(source: OpenFile | None) -> Iterator[Item]:
         yield Problem(STDIN, "not a mail message or mailbox (unrecognised or binary data)")
 
 
-def _argument(arg: str, exclude: Collection[tuple[int, int]]) -> Iterator[Item]:
+def _argument(
+    arg: str, exclude: Collection[tuple[int, int]], known: Known | None
+) -> Iterator[Item]:
     try:
         st = os.stat(arg)
     except OSError as e:
         yield Problem(arg, why(e))
         return
     if stat.S_ISDIR(st.st_mode):
-        yield from _directory(arg, exclude, named=True)
+        yield from _directory(arg, exclude, known, named=True)
     elif stat.S_ISREG(st.st_mode):
-        yield from _file(arg, named=True)
+        yield from _file(arg, known, named=True)
     else:
         yield Problem(arg, "not a file or directory (a device, pipe or socket)")
 
 
-def _directory(path: str, exclude: Collection[tuple[int, int]], *, named: bool) -> Iterator[Item]:
+def _directory(
+    path: str, exclude: Collection[tuple[int, int]], known: Known | None, *, named: bool
+) -> Iterator[Item]:
     try:
         st = os.stat(path)
     except OSError as e:
@@ -115,21 +123,25 @@ def _directory(path: str, exclude: Collection[tuple[int, int]], *, named: bool) 
     if maildir.is_maildir(path):
         found = yield from _counted(maildir.messages(path))
         for folder in maildir.folders(path):
-            found = _add(found, (yield from _counted(_directory(folder, exclude, named=False))))
+            found = _add(
+                found, (yield from _counted(_directory(folder, exclude, known, named=False)))
+            )
         empty = "empty Maildir: no message in new/ or cur/"
     elif mh.is_mh(path):
         found = yield from _counted(mh.messages(path))
         for folder in mh.folders(path):
-            found = _add(found, (yield from _counted(_directory(folder, exclude, named=False))))
+            found = _add(
+                found, (yield from _counted(_directory(folder, exclude, known, named=False)))
+            )
         empty = "empty MH folder: no numbered message file"
     else:
-        found = yield from _counted(_plain(path, exclude))
+        found = yield from _counted(_plain(path, exclude, known))
         empty = "no mail found in this directory"
     if named and found == (0, 0):
         yield Problem(path, empty)
 
 
-def _plain(path: str, exclude: Collection[tuple[int, int]]) -> Iterator[Item]:
+def _plain(path: str, exclude: Collection[tuple[int, int]], known: Known | None) -> Iterator[Item]:
     try:
         entries = os.scandir(path)
     except OSError as e:
@@ -145,12 +157,12 @@ def _plain(path: str, exclude: Collection[tuple[int, int]]) -> Iterator[Item]:
             except OSError:
                 continue
             if is_dir:
-                yield from _directory(entry.path, exclude, named=False)
+                yield from _directory(entry.path, exclude, known, named=False)
             elif is_file:
-                yield from _file(entry.path, named=False)
+                yield from _file(entry.path, known, named=False)
 
 
-def _file(path: str, *, named: bool) -> Iterator[Item]:
+def _file(path: str, known: Known | None, *, named: bool) -> Iterator[Item]:
     try:
         fd = safedir.open_file(path)  # root never opens a device a user's link points at
     except OSError as e:
@@ -162,6 +174,8 @@ def _file(path: str, *, named: bool) -> Iterator[Item]:
     source = OpenFile(fd)
     try:
         st = os.fstat(fd)
+        if known is not None and known(path, st):
+            return
         size = st.st_size
         head = os.pread(fd, _PEEK, 0)
     except OSError as e:
@@ -174,7 +188,9 @@ def _file(path: str, *, named: bool) -> Iterator[Item]:
     elif kind == "mbox":
         yield from mbox.messages(path, source, size)
     elif kind == "message":
-        yield Message(path, "file", "", path, size, dev=st.st_dev, ino=st.st_ino)
+        yield Message(
+            path, "file", "", path, size, dev=st.st_dev, ino=st.st_ino, mtime=st.st_mtime_ns
+        )
     else:
         text = "not a mail message or mailbox (unrecognised or binary data); skipped"
         yield Problem(path, text, error=named)
