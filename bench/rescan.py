@@ -200,6 +200,7 @@ def main(argv: list[str] | None = None) -> int:
         sock = str(server.unix_socket)
         engine = Engine.from_config(Config.resolve(env={}, overrides={"clamd.backends": sock}))
         states = work / "state"
+        states.mkdir(mode=0o700)
         first: list[dict[str, object]] = []
         for i in range(args.pairs):  # interleaved, each rescan on a fresh state
             before = cpu_of(server.pid)
