@@ -19,7 +19,7 @@ from avtool.scan.scanner import Summary
 Roots = Annotated[
     list[str] | None,
     typer.Argument(
-        metavar="[ROOT...]",
+        metavar="ROOT",
         help="Mailboxes or directories (default: rescan.roots, else every user's ~/Maildir).",
         show_default=False,
     ),

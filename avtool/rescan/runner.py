@@ -95,7 +95,8 @@ def run(
         worker = Worker(cfg, engine, ScanOptions(), moving=False)
         rescan = _Rescan(state, summary, report, actions)
         started = time.monotonic()
-        scan_all(rescan.items(found), summary.jobs, worker, rescan.record)
+        items = rescan.items(found, named=bool(paths))
+        scan_all(items, summary.jobs, worker, rescan.record)
         rescan.finish()
         summary.seconds = time.monotonic() - started
         state.prune(forget)
@@ -142,9 +143,10 @@ class _Rescan:
         self.mboxes[(st.st_dev, st.st_ino)] = _Mbox(st)
         return False
 
-    def items(self, paths: Sequence[str]) -> Iterator[Message | Problem]:
-        """The walk's items but the messages the state knows and those before the window."""
-        for item in walk(paths, known=self.known):
+    def items(self, paths: Sequence[str], *, named: bool) -> Iterator[Message | Problem]:
+        """The walk's items but the messages the state knows and those before the window.
+        ``named``: the paths are ROOT arguments (walk.walk)."""
+        for item in walk(paths, known=self.known, named=named):
             if isinstance(item, Problem) or self._wanted(item):
                 yield item
 

@@ -23,6 +23,9 @@ rebuilt; the run goes on.
 The directory is checked by the pid file's rule (safedir.open_dir, private: no other user
 can write it or replace a directory on its path); the file is made 0600 and never through a
 link. One run at a time: an flock on the file.
+
+For the actions: ``findings(unreported=True)`` and ``mark_reported`` (``--notify``), and
+``last_run(path)`` (``sig stats``, read-only, no lock).
 """
 
 from __future__ import annotations
@@ -322,6 +325,24 @@ class State:
             raise
         self.db.execute("COMMIT")
         self._last_commit = time.monotonic()
+
+
+def last_run(path: str) -> dict[str, object] | None:
+    """What the last complete run recorded (``sig stats``: when, how many scanned, found),
+    read without the lock and without changing anything; None when there is none yet or the
+    file cannot be read."""
+    try:
+        db = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=1.0)
+    except sqlite3.Error:
+        return None
+    try:
+        row = db.execute("SELECT value FROM meta WHERE name = 'last_run'").fetchone()
+        found: dict[str, object] | None = json.loads(row[0]) if row else None
+        return found
+    except (sqlite3.Error, ValueError):
+        return None
+    finally:
+        db.close()
 
 
 def _private_file(dir_fd: int, name: str, path: str) -> int:

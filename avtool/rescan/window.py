@@ -3,7 +3,7 @@
 A Maildir or MH message's delivery time is its file's mtime (the Maildir spec: readers show
 it as the date; a rename keeps it). An mbox message's is the date on its From_ line, which the
 delivering agent writes in asctime(3) form, ``From sender Mon Jan  1 00:00:00 2024``, maybe
-with a zone before the year (mbox(5) of qmail; Courier's mbox deliveries, courier/deliver).
+with a zone before the year (mbox(5) of qmail).
 """
 
 from __future__ import annotations

@@ -403,3 +403,16 @@ def test_a_failed_scan_is_tried_again_next_run(
     assert failed.exit_code == 2 and failed.summary["failed"] == 1
     again = rescan(clamd, state, str(md))
     assert again.scanned == {flaky.name} and again.summary["skipped"] == 1
+
+
+def test_rescan_roots_with_no_mail_are_not_errors(clamd: ClamdServer, tmp_path: Path) -> None:
+    """A user with an empty ~/Maildir is no error for the rescan's own roots (cron would
+    mail it every night); named on the command line, it is one, as for scan."""
+    home = tmp_path / "home"
+    deliver(home / "alice" / "Maildir", "1.M1P1.h", plain("alice's"))
+    for sub in ("cur", "new", "tmp"):
+        (home / "bob" / "Maildir" / sub).mkdir(parents=True)
+    found = rescan(clamd, tmp_path / "s.sqlite", "--set", f"rescan.roots={home}/*/Maildir")
+    assert (found.exit_code, found.problems, found.scanned) == (0, [], {"1.M1P1.h"})
+    named = rescan(clamd, tmp_path / "s.sqlite", str(home / "bob" / "Maildir"))
+    assert named.exit_code == 2 and [p["type"] for p in named.problems] == ["error"]

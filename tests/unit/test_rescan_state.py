@@ -12,7 +12,7 @@ import pytest
 from avtool.errors import UsageError
 from avtool.rescan import window
 from avtool.rescan.identity import Identity, listing_digest
-from avtool.rescan.state import State
+from avtool.rescan.state import State, last_run
 
 NS = 1_000_000_000
 
@@ -162,4 +162,17 @@ def test_a_finding_and_its_scanned_row_commit_together(tmp_path: Path) -> None:
     state.close()
     state, _ = open_state(path)
     assert not state.file_known(1, 5, 10, 20) and state.findings() == []
+    state.close()
+
+
+def test_last_run_is_read_without_changing_anything(tmp_path: Path) -> None:
+    path = tmp_path / "r.sqlite"
+    assert last_run(str(path)) is None and not path.exists()
+    state, _ = open_state(path)
+    state.scanned_file(1, 2, 3, 4)
+    state.set_last_run({"scanned": 7, "infected": 1})
+    state.close()
+    assert last_run(str(path)) == {"infected": 1, "scanned": 7}
+    state, _ = open_state(path)  # the same signatures: the read changed nothing
+    assert state.file_known(1, 2, 3, 4)
     state.close()

@@ -53,12 +53,15 @@ def walk(
     exclude: Collection[tuple[int, int]] = (),
     stop: threading.Event | None = None,
     known: Known | None = None,
+    named: bool = True,
 ) -> Iterator[Item]:
     """Messages and problems for each argument, in order, streamed. ``-`` is ``stdin``, already
     spooled (spool()); ``exclude`` holds (st_dev, st_ino) of directories not to enter (the
-    quarantine); ``stop`` ends the walk early; ``known``: files not to read (Known)."""
+    quarantine); ``stop`` ends the walk early; ``known``: files not to read (Known).
+    ``named``: the arguments are a person's words, so an empty mailbox among them or a file
+    that is no mail is an error (rescan's own roots are not: a user with no mail yet)."""
     for arg in args:
-        items = _stdin(stdin) if arg == STDIN else _argument(arg, exclude, known)
+        items = _stdin(stdin) if arg == STDIN else _argument(arg, exclude, known, named)
         for item in items:
             yield item
             if stop is not None and stop.is_set():
@@ -95,7 +98,7 @@ def _stdin(source: OpenFile | None) -> Iterator[Item]:
 
 
 def _argument(
-    arg: str, exclude: Collection[tuple[int, int]], known: Known | None
+    arg: str, exclude: Collection[tuple[int, int]], known: Known | None, named: bool
 ) -> Iterator[Item]:
     try:
         st = os.stat(arg)
@@ -103,9 +106,9 @@ def _argument(
         yield Problem(arg, why(e))
         return
     if stat.S_ISDIR(st.st_mode):
-        yield from _directory(arg, exclude, known, named=True)
+        yield from _directory(arg, exclude, known, named=named)
     elif stat.S_ISREG(st.st_mode):
-        yield from _file(arg, known, named=True)
+        yield from _file(arg, known, named=named)
     else:
         yield Problem(arg, "not a file or directory (a device, pipe or socket)")
 
