@@ -349,7 +349,7 @@ RESCAN_DAYS = key(
 RESCAN_STATE = key(
     "rescan.state",
     Text(r"/.*", "must be absolute"),
-    "/var/lib/avtool/rescan.sqlite",
+    "/var/lib/avtool-rescan/state.sqlite",
     "what `avtool rescan` scanned with which signatures, and its findings (SQLite, 0600)",
     reload="live",
 )

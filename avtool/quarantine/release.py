@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import dataclasses
 import errno
-import importlib
 import json
 import logging
 import os
@@ -51,6 +50,7 @@ from avtool.config import keys as K
 from avtool.courier import unscannable
 from avtool.engine import Clean, Engine, Failed, Infected, Unchecked, Verdict
 from avtool.errors import AvtoolError, UsageError
+from avtool.quarantine import putback
 from avtool.quarantine.store import Store, check_id
 from avtool.quarantine.store import _read as read_file
 from avtool.scan.mailbox.message import printable
@@ -323,12 +323,7 @@ def _addresses(to: Sequence[str]) -> tuple[str, ...]:
 
 
 def _put_back(store: Store, ident: str, fd: int, info: dict[str, Any]) -> str:
-    """A mailbox scan's entry goes back to its mailbox (quarantine/putback.py, another
-    helper's; imported by name so that this room works before it lands)."""
-    try:
-        putback = importlib.import_module("avtool.quarantine.putback")
-    except ImportError:
-        raise UsageError(f"{ident}: cannot release mailbox entries yet") from None
+    """A mailbox scan's entry goes back to its mailbox, as its owner (quarantine/putback.py)."""
     return str(putback.put_back(store, ident, fd, info))
 
 

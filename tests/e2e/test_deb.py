@@ -304,6 +304,12 @@ def test_install_enable_upgrade_while_mail_flows_remove_purge(
     assert "the daily check of the Courier filter failed" in daily.stdout
     assert "holds test or custom signatures only" in daily.stdout
     assert re.search(r"^ok +filter socket \S+ is in place and answers$", daily.stdout, re.M)
+    # The hourly rescan, enabled, with the package's defaults: its state lands in root's own
+    # directory (not courier's /var/lib/avtool, which the state's private rule refuses).
+    hourly = run(str(job))
+    assert (hourly.returncode, hourly.stdout) == (0, ""), hourly
+    state = Path("/var/lib/avtool-rescan/state.sqlite")
+    assert state.stat().st_uid == 0 and stat.S_IMODE(state.stat().st_mode) == 0o600
 
     # User courier owns /var/lib/avtool: it puts a link where the quarantine was, to a dir of
     # root's. The upgrade's postinst must not chown or chmod through it (design.md, Privileges).
@@ -389,6 +395,7 @@ def test_install_enable_upgrade_while_mail_flows_remove_purge(
             Path("/etc/systemd/system/timers.target.wants/avtool-rescan.timer"),
             Path("/var/lib/systemd/deb-systemd-helper-enabled/avtool-rescan.timer.dsh-also"),
             Path("/etc/cron.d/avtool-rescan"),
+            Path("/var/lib/avtool-rescan"),
         )
         if p.exists() or p.is_symlink()
     ]

@@ -7,7 +7,6 @@ driven in tests/e2e/test_quarantine_release.py.
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import logging
 import os
@@ -402,21 +401,6 @@ def test_entry_missing_a_file(store: Path, conf: Path, sendmail: Path, missing: 
     r = avtool(conf, "release", ident)
     assert r.returncode == 2
     assert f"{ident}: {missing}: missing (a corrupt entry): not released" in one_line(r.stderr)
-    assert snapshot(store) == before and outbox(sendmail) == []
-
-
-def test_a_mailbox_entry_waits_for_put_back(store: Path, conf: Path, sendmail: Path) -> None:
-    ident = clean_now(store, plain(store))
-    info = json.loads((store / ident / "verdict.json").read_text())
-    mailbox = {"path": "/home/u/Maildir", "kind": "maildir", "name": "cur/1", "uid": 1, "gid": 1}
-    (store / ident / "verdict.json").write_text(
-        json.dumps(dict(info, origin="mailbox", mailbox=mailbox))
-    )
-    if importlib.util.find_spec("avtool.quarantine.putback") is not None:
-        pytest.skip("put_back has landed: its own tests cover it")
-    before = snapshot(store)
-    r = avtool(conf, "release", ident)
-    assert r.returncode == 2 and "cannot release mailbox entries yet" in one_line(r.stderr)
     assert snapshot(store) == before and outbox(sendmail) == []
 
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 import datetime
 import email
 import email.policy
-import importlib.util
 import json
 import os
 import signal
@@ -366,11 +365,7 @@ def test_sig_stats_shows_the_time_and_findings_of_the_last_rescan(
     assert box.state.stat().st_mode & 0o777 == 0o600  # not the state itself
 
 
-# ---- avtool quarantine release (issue 17's command, another helper's) of mailbox entries -------
-@pytest.mark.skipif(
-    importlib.util.find_spec("avtool.quarantine.release") is None,
-    reason="avtool quarantine release has not landed yet",
-)
+# ---- avtool quarantine release of mailbox entries -------
 def test_release_puts_a_false_positive_back_where_it_was_and_holds_a_virus(
     clamd: ClamdServer, box: Box
 ) -> None:
