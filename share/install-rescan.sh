@@ -4,9 +4,13 @@
 # be run again. share/install.sh runs this.
 #
 #   /usr/local/lib/avtool/rescan-job    the job, root 0755
-#   /etc/cron.d/avtool-rescan           hourly, unless systemd runs (the line checks each time)
-#   /etc/systemd/system/avtool-rescan.{service,timer}
+#   /etc/cron.d/avtool-local-rescan     hourly, unless systemd runs (the line checks each time)
+#   /etc/systemd/system/avtool-local-rescan.{service,timer}
 #                                       where systemd runs: the timer enabled and started
+#
+# Named avtool-local-*, not the package's avtool-rescan: /etc/cron.d/avtool-rescan is the Debian
+# package's conffile, and a file of ours under that name stops its install at dpkg's conffile
+# prompt. Both step aside once the package's /usr/lib/avtool/rescan-job is installed.
 #
 # Environment (tests): AVTOOL_ROOT, a directory to install below instead of /.
 set -euo pipefail
@@ -25,14 +29,22 @@ put() {  # put MODE DEST: stdin to DEST atomically
 }
 
 put 0755 "$lib/rescan-job" < "$here/share/rescan-job.sh"
-local_paths "$here/debian/avtool.avtool-rescan.cron.d" | put 0644 /etc/cron.d/avtool-rescan
-say "installed $lib/rescan-job and /etc/cron.d/avtool-rescan"
+put 0644 /etc/cron.d/avtool-local-rescan <<EOF
+# avtool (share/install-rescan.sh): rescan delivered mail when clamd's signatures changed
+# ($lib/rescan-job). It prints, and cron mails root, only when the rescan fails; what it finds
+# goes to the postmaster. Where systemd runs, avtool-local-rescan.timer does it; the Debian
+# package's job replaces it.
+MAILTO=root
+17 * * * * root [ -d /run/systemd/system ] || [ -x /usr/lib/avtool/rescan-job ] || [ ! -x $lib/rescan-job ] || $lib/rescan-job
+EOF
+say "installed $lib/rescan-job and /etc/cron.d/avtool-local-rescan"
 if [[ -z $root && -d /run/systemd/system ]]; then
   for unit in service timer; do
     local_paths "$here/debian/avtool.avtool-rescan.$unit" |
-      put 0644 "/etc/systemd/system/avtool-rescan.$unit"
+      sed -e 's|^\[Unit\]$|[Unit]\nConditionPathExists=!/usr/lib/avtool/rescan-job|' |
+      put 0644 "/etc/systemd/system/avtool-local-rescan.$unit"
   done
   systemctl daemon-reload
-  systemctl enable --now avtool-rescan.timer
-  say "enabled avtool-rescan.timer"
+  systemctl enable --now avtool-local-rescan.timer
+  say "enabled avtool-local-rescan.timer"
 fi

@@ -83,9 +83,11 @@ def test_the_installer_puts_the_job_the_cron_line_and_the_units_with_its_paths(
     assert result.returncode == 0, result.stderr
     installed = tmp_path / "usr/local/lib/avtool/rescan-job"
     assert installed.read_bytes() == JOB.read_bytes() and installed.stat().st_mode & 0o777 == 0o755
-    cron = (tmp_path / "etc/cron.d/avtool-rescan").read_text()
-    assert "root [ -d /run/systemd/system ] || " in cron
-    assert "/usr/local/lib/avtool/rescan-job" in cron and "/usr/lib/" not in cron
+    # not /etc/cron.d/avtool-rescan: the package's conffile (dpkg would stop at its prompt)
+    assert not (tmp_path / "etc/cron.d/avtool-rescan").exists()
+    cron = (tmp_path / "etc/cron.d/avtool-local-rescan").read_text()
+    assert "root [ -d /run/systemd/system ] || [ -x /usr/lib/avtool/rescan-job ] || " in cron
+    assert cron.rstrip().endswith("|| /usr/local/lib/avtool/rescan-job")
     assert "MAILTO=root" in cron
 
 
