@@ -12,7 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from avtool.engine import Clean, Engine, Infected, engine as engine_module
+from avtool.engine import Clean, Engine, Infected
+from avtool.engine import engine as engine_module
 from avtool.engine.session import Session
 from tests.conftest import MakeConfig, make_config
 from tests.support.clamd_harness import ClamdServer
