@@ -139,7 +139,10 @@ class Engine:
                     stale = isinstance(e, _StaleSession)
                     step = run.failed(e, time.monotonic(), stale=stale)
                     continue
-                step = run.received(raw, time.monotonic())
+                tried, step = step, run.received(raw, time.monotonic())
+                if kept is not None and isinstance(step, Backend):
+                    # garbage, or an ERROR about the command: the session goes, as in the loop
+                    self._drop(kept, tried)
             return step
         finally:
             run.abandon()  # nothing left to let go of, unless an exception came through
@@ -196,6 +199,11 @@ class Engine:
         session.idle_since = time.monotonic()
         kept.sessions[backend.address] = session
         return raw
+
+    def _drop(self, kept: _Kept, backend: Backend) -> None:
+        session = kept.sessions.pop(backend.address, None)
+        if session is not None:
+            self._forget(session)
 
     def _forget(self, session: Session) -> None:
         session.close()
