@@ -10,14 +10,14 @@ import os
 import select
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 from avtool.config import Config
 from avtool.config import keys as K
 from avtool.engine.backend import Backend, Mode
 from avtool.engine.failover import Failover
 from avtool.engine.replies import SIZE_LIMIT, BackendFailure, FileProblem
-from avtool.engine.session import Session, command, left
+from avtool.engine.session import IDLE_MAX, Session, command, left
 from avtool.engine.verdict import Failed, Unchecked, Verdict
 
 log = logging.getLogger("avtool.engine")
@@ -69,6 +69,10 @@ class Engine:
         # The first choice and counting the scan on it happen under one lock: two threads must
         # not both see the same idle backend (least-busy).
         self._choose_lock = threading.Lock()
+        # FILDES sessions kept per thread while ``kept_sessions`` is on (keep_sessions docstring)
+        self._kept: _Kept | None = None
+        self._kept_all: set[Session] = set()
+        self._kept_lock = threading.Lock()
 
     @classmethod
     def from_config(cls, cfg: Config) -> Engine:
@@ -99,7 +103,8 @@ class Engine:
         clamd's shared copy of the descriptor resets (measured: 10 before, 0 after).
 
         The blocking driver of the failover machine (failover.py): one plain connection per
-        attempt, waited on with poll until the attempt's end.
+        attempt, waited on with poll until the attempt's end; within ``kept_sessions``, FILDES
+        to a unix socket goes over this thread's kept IDSESSION instead.
         """
         try:
             size = os.fstat(fd).st_size
@@ -118,25 +123,92 @@ class Engine:
         except OSError:
             offset = -1  # not seekable: nothing to restore
         run = Failover(self, time.monotonic(), deadline, path)
+        kept = self._kept
         try:
             step = run.next(time.monotonic())
             while isinstance(step, Backend):
+                mode = step.mode_for(self.transfer)
                 try:
-                    raw = attempt(
-                        step, step.mode_for(self.transfer), fd, size, path, run.attempt_until
-                    )
+                    if kept is not None and mode == "fildes" and step.is_unix:
+                        raw = self._kept_attempt(kept, step, fd, run.attempt_until, run.fresh)
+                    else:
+                        raw = attempt(step, mode, fd, size, path, run.attempt_until)
                 except FileProblem as e:
                     return run.unreadable(e)
                 except BackendFailure as e:
-                    step = run.failed(e, time.monotonic())
+                    stale = isinstance(e, _StaleSession)
+                    step = run.failed(e, time.monotonic(), stale=stale)
                     continue
-                step = run.received(raw, time.monotonic())
+                tried, step = step, run.received(raw, time.monotonic())
+                if kept is not None and isinstance(step, Backend):
+                    # garbage, or an ERROR about the command: the session goes, as in the loop
+                    self._drop(kept, tried)
             return step
         finally:
             run.abandon()  # nothing left to let go of, unless an exception came through
             if offset >= 0:
                 with contextlib.suppress(OSError):
                     os.lseek(fd, offset, os.SEEK_SET)
+
+    @contextlib.contextmanager
+    def kept_sessions(self) -> Iterator[None]:
+        """While in the block, FILDES scans on unix-socket backends (``scan``) go over an
+        IDSESSION kept open per thread and backend, as the daemon's loop does (session.py):
+        per message no connect, accept and close, and clamd spends less CPU on a session's
+        command than on a plain FILDES connection (issue 18: ``avtool scan``/``rescan`` of many
+        small messages). The rules are the failover machine's, as for the loop: a kept session
+        that fails before its reply (clamd ended it: ReadTimeout, a restart) goes again once on
+        a new one before the backend is blamed; a session that failed or timed out is closed
+        (a late reply must not meet the next scan); one idle IDLE_MAX is closed before clamd
+        would. At the end every kept session is closed. For worker pools (scanner.py), not for
+        the daemon, whose loop keeps its own (pending.py)."""
+        self._kept = _Kept()
+        try:
+            yield
+        finally:
+            self._kept = None
+            with self._kept_lock:
+                left_open, self._kept_all = self._kept_all, set()
+            for session in left_open:
+                session.close()
+
+    def _kept_attempt(
+        self, kept: _Kept, backend: Backend, fd: int, until: float, fresh: bool
+    ) -> bytes:
+        """FILDES on this thread's kept session of ``backend`` (a new one when there is none,
+        it idled IDLE_MAX, or the machine asks for ``fresh``): the raw reply, or BackendFailure
+        (_StaleSession when the session was reused and failed before its reply)."""
+        now = time.monotonic()
+        session = kept.sessions.pop(backend.address, None)
+        if session is not None and (fresh or now - session.idle_since >= IDLE_MAX):
+            self._forget(session)
+            session = None
+        if session is None:
+            session = Session(backend.address, min(backend.connect_timeout, left(until)))
+            with self._kept_lock:
+                self._kept_all.add(session)
+        try:
+            session.send_fildes(fd)
+            raw = _wait(session, until)
+        except BackendFailure as e:
+            self._forget(session)
+            if session.reused and not e.timeout:
+                raise _StaleSession(e.reason) from None
+            raise
+        session.reused = True
+        session.idle_since = time.monotonic()
+        kept.sessions[backend.address] = session
+        return raw
+
+    def _drop(self, kept: _Kept, backend: Backend) -> None:
+        session = kept.sessions.pop(backend.address, None)
+        if session is not None:
+            self._forget(session)
+
+    def _forget(self, session: Session) -> None:
+        session.close()
+        with self._kept_lock:
+            self._kept_all.discard(session)
 
     def set_aside(self, backend: Backend, failure: BackendFailure, failures: list[str]) -> None:
         """``backend`` failed a scan: out of the rotation for retry_after, logged, and noted in
@@ -177,6 +249,26 @@ class Engine:
             return healthy  # the usual case
         aside = sorted((b for b in backends if b.set_aside(now)), key=lambda b: b.failed_at or 0.0)
         return healthy + aside
+
+
+@contextlib.contextmanager
+def kept_sessions(*engines: Engine) -> Iterator[None]:
+    """``Engine.kept_sessions`` on each of ``engines`` (the same one named twice, once)."""
+    with contextlib.ExitStack() as stack:
+        for engine in dict.fromkeys(engines):
+            stack.enter_context(engine.kept_sessions())
+        yield
+
+
+class _Kept(threading.local):
+    """One thread's kept sessions, by backend address."""
+
+    def __init__(self) -> None:
+        self.sessions: dict[str, Session] = {}
+
+
+class _StaleSession(BackendFailure):
+    """A kept session, used before, failed before its reply: clamd may just have ended it."""
 
 
 def attempt(

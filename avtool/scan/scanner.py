@@ -30,6 +30,7 @@ from avtool.config import Config
 from avtool.config import keys as K
 from avtool.courier import unscannable
 from avtool.engine import Clean, Engine, Failed, Infected, Unchecked, Verdict, secondlook
+from avtool.engine.engine import kept_sessions
 from avtool.errors import EngineError, UsageError
 from avtool.safedir import Unsafe
 from avtool.scan.explain import Part, explain
@@ -213,25 +214,26 @@ def scan_all(
             told_total = True
             report.total(*counter.counts)
 
-    try:
-        for item in items:
-            if isinstance(item, Problem):
-                record(item)
-                continue
-            while in_flight >= 2 * jobs:
+    with kept_sessions(worker.engine, worker.range_engine):  # one IDSESSION per thread
+        try:
+            for item in items:
+                if isinstance(item, Problem):
+                    record(item)
+                    continue
+                while in_flight >= 2 * jobs:
+                    collect(block=True)
+                future = pool.submit(worker.scan, item)
+                future.add_done_callback(done.put)
+                in_flight += 1
+                collect(block=False)
+            while in_flight:
                 collect(block=True)
-            future = pool.submit(worker.scan, item)
-            future.add_done_callback(done.put)
-            in_flight += 1
-            collect(block=False)
-        while in_flight:
-            collect(block=True)
-    except BaseException:
-        pool.shutdown(wait=False, cancel_futures=True)
-        if counter is not None:
-            counter.stop.set()
-        raise
-    pool.shutdown()
+        except BaseException:
+            pool.shutdown(wait=False, cancel_futures=True)
+            if counter is not None:
+                counter.stop.set()
+            raise
+        pool.shutdown()
 
 
 class Record(Protocol):
