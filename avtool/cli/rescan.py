@@ -91,14 +91,10 @@ class RescanText(TextView):
     def __init__(self, *, quiet: bool) -> None:
         super().__init__(progress=False, quiet=quiet)
 
-    def finish(self, summary: Summary, *, moving: bool) -> None:
-        if self.quiet or not isinstance(summary, RescanSummary):
-            return
-        from rich.table import Table
+    TITLE = "avtool rescan"
 
-        table = Table(title="avtool rescan", show_header=False)
-        table.add_column("what")
-        table.add_column("count", justify="right")
+    def rows(self, summary: Summary, *, moving: bool) -> list[tuple[str, str]]:
+        assert isinstance(summary, RescanSummary)  # noqa: S101 - rescan's runner makes it
         rows = [
             ("scanned", f"{summary.scanned:,}"),
             ("skipped (scanned before)", f"{summary.skipped:,}"),
@@ -110,15 +106,11 @@ class RescanText(TextView):
         ]
         if moving:
             rows.append(("moved", f"{summary.moved:,}"))
-        rows += [
+        return rows + [
             ("seconds", f"{summary.seconds:.2f}"),
             ("messages/s", f"{summary.rate:.1f}"),
             ("signatures", summary.signatures),
         ]
-        for what, count in rows:
-            style = "bold red" if what in ("infected", "failed", "errors") and count != "0" else ""
-            table.add_row(what, count, style=style)
-        self.out.print(table, soft_wrap=False)
 
 
 class RescanJson(JsonView):

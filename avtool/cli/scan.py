@@ -162,14 +162,10 @@ class TextView:
             Text.assemble(("MOVED    ", "cyan"), f" {moved.message.where} -> {moved.to}")
         )
 
-    def finish(self, summary: Summary, *, moving: bool) -> None:
-        if self.quiet:
-            return
-        from rich.table import Table
+    TITLE = "avtool scan"
 
-        table = Table(title="avtool scan", show_header=False)
-        table.add_column("what")
-        table.add_column("count", justify="right")
+    def rows(self, summary: Summary, *, moving: bool) -> list[tuple[str, str]]:
+        """The summary table's rows; rescan's view gives its own."""
         rows = [
             ("scanned", f"{summary.scanned:,}"),
             ("clean", f"{summary.clean:,}"),
@@ -180,13 +176,22 @@ class TextView:
         ]
         if moving:
             rows.append(("moved", f"{summary.moved:,}"))
-        rows += [
+        return rows + [
             ("bytes", f"{summary.bytes:,} ({_human(summary.bytes)})"),
             ("seconds", f"{summary.seconds:.2f}"),
             ("messages/s", f"{summary.rate:.1f}"),
             ("parallel scans", str(summary.jobs)),
         ]
-        for what, count in rows:
+
+    def finish(self, summary: Summary, *, moving: bool) -> None:
+        if self.quiet:
+            return
+        from rich.table import Table
+
+        table = Table(title=self.TITLE, show_header=False)
+        table.add_column("what")
+        table.add_column("count", justify="right")
+        for what, count in self.rows(summary, moving=moving):
             style = STYLES.get(what, "") if count != "0" else ""
             table.add_row(what, count, style=style if what != "clean" else "")
         self.out.print(table, soft_wrap=False)
