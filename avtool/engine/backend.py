@@ -5,11 +5,14 @@ from __future__ import annotations
 import threading
 import time
 from dataclasses import dataclass
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
-from avtool.engine.client import TcpClient, UnixClient
+from avtool.engine import session
 from avtool.engine.replies import BackendFailure, parse_version, reply_text
 from avtool.engine.session import SessionPool
+
+if TYPE_CHECKING:
+    from avtool.engine.client import TcpClient, UnixClient
 from avtool.errors import EngineError
 
 Mode = Literal["fildes", "instream", "scan"]
@@ -46,11 +49,7 @@ class Backend:
     ) -> None:
         self.address = address
         self.is_unix = address.startswith("/")
-        self.client: UnixClient | TcpClient = (
-            UnixClient(address, connect_timeout)
-            if self.is_unix
-            else TcpClient(address, connect_timeout)
-        )
+        self._client: UnixClient | TcpClient | None = None
         self.connect_timeout = connect_timeout
         # FILDES sessions kept open by the daemon's loop (a unix socket only; loop thread only)
         self.sessions = SessionPool(address, connect_timeout)
@@ -65,6 +64,21 @@ class Backend:
 
     def __repr__(self) -> str:
         return f"Backend({self.address!r})"
+
+    @property
+    def client(self) -> UnixClient | TcpClient:
+        """The ``clamd`` package's client for this address (client.py), made on first use:
+        importing that package costs ~100 ms (its pkg_resources), at every start of every
+        command, while avtool's own commands need only session.py."""
+        if self._client is None:
+            from avtool.engine.client import TcpClient, UnixClient
+
+            self._client = (
+                UnixClient(self.address, self.connect_timeout)
+                if self.is_unix
+                else TcpClient(self.address, self.connect_timeout)
+            )
+        return self._client
 
     # ---- health -------------------------------------------------------------------------------
     def set_aside(self, now: float | None = None) -> bool:
@@ -107,7 +121,8 @@ class Backend:
     # ---- commands ---------------------------------------------------------------------------
     def _command(self, cmd: str) -> bytes:
         try:
-            return self.client.command(cmd, time.monotonic() + self.command_timeout)
+            deadline = time.monotonic() + self.command_timeout
+            return session.command(self.address, self.connect_timeout, cmd, deadline)
         except BackendFailure as e:
             raise EngineError(e.reason) from None
 

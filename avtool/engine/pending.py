@@ -20,11 +20,12 @@ from avtool.engine.verdict import Verdict
 
 
 class PendingScan:
-    """The scan of the open data file ``fd``, within ``deadline`` (time.monotonic())."""
+    """The scan of the open data file ``fd``, within ``deadline`` (time.monotonic(); None:
+    each attempt within clamd.scan_timeout, as ``Engine.scan``)."""
 
     __slots__ = ("run", "fd", "session", "started")
 
-    def __init__(self, engine: Engine, fd: int, deadline: float, now: float) -> None:
+    def __init__(self, engine: Engine, fd: int, deadline: float | None, now: float) -> None:
         self.run = Failover(engine, now, deadline)
         self.fd = fd
         self.session: Session | None = None  # waiting for clamd's answer

@@ -21,10 +21,12 @@ from avtool.config import keys as K
 from avtool.engine import Engine, Infected
 from avtool.rescan import identity, roots, window
 from avtool.rescan.state import MboxRow, State
+from avtool.scan.driver import scan_all
 from avtool.scan.mailbox import Message, Problem
 from avtool.scan.mailbox.walk import walk
-from avtool.scan.scanner import Options as ScanOptions
-from avtool.scan.scanner import Report, Result, Summary, Worker, default_jobs, preflight, scan_all
+from avtool.scan.scanner import Report, Summary, default_jobs, preflight
+from avtool.scan.worker import Options as ScanOptions
+from avtool.scan.worker import Result, Worker
 
 FROM_LINE_MAX = 1024  # bytes of a From_ line read for its date and check
 

@@ -26,7 +26,7 @@ from avtool.config import Config
 from avtool.engine import Engine, Failed, Infected
 from avtool.rescan import runner as rescan_runner
 from avtool.scan.mailbox import Message, Problem
-from avtool.scan.scanner import Result, Worker
+from avtool.scan.worker import Opened, Result, Worker
 from tests.support.clamd_harness import REPO, ClamdServer
 from tests.support.mailboxes import EICAR, plain, with_attachment
 from tests.support.scanning import scan_path
@@ -300,10 +300,10 @@ def test_a_message_vanishing_mid_run(
     deliver(md, "2.M1P1.h", plain("stays"))
 
     class Deleting(Worker):
-        def scan(self, m: Message) -> Result | Problem:
+        def open(self, m: Message) -> Opened | Result | Problem:
             if m.path == str(gone):
                 gone.unlink()  # deleted by its owner between the listing and the scan
-            return super().scan(m)
+            return super().open(m)
 
     monkeypatch.setattr(rescan_runner, "Worker", Deleting)
     run = rescan(clamd, state, str(md))
@@ -392,10 +392,10 @@ def test_a_failed_scan_is_tried_again_next_run(
     deliver(md, "2.M1P1.h", plain("fine"))
 
     class Failing(Worker):
-        def scan(self, m: Message) -> Result | Problem:
+        def open(self, m: Message) -> Opened | Result | Problem:
             if m.path == str(flaky):
                 return Result(m, Failed("clamd went away (injected)"))
-            return super().scan(m)
+            return super().open(m)
 
     with monkeypatch.context() as patch:
         patch.setattr(rescan_runner, "Worker", Failing)
