@@ -301,7 +301,7 @@ JOBS = key(
     "scan.jobs",
     Int(0, 256),
     0,
-    "messages `avtool scan` has clamd scan at once; 0: clamd's MaxThreads, at most 2 per CPU",
+    "messages `avtool scan` has clamd scan at once; 0: clamd's MaxThreads, at most 4 per CPU",
     reload="live",
 )
 LOCK_TIMEOUT = key(

@@ -208,11 +208,14 @@ def _quarantine(path: str | None) -> tuple[Maildir | None, set[tuple[int, int]]]
 
 def default_jobs(engine: Engine) -> int:
     """clamd's MaxThreads (from STATS: with balance ordered the first backend's, round-robin
-    their sum), at most twice the CPU count: more would only queue in clamd (clamd.conf(5),
-    MaxQueue) or fight it for the CPUs. bench/scan.py measures the choice."""
+    their sum), as its own MULTISCAN uses, up to a bound per CPU: beyond it messages would only
+    queue in clamd (clamd.conf(5), MaxQueue). The bound is 4 per CPU for the loop (driver.py),
+    which costs nothing per message at clamd: with 2 per CPU clamd's threads sometimes ran out
+    of work (1.82-1.87 of 2 CPUs busy against MULTISCAN's 1.90, bench/rescan.py); 2 per CPU
+    for the pool, whose threads fight clamd for the CPUs."""
     cpus = os.cpu_count() or 1
-    threads = clamd_threads(engine)
-    return max(1, min(threads or 2 * cpus, 2 * cpus))
+    bound = (4 if engine.fildes_only else 2) * cpus
+    return max(1, min(clamd_threads(engine) or 2 * cpus, bound))
 
 
 def clamd_threads(engine: Engine) -> int:

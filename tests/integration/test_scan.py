@@ -16,6 +16,7 @@ import pytest
 
 from avtool.engine import Engine, Infected, Unchecked
 from avtool.scan.mailbox import Moved, Problem
+from avtool.scan import scanner
 from avtool.scan.scanner import ClamdUnreachable, Options, Result, clamd_threads, default_jobs, run
 from tests.conftest import MakeConfig
 from tests.support import evasion
@@ -251,10 +252,17 @@ def test_transfer_scan_still_scans_mbox_messages(
     assert summary.infected == 10
 
 
-def test_default_jobs_fit_clamd_threads_and_cpus(engine_config: MakeConfig) -> None:
+def test_default_jobs_fit_clamd_threads_and_cpus(
+    engine_config: MakeConfig, monkeypatch: pytest.MonkeyPatch
+) -> None:
     engine = Engine.from_config(engine_config())
     assert clamd_threads(engine) == 4  # the harness's MaxThreads
-    assert default_jobs(engine) == min(4, 2 * (os.cpu_count() or 1))
+    assert default_jobs(engine) == min(4, 4 * (os.cpu_count() or 1))
+    # A clamd with many threads: up to 4 per CPU for the loop (FILDES), 2 for the pool.
+    monkeypatch.setattr(scanner, "clamd_threads", lambda engine: 64)
+    monkeypatch.setattr(os, "cpu_count", lambda: 2)
+    assert default_jobs(engine) == 8
+    assert default_jobs(Engine.from_config(engine_config(transfer="scan"))) == 4
 
 
 def test_no_clamd_fails_before_scanning(engine_config: MakeConfig, boxes: Boxes) -> None:
