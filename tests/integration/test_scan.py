@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 
 from avtool.engine import Engine, Infected, Unchecked
-from avtool.scan.mailbox import Moved, Problem
 from avtool.scan import scanner
+from avtool.scan.mailbox import Moved, Problem
 from avtool.scan.scanner import ClamdUnreachable, Options, Result, clamd_threads, default_jobs, run
 from tests.conftest import MakeConfig
 from tests.support import evasion
