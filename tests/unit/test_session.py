@@ -47,7 +47,28 @@ def wait_reply(session: S.Session) -> bytes | None:
         session.sock.setblocking(False)
 
 
-def test_fildes_sends_command_then_descriptor_and_strips_the_number(
+def _count_writes(session: S.Session) -> list[str]:
+    """The names of the socket's write calls from now on."""
+    writes: list[str] = []
+    real = session.sock
+
+    class Counting:
+        def __getattr__(self, name: str) -> object:
+            attr = getattr(real, name)
+            if name not in ("send", "sendall", "sendmsg"):
+                return attr
+
+            def counted(*args: object, **kwargs: object) -> object:
+                writes.append(name)
+                return attr(*args, **kwargs)
+
+            return counted
+
+    session.sock = Counting()  # type: ignore[assignment]
+    return writes
+
+
+def test_fildes_sends_command_and_descriptor_in_one_write_and_strips_the_number(
     listener: tuple[socket.socket, str], tmp_path: Path
 ) -> None:
     session, peer = connected(listener)
@@ -55,10 +76,13 @@ def test_fildes_sends_command_then_descriptor_and_strips_the_number(
     data.write_bytes(b"hello")
     fd = os.open(data, os.O_RDONLY)
     try:
+        writes = _count_writes(session)
         session.send_fildes(fd)
-        assert peer.recv(8) == b"zFILDES\0"
-        msg, fds, _, _ = socket.recv_fds(peer, 1, 1)
-        assert msg == b"\0" and len(fds) == 1
+        # One write: the command, and the byte after it carrying the fd (notes 2). clamd
+        # refuses the fd on the command's own bytes; two writes cost it a second wake-up.
+        assert writes == ["sendmsg"]
+        msg, fds, _, _ = socket.recv_fds(peer, 64, 2)
+        assert msg == b"zFILDES\0\0" and len(fds) == 1
         assert os.read(fds[0], 5) == b"hello"  # the same file
         os.close(fds[0])
         assert session.receive() is None  # nothing yet: the loop waits again
