@@ -1,5 +1,6 @@
 """Doctor checks about Courier: filter installed and enabled, socket in place, user courier can
-reach clamd, and Courier filters the mail sources that matter (docs/notes/courier.md §1-3)."""
+reach clamd, Courier filters the mail sources that matter (docs/notes/courier.md §1-3), and
+its sendmail is there for notices and releases."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from pathlib import Path
 from avtool.config import Config
 from avtool.config import keys as K
 from avtool.doctor.finding import Finding
+from avtool.quarantine.release import MISSING, untrusted
 
 FILTERS = Path("/usr/lib/courier/filters")
 ACTIVE = Path("/etc/courier/filters/active")
@@ -44,6 +46,28 @@ def check_courier(cfg: Config, name: str = "avtool") -> Iterator[Finding]:
         )
     yield from _enablefiltering()
     yield from _courier_reaches_clamd(cfg)
+    yield _sendmail(cfg)
+
+
+def _sendmail(cfg: Config) -> Finding:
+    """notify.sendmail: notices, the digest and ``quarantine release`` submit mail through it,
+    as root too, which runs it only where no other user could have replaced it."""
+    path = cfg[K.SENDMAIL]
+    why = untrusted(path)
+    if why == MISSING or (why is None and not os.access(path, os.X_OK)):
+        return Finding(
+            "warn",
+            f"notify.sendmail {path} is {'missing' if why else 'not executable'}: notices, the "
+            "digest and `quarantine release` cannot send mail",
+            "set notify.sendmail to Courier's sendmail (courier-mta: /usr/sbin/sendmail)",
+        )
+    if why is not None:
+        return Finding(
+            "warn",
+            f"notify.sendmail: {why}: root will not run it (notices, digest, release)",
+            f"chown root {path}; chmod go-w {path} and its directories",
+        )
+    return Finding("ok", f"notify.sendmail {path} is a program only root can replace")
 
 
 def _socket(sock: Path) -> Finding:

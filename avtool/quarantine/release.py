@@ -226,26 +226,37 @@ def reinject(sendmail: str, data: int, sender: str, recipients: Sequence[str], i
 
 
 def trusted_program(path: str, ident: str) -> None:
-    """UsageError unless ``path`` is a program only root (or we) could have put there: root
-    runs it with the held mail, and a config value is not proof of who made the file
-    (design.md, "Privileges"). Its directory passes safedir's rule, the path holds no link
-    that another user could have planted (safedir.open_parent), the file is root's or ours
-    and nobody else may write it."""
-    missing = (
-        f"{ident}: {path}: not found (notify.sendmail; is Courier installed?): "
-        "not released (the entry stays)"
-    )
+    """UsageError unless ``path`` is a program only root (or we) could have put there
+    (``untrusted``): root runs it with the held mail."""
+    why = untrusted(path)
+    if why == MISSING:
+        raise UsageError(
+            f"{ident}: {path}: not found (notify.sendmail; is Courier installed?): "
+            "not released (the entry stays)"
+        )
+    if why is not None:
+        raise UsageError(f"{ident}: notify.sendmail: {why}: not run, not released")
+
+
+MISSING = "not found"
+
+
+def untrusted(path: str) -> str | None:
+    """Why root must not run ``path`` (MISSING when it is not there), or None: a config value
+    is not proof of who made the file (design.md, "Privileges"). Its directory passes
+    safedir's rule, the path holds no link that another user could have planted
+    (safedir.open_parent), the file is root's or ours and nobody else may write it."""
     try:
         dir_fd, name = safedir.open_parent(path)
     except FileNotFoundError:
-        raise UsageError(missing) from None
+        return MISSING
     except (OSError, safedir.Unsafe) as e:
-        raise UsageError(f"{ident}: {path}: {e}: not run, not released") from None
+        return f"{path}: {e}"
     try:
         why = safedir.others_can_write(os.fstat(dir_fd), os.path.dirname(path))
         st = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
     except FileNotFoundError:
-        raise UsageError(missing) from None
+        return MISSING
     finally:
         os.close(dir_fd)
     if why is None and not stat.S_ISREG(st.st_mode):
@@ -254,8 +265,7 @@ def trusted_program(path: str, ident: str) -> None:
         why = f"{path} belongs to another user (uid {st.st_uid})"
     elif why is None and st.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
         why = f"{path} is writable by others (mode {stat.S_IMODE(st.st_mode):04o})"
-    if why is not None:
-        raise UsageError(f"{ident}: notify.sendmail: {why}: not run, not released")
+    return why
 
 
 def _remove(store: Store, ident: str, fd: int) -> str | None:

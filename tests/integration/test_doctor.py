@@ -253,3 +253,35 @@ def _debian_clamd() -> ClamdServer:
     server = DebianClamd(directory)
     server.start()
     return server
+
+
+def test_notify_sendmail_is_checked_as_root_would_run_it() -> None:
+    """notices, the digest and `quarantine release` submit through notify.sendmail, as root
+    too: the doctor says when it is missing, not executable, or replaceable by another user
+    (red with the trust check skipped: the world-writable directory passes as ok)."""
+    from tests.conftest import make_config
+    from tests.support.dirs import public_dir
+
+    def finding(path: Path) -> tuple[str, str]:
+        f = doctor_courier._sendmail(make_config(**{"notify.sendmail": str(path)}))
+        return f.status, f.what
+
+    with public_dir("avsm") as d:
+        program = d / "sendmail"
+        program.write_text("#!/bin/sh\nexit 0\n")
+        program.chmod(0o755)
+        assert finding(program)[0] == "ok"
+        assert finding(d / "nothing") == (
+            "warn",
+            f"notify.sendmail {d / 'nothing'} is missing: notices, the digest and "
+            "`quarantine release` cannot send mail",
+        )
+        program.chmod(0o644)
+        assert "is not executable" in finding(program)[1]
+        program.chmod(0o757)
+        status, what = finding(program)
+        assert status == "warn" and "writable by others" in what and "root will not run" in what
+        program.chmod(0o755)
+        d.chmod(0o777)  # noqa: S103 - the attack: anyone may swap the program
+        status, what = finding(program)
+        assert status == "warn" and "root will not run it" in what
