@@ -51,7 +51,7 @@ from avtool.courier import unscannable
 from avtool.engine import Clean, Engine, Failed, Infected, Unchecked, Verdict
 from avtool.errors import AvtoolError, UsageError
 from avtool.quarantine import putback
-from avtool.quarantine.store import Store, check_id
+from avtool.quarantine.store import GONE_PREFIX, Store, check_id
 from avtool.quarantine.store import _read as read_file
 from avtool.scan.mailbox.message import printable
 
@@ -61,8 +61,6 @@ log = logging.getLogger("avtool.quarantine")
 SENDMAIL_TIMEOUT = 300.0
 # A file in an entry whose message went out but whose removal failed: never deliver again.
 RELEASED_MARK = "released"
-# Where a released entry goes on its way out: a name that store._ID does not match.
-GONE_PREFIX = ".released-"
 _HEAD = 1 << 16
 # An envelope address as sendmail takes it on its command line: no space, no control, no <>.
 _ADDRESS = re.compile(r"\A[^\s<>\x00-\x1f\x7f]{1,998}\Z")

@@ -24,6 +24,8 @@ from typing import Any
 from avtool import safedir
 from avtool.errors import UsageError
 
+# Where a released entry goes on its way out (release.py): a name that _ID does not match.
+GONE_PREFIX = ".released-"
 # What the daemon generates: a 15-character UTC stamp, "-", then Courier's message id (hex
 # digits and dots) or a spool file name; no "/", never "." or ".." alone.
 _ID = re.compile(r"\A\d{8}T\d{6}-[A-Za-z0-9._-]{1,200}\Z")
@@ -187,7 +189,8 @@ class Store:
             os.close(fd)
 
     def purge(self, older_than_days: float, now: datetime.datetime | None = None) -> list[str]:
-        """Delete every entry received more than ``older_than_days`` ago; the ids deleted."""
+        """Delete every entry received more than ``older_than_days`` ago; the ids deleted.
+        Leftovers of releases go too, whatever their age (``sweep_released``)."""
         now = now or datetime.datetime.now(datetime.UTC)
         cutoff = now - datetime.timedelta(days=older_than_days)
         gone = []
@@ -198,7 +201,32 @@ class Store:
                 except (Busy, NotFound):
                     continue  # being released, or gone meanwhile: not ours to purge
                 gone.append(ident)
+        self.sweep_released()
         return gone
+
+    def sweep_released(self) -> list[str]:
+        """Remove what releases left on their way out (``GONE_PREFIX`` + id: delivered, then
+        renamed out of the id namespace, then not removed: a full disk, a crash); the names
+        removed. One whose release still holds its lock (it is removing it) is left alone."""
+        if self.fd < 0:
+            return []
+        swept = []
+        for name in os.listdir(self.fd):
+            if not (name.startswith(GONE_PREFIX) and _ID.match(name[len(GONE_PREFIX) :])):
+                continue
+            try:
+                fd = os.open(name, _DIR, dir_fd=self.fd)
+            except OSError:
+                continue  # gone meanwhile, or not a directory: not ours
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                shutil.rmtree(name, dir_fd=self.fd)
+            except OSError:
+                continue  # locked by its release, or cannot be removed yet
+            finally:
+                os.close(fd)
+            swept.append(name)
+        return swept
 
 
 def _read(dir_fd: int, name: str) -> bytes:

@@ -7,6 +7,7 @@ driven in tests/e2e/test_quarantine_release.py.
 
 from __future__ import annotations
 
+import fcntl
 import json
 import logging
 import os
@@ -339,6 +340,33 @@ def test_delete_and_purge_leave_an_entry_being_released(
     assert first.returncode == 0
     assert deleted.returncode == 2 and "being released" in one_line(deleted.stderr)
     assert purged.returncode == 0 and purged.stdout == "purged 1 message(s)\n"  # the other one
+
+
+def test_purge_sweeps_what_a_release_left_on_its_way_out(
+    store: Path, conf: Path, sendmail: Path
+) -> None:
+    """A release renames the delivered entry to .released-ID, then removes it; a crash or a
+    full disk between the two leaves that directory. The next purge removes it whatever its
+    age, unless its release still holds the lock; other names are not its business (red with
+    the sweep removed from purge)."""
+    ident = clean_now(store, plain(store))
+    kept = store / ident
+    left = store / f".released-{ident}x"
+    shutil.copytree(kept, left)
+    locked = store / f".released-{ident}y"
+    shutil.copytree(kept, locked)
+    other = store / ".released-notanid"
+    other.mkdir()
+    fd = os.open(locked, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        r = avtool(conf, "purge", "--older-than", "1000")
+    finally:
+        os.close(fd)
+    assert r.returncode == 0 and r.stdout == "purged 0 message(s)\n"
+    assert not left.exists() and locked.exists() and other.exists() and kept.exists()
+    assert avtool(conf, "purge", "--older-than", "1000").returncode == 0
+    assert not locked.exists() and kept.exists()
 
 
 # --- failures: the entry stays ----------------------------------------------------------------
