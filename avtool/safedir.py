@@ -190,3 +190,34 @@ def _check_private(parent: tuple[int, str], child: tuple[int, str], *, last: boo
     if not last and pst.st_mode & stat.S_ISVTX and pst.st_uid in ours and cst.st_uid in ours:
         return
     raise Unsafe(f"another user could replace {child[1]}: {problem}")
+
+
+MISSING = "not found"
+
+
+def untrusted(path: str) -> str | None:
+    """Why root must not run the program ``path`` (MISSING when it is not there), or None: a
+    config value is not proof of who made the file (design.md, "Privileges"). Its directory
+    passes this module's rule, the path holds no link that another user could have planted
+    (open_parent), the file is root's or ours and nobody else may write it. Root runs
+    notify.sendmail so (quarantine release, notices), and the doctor checks it the same way."""
+    try:
+        dir_fd, name = open_parent(path)
+    except FileNotFoundError:
+        return MISSING
+    except (OSError, Unsafe) as e:
+        return f"{path}: {e}"
+    try:
+        why = others_can_write(os.fstat(dir_fd), os.path.dirname(path))
+        st = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+    except FileNotFoundError:
+        return MISSING
+    finally:
+        os.close(dir_fd)
+    if why is None and not stat.S_ISREG(st.st_mode):
+        why = f"{path} is not a regular file"
+    elif why is None and st.st_uid not in (0, os.geteuid()):
+        why = f"{path} belongs to another user (uid {st.st_uid})"
+    elif why is None and st.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
+        why = f"{path} is writable by others (mode {stat.S_IMODE(st.st_mode):04o})"
+    return why

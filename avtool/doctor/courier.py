@@ -14,7 +14,7 @@ from pathlib import Path
 from avtool.config import Config
 from avtool.config import keys as K
 from avtool.doctor.finding import Finding
-from avtool.quarantine.release import MISSING, untrusted
+from avtool.safedir import MISSING, untrusted
 
 FILTERS = Path("/usr/lib/courier/filters")
 ACTIVE = Path("/etc/courier/filters/active")

@@ -44,7 +44,7 @@ import subprocess
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from avtool import logs, safedir
+from avtool import logs
 from avtool.config import Config
 from avtool.config import keys as K
 from avtool.courier import unscannable
@@ -53,6 +53,7 @@ from avtool.errors import AvtoolError, UsageError
 from avtool.quarantine import putback
 from avtool.quarantine.store import GONE_PREFIX, Store, check_id
 from avtool.quarantine.store import _read as read_file
+from avtool.safedir import MISSING, untrusted
 from avtool.scan.mailbox.message import printable
 
 log = logging.getLogger("avtool.quarantine")
@@ -234,36 +235,6 @@ def trusted_program(path: str, ident: str) -> None:
         )
     if why is not None:
         raise UsageError(f"{ident}: notify.sendmail: {why}: not run, not released")
-
-
-MISSING = "not found"
-
-
-def untrusted(path: str) -> str | None:
-    """Why root must not run ``path`` (MISSING when it is not there), or None: a config value
-    is not proof of who made the file (design.md, "Privileges"). Its directory passes
-    safedir's rule, the path holds no link that another user could have planted
-    (safedir.open_parent), the file is root's or ours and nobody else may write it."""
-    try:
-        dir_fd, name = safedir.open_parent(path)
-    except FileNotFoundError:
-        return MISSING
-    except (OSError, safedir.Unsafe) as e:
-        return f"{path}: {e}"
-    try:
-        why = safedir.others_can_write(os.fstat(dir_fd), os.path.dirname(path))
-        st = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
-    except FileNotFoundError:
-        return MISSING
-    finally:
-        os.close(dir_fd)
-    if why is None and not stat.S_ISREG(st.st_mode):
-        why = f"{path} is not a regular file"
-    elif why is None and st.st_uid not in (0, os.geteuid()):
-        why = f"{path} belongs to another user (uid {st.st_uid})"
-    elif why is None and st.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
-        why = f"{path} is writable by others (mode {stat.S_IMODE(st.st_mode):04o})"
-    return why
 
 
 def _remove(store: Store, ident: str, fd: int) -> str | None:
