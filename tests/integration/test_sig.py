@@ -203,7 +203,11 @@ def test_no_answer_exit_5_within_the_timeout(daemon: Daemon) -> None:
 
 
 def test_process_that_dies_on_the_signal_exit_3_at_once(daemon: Daemon) -> None:
-    sleeper = _lookalike("import time\nprint(1, flush=True)\ntime.sleep(60)\n")  # SIGHUP ends it
+    # SIGHUP's default action ends it (set again: a runner under nohup(1) passes it ignored)
+    sleeper = _lookalike(
+        "import signal, time\nsignal.signal(signal.SIGHUP, signal.SIG_DFL)\n"
+        "print(1, flush=True)\ntime.sleep(60)\n"
+    )
     try:
         started = time.monotonic()
         result = sig(daemon, "reload", pid=sleeper.pid, timeout="60")

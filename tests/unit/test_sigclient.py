@@ -129,8 +129,13 @@ def test_no_answer_times_out(daemon: FakeDaemon) -> None:
     assert not daemon.pipe.exists()
 
 
+def _default_sighup() -> None:
+    signal.signal(signal.SIGHUP, signal.SIG_DFL)
+
+
 def test_a_daemon_that_dies_ends_the_wait_early(tmp_path: Path) -> None:
-    sleeper = subprocess.Popen(["sleep", "30"])  # SIGHUP's default action ends it
+    # SIGHUP's default action ends it (set again: a runner under nohup(1) passes it ignored)
+    sleeper = subprocess.Popen(["sleep", "30"], preexec_fn=_default_sighup)  # noqa: PLW1509
     try:
         started = time.monotonic()
         answer = request(Target(sleeper.pid, tmp_path / "p"), signal.SIGHUP, 20.0, [])
