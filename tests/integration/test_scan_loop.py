@@ -62,19 +62,24 @@ def connects(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     return opened
 
 
+class Watching(Recorder):
+    """A Recorder that notes the threads alive at each result."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.threads: set[str] = set()
+
+    def result(self, result: Result) -> None:
+        super().result(result)
+        self.threads.update(t.name for t in threading.enumerate())
+
+
 def test_one_thread_and_jobs_sessions_for_a_whole_maildir(
     engine_config: MakeConfig, tmp_path: Path, connects: list[str]
 ) -> None:
     """60 messages with jobs 3: the right verdict for each, on at most 3 sessions, and no
     thread but the caller's (red with the loop bypassed: the pool's threads show)."""
     md, infected = mail_dir(tmp_path / "Maildir", 60)
-    threads: set[str] = set()
-
-    class Watching(Recorder):
-        def result(self, result: Result) -> None:
-            super().result(result)
-            threads.update(t.name for t in threading.enumerate())
-
     rec = Watching()
     summary = run(engine_config(), [str(md)], rec, options=Options(jobs=3))
     assert summary.scanned == 60 and summary.exit_code == 1
@@ -82,7 +87,7 @@ def test_one_thread_and_jobs_sessions_for_a_whole_maildir(
     assert found == infected
     assert all(isinstance(r.verdict, Clean | Infected) for r in rec.results)
     assert 1 <= len(connects) <= 3
-    assert not any(name.startswith("avtool-scan") for name in threads), threads
+    assert not any(name.startswith("avtool-scan") for name in rec.threads), rec.threads
 
 
 def test_the_pool_drives_a_clamd_reached_by_path(
@@ -97,19 +102,12 @@ def test_the_pool_drives_a_clamd_reached_by_path(
     md, infected = mail_dir(shared_dir / "Maildir", 12, every=4)
     for p in [md, *md.rglob("*")]:
         p.chmod(0o755 if p.is_dir() else 0o644)
-    threads: set[str] = set()
-
-    class Watching(Recorder):
-        def result(self, result: Result) -> None:
-            super().result(result)
-            threads.update(t.name for t in threading.enumerate())
-
     rec = Watching()
     summary = run(cfg, [str(md)], rec, options=Options(jobs=2))
     assert summary.scanned == 12 and summary.failed == 0
     found = {os.path.basename(r.message.path) for r in rec.results if r.status == "infected"}
     assert found == infected
-    assert any(name.startswith("avtool-scan") for name in threads)
+    assert any(name.startswith("avtool-scan") for name in rec.threads)
 
 
 def test_a_hanging_clamd_fails_over_to_the_real_one(
