@@ -30,8 +30,10 @@ import argparse
 import json
 import os
 import random
+import select
 import shutil
 import signal
+import socket
 import sqlite3
 import subprocess
 import sys
@@ -103,6 +105,48 @@ def rescan(
         "seconds": round(seconds, 3),
         "rate": round(touched / seconds, 1),  # messages dealt with per second, process wall
         "loop_rate": round(touched / summary["seconds"], 1) if summary["seconds"] else None,
+    }
+
+
+def fildes_floor(
+    sock: str, files: list[Path], clamd: int | None, jobs: int = 8
+) -> dict[str, object]:
+    """The least a Python FILDES client does, as a measuring stick (not a scanner): ``jobs``
+    IDSESSIONs, each file opened and sent in one write, its reply read, the file closed; no
+    walk, no checks, no state, no output. Its rate and CPU, and clamd's CPU meanwhile."""
+    clamd_cpu, times, t0 = cpu_of(clamd), os.times(), time.perf_counter()
+    sessions = []
+    for _ in range(jobs):
+        s = socket.socket(socket.AF_UNIX)
+        s.connect(sock)
+        s.sendall(b"zIDSESSION\0")
+        sessions.append(s)
+    poller, busy, idle, found = select.poll(), {}, list(sessions), 0
+    todo = iter(files)
+    while True:
+        while idle and (path := next(todo, None)) is not None:
+            s, fd = idle.pop(), os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+            socket.send_fds(s, [b"zFILDES\0\0"], [fd])
+            busy[s.fileno()] = (s, fd)
+            poller.register(s, select.POLLIN)
+        if not busy:
+            break
+        for ready, _ in poller.poll():
+            s, fd = busy.pop(ready)
+            poller.unregister(ready)
+            found += s.recv(4096).endswith(b"FOUND\0")  # replies are tiny: one recv
+            os.close(fd)
+            idle.append(s)
+    for s in sessions:
+        s.close()
+    seconds, after = time.perf_counter() - t0, os.times()
+    return {
+        "messages": len(files),
+        "found": found,
+        "seconds": round(seconds, 3),
+        "rate": round(len(files) / seconds, 1),
+        "client_cpu_s": round(after.user - times.user + after.system - times.system, 2),
+        "clamd_cpu_s": round(cpu_of(clamd) - clamd_cpu, 2),
     }
 
 
@@ -180,6 +224,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--users", type=int, default=20)
     parser.add_argument("--pairs", type=int, default=4, help="first-pass runs of each (ABBA)")
     parser.add_argument("--out", type=Path, default=REPO / "bench" / "out" / "rescan.json")
+    parser.add_argument(
+        "--floor", action="store_true", help="also a bare FILDES client per pair (fildes_floor)"
+    )
     args = parser.parse_args(argv)
 
     work = Path(tempfile.mkdtemp(prefix="avr", dir="/tmp"))  # short: socket path limit
@@ -205,6 +252,7 @@ def main(argv: list[str] | None = None) -> int:
         states.mkdir(mode=0o700)
         first: list[dict[str, object]] = []
         scans: list[dict[str, object]] = []  # what rescan's first pass does besides: nothing
+        floors: list[dict[str, object]] = []
         for i in range(args.pairs):  # interleaved, each rescan on a fresh state
             before = cpu_of(server.pid)
             # ABBA: MULTISCAN first in even pairs, second in odd ones, so that a machine that
@@ -219,6 +267,9 @@ def main(argv: list[str] | None = None) -> int:
                 run = rescan(sock, states / f"s{i}", root, clamd=server.pid)
             first.append({"name": "avtool rescan, first pass", **run})
             scans.append({"name": "avtool scan (same mail)", **avtool_scan(sock, root, work)})
+            if args.floor:
+                bare = fildes_floor(sock, files, server.pid)
+                floors.append({"name": "bare FILDES client (floor)", **bare})
         state = states / "s0"
         set_atimes_before_mtimes(files)
         second = [
@@ -282,6 +333,7 @@ def main(argv: list[str] | None = None) -> int:
         {
             "first_pass": first,
             "avtool_scan": scans,
+            "fildes_floor": floors,
             "second_pass": second,
             "second_pass_files_read": {"by_atime": read, "opens_under_strace": opens},
             "state": {"bytes": state_bytes, "bytes_per_message": per_message},
@@ -319,7 +371,7 @@ def main(argv: list[str] | None = None) -> int:
     head = f"{'run':30} {'msg/s':>8} {'loop msg/s':>10} {'s':>7} "
     head += f"{'scanned':>7} {'skipped':>7} {'found':>5}"
     print(head + "\n" + "-" * len(head))
-    for r in first + scans + second:
+    for r in first + scans + floors + second:
         print(
             f"{r['name']!s:30} {r['rate']!s:>8} {r.get('loop_rate', '-')!s:>10} "
             f"{r['seconds']!s:>7} {r.get('scanned', r.get('messages'))!s:>7} "
@@ -337,6 +389,14 @@ def main(argv: list[str] | None = None) -> int:
         f"{clamd_extra}"
     )
     print(f"    first pass / avtool scan of the same mail: {versus_scan:.3f}")
+    if floors:  # what a client that does nothing but FILDES reaches, for scale
+        floor_rate = max(float(r["rate"]) for r in floors)  # type: ignore[arg-type]
+        best_alone = best(first, "clamd MULTISCAN (alone)")
+        print(
+            f"    bare FILDES client / MULTISCAN: {floor_rate / best_alone:.3f}"
+            f" best of each; its CPU {[r['client_cpu_s'] for r in floors]} s, clamd's "
+            f"{[r['clamd_cpu_s'] for r in floors]} s"
+        )
     print(
         f"  second pass: {rate:,.0f} msg/s, process wall time (>= {TARGET_RATE:,.0f}); "
         f"messages read: {read} by atime, {opens} opens under strace  "
