@@ -10,10 +10,10 @@ from typing import TYPE_CHECKING, Literal
 from avtool.engine import session
 from avtool.engine.replies import BackendFailure, parse_version, reply_text
 from avtool.engine.session import SessionPool
+from avtool.errors import EngineError
 
 if TYPE_CHECKING:
     from avtool.engine.client import TcpClient, UnixClient
-from avtool.errors import EngineError
 
 Mode = Literal["fildes", "instream", "scan"]
 _MODES: dict[str, Mode] = {"fildes": "fildes", "instream": "instream", "scan": "scan"}

@@ -166,9 +166,8 @@ class Session:
         return self.answered == self.sent or bool(self._buf)
 
     def send_fildes(self, fd: int) -> None:
-        """Send FILDES and the descriptor in one sendmsg (``_FILDES``: one system call, and
-        one wake-up of clamd's receive thread instead of two, notes 2); BackendFailure if the
-        connection is gone."""
+        """Send FILDES and the descriptor in one sendmsg (``_FILDES``: one system call instead
+        of two, notes 2); BackendFailure if the connection is gone."""
         try:
             sent = socket.send_fds(self.sock, _FILDES, [fd])
         except OSError as e:  # BlockingIOError too: nothing is queued on an idle session

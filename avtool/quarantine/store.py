@@ -204,13 +204,12 @@ class Store:
         self.sweep_released()
         return gone
 
-    def sweep_released(self) -> list[str]:
+    def sweep_released(self) -> None:
         """Remove what releases left on their way out (``GONE_PREFIX`` + id: delivered, then
-        renamed out of the id namespace, then not removed: a full disk, a crash); the names
-        removed. One whose release still holds its lock (it is removing it) is left alone."""
+        renamed out of the id namespace, then not removed: a full disk, a crash). One whose
+        release still holds its lock (it is removing it) is left alone."""
         if self.fd < 0:
-            return []
-        swept = []
+            return
         for name in os.listdir(self.fd):
             if not (name.startswith(GONE_PREFIX) and _ID.match(name[len(GONE_PREFIX) :])):
                 continue
@@ -225,8 +224,6 @@ class Store:
                 continue  # locked by its release, or cannot be removed yet
             finally:
                 os.close(fd)
-            swept.append(name)
-        return swept
 
 
 def _read(dir_fd: int, name: str) -> bytes:

@@ -23,7 +23,7 @@ from avtool.config import keys as K
 from avtool.engine import Engine, Infected
 from avtool.errors import EngineError, UsageError
 from avtool.safedir import Unsafe
-from avtool.scan.driver import Record, scan_all
+from avtool.scan.driver import scan_all
 from avtool.scan.mailbox import STDIN, Message, Moved, OpenFile, Problem, move, open_quarantine
 from avtool.scan.mailbox import spool as spool_stdin
 from avtool.scan.mailbox import walk as walk_inputs
@@ -249,13 +249,10 @@ def preflight(engine: Engine) -> None:
 __all__ = [
     "ClamdUnreachable",
     "Options",
-    "Record",
     "Report",
     "Result",
     "Summary",
-    "Worker",
     "default_jobs",
     "preflight",
     "run",
-    "scan_all",
-]  # Options, Result, Worker: worker.py; Record, scan_all: driver.py
+]  # Options, Result: worker.py
