@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import sys
 from typing import Annotated
 
 import typer
@@ -141,4 +140,4 @@ class RescanJson(JsonView):
                 "exit": summary.exit_code,
             }
         )
-        sys.stdout.flush()
+        self.flush()

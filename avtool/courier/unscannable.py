@@ -21,28 +21,25 @@ whitespace) whose subtype is not exactly one of the three makes the message unch
 ``message/rfc822`` or ``multipart/*`` part in base64 or quoted-printable is decoded and looked
 at the same way. Being wrong errs towards "unchecked": a line in a text body that looks like
 such a field after a blank line, or ``Content-Type: "message/rfc822"`` that clamd would scan.
-
 Not seen: a message inside an attachment or an archive (a base64 ``.eml``, a zip holding one).
 clamd recognises mail there too and answers OK the same way; only clamd could tell.
 
 Cost, as this runs for every clean message in the daemon's loop. Every occurrence of
-``content-type`` has a "-": the "-" are found with memchr(3) and each is looked at (a piece of
-text where "-" is common is lower-cased and searched instead), and a field whose type starts
-with a letter other than m is dismissed at once. A message up to 64 KiB (most mail; the first
-64 KiB are already read, see pipeline.judge) is searched whole. A bigger one is cut at the
-lines that start with ``--``; a part whose header declares base64 for a type clamd only
-decodes (an attachment: most of the bytes) is read past with a memchr for "-" (base64 has
-none), after a declared boundary and a header that ended before it only. Measured on the
-benchmark corpus (bench/corpus.py, mean 264 KB): 15 us for a message up to 64 KiB, 0.2 ms for
-one of 683 KB (mostly the reading), 84 us on average with warm caches; bench/serve.py: about
-0.15-0.25 ms more daemon CPU per message than without it (its caches are cold after each wait
-for clamd). Any case-insensitive look at the whole message costs at least this much: a search
-of the first 64 KiB only would be cheaper, and blind to a fragment after a 64 KiB part.
+``content-type`` has a "-": the "-" are found with memchr(3) and each is looked at (text where
+"-" is common is lower-cased and searched instead); a field whose type starts with a letter
+other than m is dismissed at once, in place (_dismissed). A message up to 64 KiB (most mail,
+already read: pipeline.judge) is searched whole; a bigger one is cut at the lines that start
+with ``--``, and a part whose header declares base64 for a type clamd only decodes (most of the
+bytes) is read past with a memchr for "-" (base64 has none), after a declared boundary and a
+header that ended before it only. On bench/corpus.py (mean 264 KB), warm: 15 us for a message
+up to 64 KiB, 0.2 ms for one of 683 KB (mostly the reading), 84 us on average; bench/serve.py:
+0.15-0.25 ms more daemon CPU a message (cold caches after each wait for clamd); searching the
+first 64 KiB only would be blind to a fragment after a 64 KiB part.
 Bounded for hostile input: at most MAX_FIELDS fields and MAX_CONTAINER_FIELDS of type message
 or multipart are looked at, a piece's end is searched the plain way after 64 "-" that are not
 one, MAX_PIECES pieces are cut (then the rest is searched whole), an encoded part is decoded
-at most MAX_DEPTH deep and DECODE_BUDGET bytes in all; past a bound on what is looked at, the
-message is unchecked ("too many ... to check").
+at most MAX_DEPTH deep and DECODE_BUDGET bytes in all; past a bound, the message is unchecked
+("too many ... to check").
 """
 
 from __future__ import annotations
@@ -72,6 +69,7 @@ SCANNED = frozenset({b"rfc822", b"delivery-status", b"disposition-notification"}
 _COMMENT = re.compile(rb"\([^()]*\)")  # RFC 5322 3.2.2, innermost first (nested: repeated)
 _SPACE = re.compile(rb"[ \t\r\n]+")
 _FIELD = re.compile(rb"[!-9;-~]+[ \t]*:")  # RFC 5322 2.2, with obs-FWS before the colon
+_COLON = re.compile(rb"[ \t]*:[ \t\r\n]*")  # after the name: to the value's first character
 _CTE = re.compile(rb"(?im)^content-transfer-encoding[ \t]*:([^\n]*(?:\n[ \t][^\n]*)*)")
 _CT = re.compile(rb"(?im)^[ \t]*content-type[ \t]*:([^\n]*(?:\n[ \t][^\n]*)*)")
 _TOKEN = re.compile(rb"[a-z0-9][a-z0-9!#$&^_.+-]*")  # RFC 2045 5.1, the usual characters
@@ -272,7 +270,9 @@ def _base64_leaf(block: bytes) -> bool:
 
 def _check(src: _Source, pos: int, depth: int, budget: _Budget) -> str | None:
     """The verdict of the occurrence at ``pos``, if it starts a Content-Type field."""
-    lo = max(0, pos - BACK)
+    lo, hi = max(0, pos - BACK), min(pos + FORWARD, src.size)
+    if hi <= len(src.head) and _dismissed(src.head, pos, lo, hi):
+        return None
     window = src.read(lo, pos + FORWARD)
     at = pos - lo
     line = window.rfind(b"\n", 0, at) + 1
@@ -296,8 +296,7 @@ def _check(src: _Source, pos: int, depth: int, budget: _Budget) -> str | None:
     budget.container_fields += 1
     if budget.container_fields > MAX_CONTAINER_FIELDS:
         raise TooComplex("too many message/* and multipart/* parts to check")
-    boundary = _part_boundary(window, line, lo)
-    if kind == b"message" and boundary is None and subtype not in SCANNED:
+    if kind == b"message" and subtype not in SCANNED and _part_boundary(window, line, lo) is None:
         return PARTIAL if subtype == b"partial" else f"message/{_shown(subtype)}: {NOT_SCANNED}"
     if kind == b"multipart" and (declared := _BOUNDARY.search(value)):
         budget.boundaries.add(b"--" + (declared.group(1) or declared.group(2)).rstrip(b" \t"))
@@ -312,8 +311,18 @@ def _check(src: _Source, pos: int, depth: int, budget: _Budget) -> str | None:
             raise TooComplex("a header too long to check")
         encoding = _encoding(block)
         if encoding in (b"base64", b"quoted-printable"):
+            boundary = _part_boundary(window, line, lo)
             return _embedded(src, lo + body, boundary, encoding, depth, budget)
     return None
+
+
+def _dismissed(data: bytes, pos: int, lo: int, hi: int) -> bool:
+    """_check's first tests in place on its window ``data[lo:hi]``: True if they end it."""
+    colon = _COLON.match(data, pos + len(NEEDLE), hi)
+    if colon is None or data[max(data.rfind(b"\n", lo, pos) + 1, lo) : pos].strip(b" \t"):
+        return True
+    letter = data[colon.end() : min(colon.end() + 1, hi)]  # b"": the window ends in blanks
+    return letter.isalpha() and letter not in b"mM"
 
 
 def _value(window: bytes, start: int) -> tuple[bytes, int]:

@@ -141,16 +141,22 @@ class _Loop:
         self._done(result)
 
     def _wait(self) -> None:
-        until = min(job.scan.attempt_until for job in self.waiting.values())
-        events = self.poller.poll(max(0, math.ceil((until - time.monotonic()) * 1000)))
+        """Wait for replies; each attempt ends by its ``attempt_until``. The first job in
+        ``waiting`` ends first: every attempt lasts clamd.scan_timeout (no deadline here) and
+        is added when it starts, with a ``now`` no earlier than the last one's."""
+        waiting = self.waiting
+        first = next(iter(waiting.values())).scan.attempt_until
+        events = self.poller.poll(max(0, math.ceil((first - time.monotonic()) * 1000)))
         now = time.monotonic()
         for fd, _ in events:
-            job = self.waiting.pop(fd)
+            job = waiting.pop(fd)
             self.poller.unregister(fd)
             self._step(job, job.scan.receive(now))
-        for fd, job in list(self.waiting.items()):
-            if job.scan.attempt_until <= now:
-                del self.waiting[fd]
+        while first <= now and waiting:
+            fd, job = next(iter(waiting.items()))
+            first = job.scan.attempt_until
+            if first <= now:
+                del waiting[fd]
                 self.poller.unregister(fd)
                 self._step(job, job.scan.timeout(now))
 

@@ -84,11 +84,13 @@ class Opened:
     def close(self) -> None:
         mem, self.memfd = self.memfd, -1
         owned, self.owned = self.owned, False
-        with contextlib.suppress(OSError):
+        try:
             if mem >= 0:
                 os.close(mem)
             if owned:
                 os.close(self.fd)
+        except OSError:
+            pass
 
 
 class Worker:
@@ -188,11 +190,13 @@ class Worker:
         m, fd, base = opened.message, opened.fd, opened.base
         if isinstance(verdict, Clean):
             # clamd answers OK without looking at some messages (courier/unscannable.py)
-            with contextlib.suppress(OSError):
+            try:
                 head = os.pread(fd, min(m.size, UNSCANNABLE_HEAD), base)
                 unseen = unscannable.find(fd, m.size, head, base)
-                if unseen is not None:
-                    verdict = Unchecked(unseen, verdict.backend)
+            except OSError:
+                unseen = None
+            if unseen is not None:
+                verdict = Unchecked(unseen, verdict.backend)
         sender = subject = None
         if self.headers or not isinstance(verdict, Clean):
             # On a read error the verdict stands; the report just lacks the fields.

@@ -36,41 +36,41 @@ def test_every_fragment_is_found_after_a_big_attachment(name: str) -> None:
     assert found is not None and found.startswith("message/")
 
 
-@pytest.mark.parametrize(
-    ("header", "found"),
-    [
-        (b'Content-Type: message/partial; id="a@b"; number=1; total=2\n', PARTIAL),
-        (b"CONTENT-TYPE:Message/Partial;\n id=x\n", PARTIAL),
-        (b"Content-Type: message/partial (a fragment)\n", PARTIAL),
-        (b"Content-Type:\n message/partial; number=1\n", PARTIAL),
-        (b"Content-type : message/partial\n", PARTIAL),  # clamd: not a field; we: the safe side
-        (b"Content-Type: text/plain\nContent-Type: message/partial\n", PARTIAL),  # the second
-        (b"Content-Type: message/partial\nContent-Type: text/plain\n", PARTIAL),
-        (b"Content-Type: message/(a (nested) comment)partial\n", PARTIAL),
-        (b'Content-Type: "message"/partial\n', PARTIAL),
-        (b"Content-Type: mess age/partial\n", PARTIAL),
-        (b"Content-Type: message/foo\n", "message/foo: " + unscannable.NOT_SCANNED),
-        (b"Content-Type: message/\n", "message/: " + unscannable.NOT_SCANNED),
-        (b"Content-Type: message/ rfc822\n", "message/?rfc822: " + unscannable.NOT_SCANNED),
-        (b'Content-Type: message/"rfc822"\n', 'message/"rfc822": ' + unscannable.NOT_SCANNED),
-        (b"Content-Type: message/rfc822x\n", "message/rfc822x: " + unscannable.NOT_SCANNED),
-        (b"Content-Type: message/p\x1b[2Jx\n", "message/p?[2jx: " + unscannable.NOT_SCANNED),
-        # what clamd scans, and what is not a message's own type
-        (b"Content-Type: message/rfc822\n", None),
-        (b"Content-Type: Message/RFC822 (forwarded)\n", None),
-        (b"Content-Type: message/rfc(x)822\n", None),
-        (b'Content-Type: "message/rfc822"\n', None),
-        (b"Content-Type: message/delivery-status\n", None),
-        (b"Content-Type: message/disposition-notification\n", None),
-        (b"Content-Type: message\n", None),
-        (b"Content-Type: message;partial\n", None),
-        (b"Subject: partial\nContent-Type: text/plain\n", None),
-        (b"Content-Type: multipart/mixed; boundary=message/partial\n", None),
-        (b"X-Note: message/partial\n", None),
-        (b"X-Content-Type: message/partial\n", None),
-        (b"Subject: x\n", None),
-    ],
-)
+_TOP = [
+    (b'Content-Type: message/partial; id="a@b"; number=1; total=2\n', PARTIAL),
+    (b"CONTENT-TYPE:Message/Partial;\n id=x\n", PARTIAL),
+    (b"Content-Type: message/partial (a fragment)\n", PARTIAL),
+    (b"Content-Type:\n message/partial; number=1\n", PARTIAL),
+    (b"Content-type : message/partial\n", PARTIAL),  # clamd: not a field; we: the safe side
+    (b"Content-Type: text/plain\nContent-Type: message/partial\n", PARTIAL),  # the second
+    (b"Content-Type: message/partial\nContent-Type: text/plain\n", PARTIAL),
+    (b"Content-Type: message/(a (nested) comment)partial\n", PARTIAL),
+    (b'Content-Type: "message"/partial\n', PARTIAL),
+    (b"Content-Type: mess age/partial\n", PARTIAL),
+    (b"Content-Type: message/foo\n", "message/foo: " + unscannable.NOT_SCANNED),
+    (b"Content-Type: message/\n", "message/: " + unscannable.NOT_SCANNED),
+    (b"Content-Type: message/ rfc822\n", "message/?rfc822: " + unscannable.NOT_SCANNED),
+    (b'Content-Type: message/"rfc822"\n', 'message/"rfc822": ' + unscannable.NOT_SCANNED),
+    (b"Content-Type: message/rfc822x\n", "message/rfc822x: " + unscannable.NOT_SCANNED),
+    (b"Content-Type: message/p\x1b[2Jx\n", "message/p?[2jx: " + unscannable.NOT_SCANNED),
+    # what clamd scans, and what is not a message's own type
+    (b"Content-Type: message/rfc822\n", None),
+    (b"Content-Type: Message/RFC822 (forwarded)\n", None),
+    (b"Content-Type: message/rfc(x)822\n", None),
+    (b'Content-Type: "message/rfc822"\n', None),
+    (b"Content-Type: message/delivery-status\n", None),
+    (b"Content-Type: message/disposition-notification\n", None),
+    (b"Content-Type: message\n", None),
+    (b"Content-Type: message;partial\n", None),
+    (b"Subject: partial\nContent-Type: text/plain\n", None),
+    (b"Content-Type: multipart/mixed; boundary=message/partial\n", None),
+    (b"X-Note: message/partial\n", None),
+    (b"X-Content-Type: message/partial\n", None),
+    (b"Subject: x\n", None),
+]
+
+
+@pytest.mark.parametrize(("header", "found"), _TOP)
 def test_the_top_header(header: bytes, found: str | None) -> None:
     assert find_in(HEAD + header + b"\nbody message/partial\n") == found
 
@@ -199,3 +199,32 @@ def test_the_field_name_in_any_case_after_any_text(hyphens: int, pad: int) -> No
     message = _multipart(text, b"Content-Type: message/rfc822\n\n" + fragment)
     assert find_in(message) == PARTIAL
     assert find_in(message.replace(b"cOnTeNt-TyPe", b"Content-Typo")) is None
+
+
+def _shapes() -> list[bytes]:
+    """Every message of this file and evasion.py, and the edges of _dismissed's window: the
+    field's name at a line's start or not, blanks before and after the colon, a value that
+    starts past FORWARD, CR LF lines, any case."""
+    messages = [HEAD + h + b"\nbody\n" for h, _ in _TOP] + list(NOT_FRAGMENTS.values())
+    messages += [build(evasion.HARMLESS) for build in evasion.FRAGMENTS.values()]
+    for value in (b"message/partial", b"text/plain", b"Multipart/mixed", b"(x)message/foo"):
+        for before, after in [
+            (b"", b" "), (b" \t", b"\t"), (b"", b"\n "), (b"x ", b" "), (b"", b" " * 9000),
+            (b"", b" " * (unscannable.FORWARD - 20)), (b" " * 9000, b""), (b"", b""),
+        ]:  # fmt: skip
+            for name in (b"Content-Type", b"CONTENT-TYPE", b"content-type"):
+                for colon in (b":", b" :", b"\t:", b" "):
+                    field = before + name + colon + after + value
+                    messages.append(HEAD + field + b"\n\nbody\n")
+                    messages.append(HEAD + b"Subject: s\n" + field + b"\r\n\r\nbody\r\n")
+    return messages
+
+
+def test_the_quick_dismissal_agrees_with_the_whole_check(monkeypatch: pytest.MonkeyPatch) -> None:
+    """_dismissed spares most fields the window's copy; it must never dismiss one that
+    _check would go on to look at (nor miss one it would dismiss: same verdicts)."""
+    shapes = _shapes()
+    quick = [find_in(m) for m in shapes]
+    monkeypatch.setattr(unscannable, "_dismissed", lambda *_: False)
+    assert quick == [find_in(m) for m in shapes]
+    assert sum(v is not None for v in quick) > 50  # the shapes reach the verdicts both ways
