@@ -272,6 +272,9 @@ def _human(n: float) -> str:
     return f"{n:.1f} TB"  # pragma: no cover - the loop returns
 
 
+_json_str = json.encoder.encode_basestring_ascii  # what json.dumps uses for a str
+
+
 # ---- JSON lines for scripts ---------------------------------------------------------------------
 class JsonView:
     """One JSON object per line on stdout: ``message``, ``error``/``note``, ``moved``, then
@@ -301,8 +304,11 @@ class JsonView:
         self.flush()
 
     def _emit(self, obj: dict[str, object]) -> None:
+        self._add(json.dumps(obj))
+
+    def _add(self, line: str) -> None:
         lines = self._lines
-        lines.append(json.dumps(obj))
+        lines.append(line)
         if len(lines) >= self.FLUSH_LINES or time.monotonic() - self._flushed >= self.FLUSH_SECONDS:
             self.flush()
 
@@ -319,7 +325,7 @@ class JsonView:
         pass  # not asked for (wants_total is False)
 
     def result(self, result: Result) -> None:
-        self._emit(message_object(result))
+        self._add(clean_maildir_line(result) or json.dumps(message_object(result)))
 
     def problem(self, problem: Problem) -> None:
         kind = "error" if problem.error else "note"
@@ -351,6 +357,22 @@ class JsonView:
             }
         )
         self.flush()
+
+
+def clean_maildir_line(result: Result) -> str | None:
+    """``json.dumps(message_object(result))`` for the commonest line (a clean Maildir message,
+    no From or Subject asked for), made without the dict; None for any other result."""
+    m = result.message
+    if m.format != "maildir" or result.status != "clean":
+        return None
+    if result.sender is not None or result.subject is not None:
+        return None
+    return (
+        f'{{"type": "message", "status": "clean", "mailbox": {_json_str(m.mailbox)}, '
+        f'"format": "maildir", "key": {_json_str(m.key)}, "path": {_json_str(m.path)}, '
+        f'"size": {int(m.size)}, "subdir": {_json_str(m.subdir)}, '
+        f'"flags": {_json_str(flags_of(m.info))}}}'
+    )
 
 
 def message_object(result: Result) -> dict[str, object]:

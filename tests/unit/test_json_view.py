@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from avtool.cli.scan import JsonView
+from avtool.cli.scan import JsonView, clean_maildir_line, message_object
 from avtool.engine import Clean, Infected
 from avtool.scan.mailbox import Message, Problem
 from avtool.scan.scanner import Summary
@@ -63,3 +63,27 @@ def test_lines_are_out_when_the_scan_is_interrupted(monkeypatch: pytest.MonkeyPa
         view.result(_result(1))
         raise KeyboardInterrupt
     assert json.loads(out.getvalue())["key"] == "k1"
+
+
+@pytest.mark.parametrize(
+    ("mailbox", "name", "info"),
+    [
+        ("/home/bob/Maildir", "1700000000.M1P1.host", "2,FS"),
+        ('/home/a"b\\c/Maildir', "k\ttab\nnewline", ""),
+        ("/home/zoë/Maildir", "ünïcode", "2,"),
+        ("/home/x/Maildir", "undecodable-\udcff", "1,experimental"),
+        ("/home/x/Maildir", "\x00\x1f\x7f", "2,S"),
+    ],
+)
+def test_the_quick_line_is_json_dumps(mailbox: str, name: str, info: str) -> None:
+    """The clean Maildir line made without a dict reads exactly as json.dumps writes it."""
+    m = Message(mailbox, "maildir", name, f"{mailbox}/cur/{name}", 12345, subdir="cur", info=info)
+    result = Result(m, Clean("/run/clamd.sock"))
+    assert clean_maildir_line(result) == json.dumps(message_object(result))
+    for other in (
+        Result(m, Infected(("Eicar",))),
+        Result(m, Clean(), sender="a@b"),
+        Result(m, Clean(), subject=""),
+        Result(Message(mailbox, "mbox", "1", mailbox, 10), Clean()),
+    ):
+        assert clean_maildir_line(other) is None  # the dict's way: other keys
