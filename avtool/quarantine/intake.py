@@ -37,7 +37,7 @@ from email.policy import compat32
 from typing import Any
 
 from avtool import safedir
-from avtool.scan.mailbox import mbox
+from avtool.scan.mailbox import mbox, quota
 from avtool.scan.mailbox.locking import Busy
 from avtool.scan.mailbox.maildir import copy_range
 from avtool.scan.mailbox.message import Message, Problem, read_head
@@ -199,6 +199,8 @@ def _take_file(store: StoreWriter, f: Found) -> Taken | Problem:
                 raise
             with contextlib.suppress(OSError):
                 os.fsync(dir_fd)
+            if m.format == "maildir":
+                quota.left(dir_fd, m.mailbox, name, st.st_size, owner[0])
             return Taken(f, ident)
         finally:
             os.close(fd)

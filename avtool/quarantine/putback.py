@@ -35,7 +35,7 @@ from typing import Any
 from avtool import safedir
 from avtool.errors import UsageError
 from avtool.quarantine.store import Store
-from avtool.scan.mailbox import maildir
+from avtool.scan.mailbox import maildir, quota
 from avtool.scan.mailbox.locking import Busy, locked
 from avtool.scan.mailbox.maildir import copy_range
 
@@ -212,6 +212,7 @@ def _maildir(where: Where, folder: int, _name: str, data: int) -> str:
                 with contextlib.suppress(OSError):
                     os.unlink(key, dir_fd=tmp_fd)
             os.fsync(dest)
+            quota.arrived(folder, where.path, name, os.fstat(data).st_size, where.uid)
             return os.path.join(where.path, sub, name)
         finally:
             os.close(dest)

@@ -9,6 +9,7 @@ rescan's --quarantine runs the same code after a real clamd's verdict: test_resc
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import pwd
@@ -58,6 +59,13 @@ class World:
 
 @pytest.fixture
 def world() -> Iterator[World]:
+    with new_world() as w:
+        yield w
+
+
+@contextlib.contextmanager
+def new_world() -> Iterator[World]:
+    """nobody's home, courier's store, root's stand-in for /etc; removed after."""
     with public_dir("avq") as base:
         home, store, etc = base / "home", base / "store", base / "etc"
         home.mkdir(mode=0o755)

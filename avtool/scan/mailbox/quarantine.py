@@ -23,7 +23,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, replace
 
 from avtool.safedir import Unsafe, open_dir, open_parent, open_subdir
-from avtool.scan.mailbox import maildir, mbox, mh
+from avtool.scan.mailbox import maildir, mbox, mh, quota
 from avtool.scan.mailbox.locking import Busy
 from avtool.scan.mailbox.message import Message, Problem, read_head
 from avtool.scan.mailbox.walk import STDIN, why
@@ -110,6 +110,8 @@ def _move_open(dest: maildir.Maildir, m: Message, dir_fd: int, name: str, fd: in
         raise
     with contextlib.suppress(OSError):  # moved; a crash now can only leave a second copy
         os.fsync(dir_fd)
+    if m.format == "maildir":
+        quota.left(dir_fd, m.mailbox, name, st.st_size, os.fstat(dir_fd).st_uid)
     return to
 
 
