@@ -14,13 +14,14 @@
 # --home DIR (NAME's home when created: /var/lib/avtool-updates), --avtool PATH (the avtool the
 # .mailfilter runs: /usr/local/bin/avtool). Then subscribe NAME's address to ClamAV's update
 # announcements, and have Courier deliver NAME's mail through maildrop (a .courier file that
-# says `| /usr/bin/maildrop`; --mailbox writes one when NAME has none).
+# says `| /usr/bin/maildrop`; --mailbox writes one when NAME has none). With the Debian package
+# installed, its /usr/lib/avtool/get_ides.sh and /usr/bin/avtool are used and nothing is copied.
 set -euo pipefail
 here=$(cd "$(dirname "$0")/.." && pwd)
 script=/usr/local/lib/avtool/get_ides.sh   # = avtool.updates.SCRIPT (a unit test checks)
 drop_in=/etc/sudoers.d/avtool-get-ides
 state=/var/lib/avtool-get-ides   # = get_ides.sh's STATE_DIR = avtool.updates.STATE_DIR
-user="" run_as=root mailbox="" home=/var/lib/avtool-updates avtool=/usr/local/bin/avtool
+user="" run_as=root mailbox="" home=/var/lib/avtool-updates avtool=/usr/local/bin/avtool avtool_given=""
 say() { printf 'avtool-install-updates: %s\n' "$*"; }
 die() { printf 'avtool-install-updates: %s\n' "$*" >&2; exit 1; }
 
@@ -29,9 +30,9 @@ while (($#)); do
     --user) user=${2:?--user needs a name}; shift 2 ;;
     --run-as) run_as=${2:?--run-as needs a user}; shift 2 ;;
     --home) home=${2:?--home needs a directory}; shift 2 ;;
-    --avtool) avtool=${2:?--avtool needs a path}; shift 2 ;;
+    --avtool) avtool=${2:?--avtool needs a path}; avtool_given=1; shift 2 ;;
     --mailbox) mailbox=1; shift ;;
-    -h|--help) sed -n '2,17p' "$0" | cut -c3-; exit 0 ;;
+    -h|--help) sed -n '2,18p' "$0" | cut -c3-; exit 0 ;;
     *) die "unknown argument: $1 (see --help)" ;;
   esac
 done
@@ -41,7 +42,19 @@ name_ok() { [[ $1 =~ ^[a-z_][a-z0-9_-]{0,31}$ ]]; }
 name_ok "$run_as" || die "not a user name: $run_as"
 [[ -z $mailbox || -n $user ]] || die "--mailbox needs --user NAME"
 
+# With the Debian package installed, its avtool runs the package's own copy of the script
+# (avtool.updates.script_for): the drop-in names that one, and nothing is copied beside it.
+packaged=/usr/lib/avtool/get_ides.sh
+if [[ -x $packaged ]] && dpkg-query -W -f '${Status}' avtool 2>/dev/null | grep -q ' installed$'; then
+  script=$packaged
+  [[ -n $avtool_given ]] || avtool=/usr/bin/avtool
+fi
+
 install_script() {
+  if [[ $script == "$packaged" ]]; then
+    say "the Debian package's $script is the update script (nothing copied)"
+    return
+  fi
   # Every directory on the way is root's and not writable by others, so nobody can swap the
   # script under sudo's feet.
   install -d -o root -g root -m 0755 /usr/local/lib/avtool
@@ -70,6 +83,7 @@ install_sudoers() {
   tmp=$(mktemp /etc/sudoers.d/.avtool-get-ides.XXXXXX)   # '.' names are ignored by sudo
   sed -e "s/^User_Alias AVTOOL_UPDATERS = .*/User_Alias AVTOOL_UPDATERS = $user/" \
       -e "s/^AVTOOL_UPDATERS ALL = (root)/AVTOOL_UPDATERS ALL = $rule/" \
+      -e "s|/usr/local/lib/avtool/get_ides\.sh|$script|g" \
       "$here/share/sudoers.avtool-get-ides" > "$tmp"
   chmod 0440 "$tmp"
   if ! visudo -qcf "$tmp" >/dev/null; then

@@ -275,6 +275,19 @@ def test_install_enable_upgrade_while_mail_flows_remove_purge(
         assert "/usr/local/" not in drop_in.read_text()
     assert "/usr/lib/avtool/get_ides.sh" in (drop_in.parent / "avtool-get-ides").read_text()
     assert not any(Path("/etc/sudoers.d").glob("avtool*")), "sudoers enabled behind our back"
+    # A checkout's installer beside the package: the package's script, nothing copied.
+    local = Path("/usr/local/lib/avtool/get_ides.sh")  # a checkout install's, maybe there
+    local_was = (local.stat().st_ino, local.stat().st_mtime_ns) if local.exists() else None
+    done = run("bash", str(REPO / "share/install-updates.sh"), "--user", "avtool-e2e-updates")
+    try:
+        assert done.returncode == 0, done.stdout + done.stderr
+        assert "the Debian package's /usr/lib/avtool/get_ides.sh" in done.stdout
+        local_is = (local.stat().st_ino, local.stat().st_mtime_ns) if local.exists() else None
+        assert local_is == local_was, "the installer copied its script beside the package's"
+        rule = Path("/etc/sudoers.d/avtool-get-ides").read_text().splitlines()[-1]
+        assert rule.endswith(f'NOPASSWD: {script} "", {script} new'), rule
+    finally:
+        Path("/etc/sudoers.d/avtool-get-ides").unlink(missing_ok=True)
     daily = run("/usr/lib/avtool/daily-check")
     assert (daily.returncode, daily.stdout) == (0, ""), daily  # not enabled: nothing to check
     job = Path("/usr/lib/avtool/rescan-job")
