@@ -280,9 +280,10 @@ class JsonView:
     """One JSON object per line on stdout: ``message``, ``error``/``note``, ``moved``, then
     ``summary``. Nothing else is written to stdout.
 
-    Lines are written in batches, at least every FLUSH_SECONDS (and at the end), whatever the
-    stream's own buffering: with PYTHONUNBUFFERED set, a write per message was one system call
-    per message for a scan that keeps two cores busy (bench/rescan.py)."""
+    Lines are written in batches of FLUSH_LINES, or with the first line once FLUSH_SECONDS
+    have passed since the last write, and at the end, whatever the stream's own buffering:
+    with PYTHONUNBUFFERED set, a write per message was one system call per message for a scan
+    that keeps two cores busy (bench/rescan.py)."""
 
     wants_total = False
     FLUSH_LINES = 256
@@ -314,10 +315,8 @@ class JsonView:
 
     def flush(self) -> None:
         if self._lines:
-            self._lines.append("")
-            text = "\n".join(self._lines)
+            sys.stdout.write("\n".join(self._lines) + "\n")
             self._lines.clear()
-            sys.stdout.write(text)
         sys.stdout.flush()
         self._flushed = time.monotonic()
 
@@ -361,7 +360,8 @@ class JsonView:
 
 def clean_maildir_line(result: Result) -> str | None:
     """``json.dumps(message_object(result))`` for the commonest line (a clean Maildir message,
-    no From or Subject asked for), made without the dict; None for any other result."""
+    no From or Subject asked for), made without the dict (1.0 against 5.5 us); None for any
+    other result."""
     m = result.message
     if m.format != "maildir" or result.status != "clean":
         return None

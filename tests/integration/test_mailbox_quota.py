@@ -13,6 +13,8 @@ from pathlib import Path
 import pytest
 
 from avtool.scan.mailbox import quota
+from avtool.scan.mailbox.message import Problem
+from avtool.scan.mailbox.quarantine import move, open_quarantine
 from tests.integration.test_mailbox_quarantine import (
     NOBODY,
     VIRUS,
@@ -84,6 +86,16 @@ def test_a_folder_counts_in_its_parent_trash_and_trashed_messages_nowhere(world:
         ident = one_taken(intake(world, found(folder(world, md, name, message))))
         release(world, ident)
     assert q.read_bytes() == before
+
+
+def test_scan_move_to_takes_the_message_out_of_the_quota(world: World) -> None:
+    md, _ = maildir(world)
+    q = with_quota(world, md)
+    (victim,) = found(md)
+    dest = open_quarantine(str(world.etc / "quarantine"))  # root's, as --move-to wants it
+    events = list(move(dest, [(victim.message, "")], lock_timeout=2))
+    assert len(events) == 1 and not isinstance(events[0], Problem), events
+    assert lines(q) == [(100, 1), (-len(VIRUS), -1)]
 
 
 def test_a_size_in_the_name_is_the_size_counted() -> None:

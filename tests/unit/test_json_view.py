@@ -47,7 +47,7 @@ def test_every_line_in_order_in_few_writes(monkeypatch: pytest.MonkeyPatch) -> N
 
 
 def test_a_slow_scan_still_shows_its_lines(monkeypatch: pytest.MonkeyPatch) -> None:
-    """No line waits longer than FLUSH_SECONDS for the next one to push it out."""
+    """Once FLUSH_SECONDS have passed since the last write, a line goes out at once."""
     out = Counted()
     monkeypatch.setattr(sys, "stdout", out)
     monkeypatch.setattr(JsonView, "FLUSH_SECONDS", 0.0)

@@ -35,8 +35,7 @@ def counted(folder: str, name: str) -> bool:
     """Whether Courier counts message file ``name`` of Maildir folder ``folder`` (a path)."""
     if os.path.basename(folder.rstrip("/")) == TRASH:
         return False
-    info = name.partition(":2,")[2] if ":2," in name else ""
-    return "T" not in info
+    return "T" not in name.partition(":2,")[2]  # the flags, "" when there are none
 
 
 def size_of(name: str, st_size: int) -> int:
