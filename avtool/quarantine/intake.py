@@ -37,7 +37,7 @@ from email.policy import compat32
 from typing import Any
 
 from avtool import safedir
-from avtool.scan.mailbox import mbox, quota
+from avtool.scan.mailbox import mbox, mh, quota
 from avtool.scan.mailbox.locking import Busy
 from avtool.scan.mailbox.maildir import copy_range
 from avtool.scan.mailbox.message import Message, Problem, read_head
@@ -188,6 +188,9 @@ def _take_file(store: StoreWriter, f: Found) -> Taken | Problem:
             st = os.fstat(fd)
             owner = _owner(m, dir_fd, st)
             info = describe(m, f.names, fd, 0, st.st_size, owner, _name_in(m, name))
+            if m.format == "mh":  # restored on release (putback.py)
+                seqs = mh.sequences(m.mailbox, dir_fd=dir_fd)
+                info["mailbox"]["sequences"] = mh.member_of(m.key, seqs)
             ident = store.add(fd, 0, st.st_size, info, st.st_mtime_ns)
             try:
                 now = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)

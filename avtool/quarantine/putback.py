@@ -16,15 +16,18 @@ must not write where that file says on its word alone (design.md, "Privileges").
 Maildir: a fresh unique name in the ``new/`` or ``cur/`` it came from, keeping its flags,
 written in ``tmp/`` and linked into place (the Maildir spec). mbox: appended with its From_
 line under the mbox's fcntl, flock and dot locks (locking.py); a failure half way truncates
-back. MH: the next free number. Only once the message is durable there does release remove the
-entry (release.py, under the entry's lock); a failure before leaves the entry as it was, a crash
-after at worst a copy in both places.
+back. MH: the next free number, linked from a temporary name as mh-folders(5) recommends, and
+back in the sequences it was in (``unseen``, ``flagged``, ...: the entry records them). Only
+once the message is durable there does release remove the entry (release.py, under the entry's
+lock); a failure before leaves the entry as it was, a crash after at worst a copy in both
+places.
 """
 
 from __future__ import annotations
 
 import contextlib
 import errno
+import logging
 import os
 import pwd
 import stat
@@ -35,14 +38,18 @@ from typing import Any
 from avtool import safedir
 from avtool.errors import UsageError
 from avtool.quarantine.store import Store
-from avtool.scan.mailbox import maildir, quota
+from avtool.scan.mailbox import maildir, mh, quota
 from avtool.scan.mailbox.locking import Busy, locked
 from avtool.scan.mailbox.maildir import copy_range
+
+log = logging.getLogger("avtool.quarantine")
 
 LOCK_TIMEOUT = 30.0  # seconds for an mbox's locks, as scan.lock_timeout's default
 _READ = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC
 _NEW = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 _KINDS = ("maildir", "mbox", "mh", "file")
+MAX_SEQUENCES = 100
+WARNING = "\0"  # a writer's answer: the path, then maybe this and a warning (no path has one)
 
 
 @dataclass(frozen=True)
@@ -55,6 +62,7 @@ class Where:
     uid: int
     gid: int
     from_line: bytes
+    sequences: tuple[str, ...] = ()  # MH: the sequences the message was in
 
     @classmethod
     def parse(cls, info: dict[str, Any]) -> Where:
@@ -71,11 +79,18 @@ class Where:
             raise ValueError("mailbox.name: not a string")
         if not isinstance(uid, int) or not isinstance(gid, int) or uid < 0 or gid < 0:
             raise ValueError("mailbox.uid/gid: not user and group ids")
+        seqs = box.get("sequences") or []
+        if (
+            not isinstance(seqs, list)
+            or len(seqs) > MAX_SEQUENCES
+            or not all(isinstance(n, str) and mh.SEQUENCE_NAME.fullmatch(n) for n in seqs)
+        ):
+            raise ValueError("mailbox.sequences: not a list of MH sequence names")
         line = box.get("from_line")
         from_line = line.encode("latin-1", "replace") if isinstance(line, str) else b""
         if not (from_line.startswith(b"From ") and from_line.count(b"\n") == 1):
             from_line = b"From MAILER-DAEMON Thu Jan  1 00:00:00 1970\n"
-        return cls(path, str(kind), name, uid, gid, from_line)
+        return cls(path, str(kind), name, uid, gid, from_line, tuple(seqs))
 
 
 def put_back(store: Store, ident: str, entry_fd: int, info: dict[str, Any]) -> str:
@@ -118,7 +133,12 @@ def _put(where: Where, data: int, fail: str) -> str:
         raise UsageError(f"{fail}: {e}; refused, the entry stays") from None
     try:
         writer = _WRITERS[where.kind]
-        return _as_owner(where, lambda: writer(where, dir_fd, name, data))
+        path, _, warning = _as_owner(where, lambda: writer(where, dir_fd, name, data)).partition(
+            WARNING
+        )
+        if warning:
+            log.warning("%s", warning)
+        return path
     except (_Refused, safedir.Unsafe) as e:
         raise UsageError(f"{fail}: {e}; refused, the entry stays") from None
     except (OSError, Busy) as e:
@@ -221,19 +241,38 @@ def _maildir(where: Where, folder: int, _name: str, data: int) -> str:
 
 
 def _mh(where: Where, folder: int, _name: str, data: int) -> str:
-    """The next free number (past the highest there now, as nmh's refile does)."""
+    """The next free number (past the highest there now, as nmh's refile does), made as
+    mh-folders(5) says: a temporary file linked to the number, the next one while it is
+    taken; then the message joins the sequences it was in. It is back once linked: a
+    sequences file that cannot be changed (locked past LOCK_TIMEOUT, not a regular file) is
+    one warning."""
     with os.scandir(folder) as entries:
         numbers = [int(e.name) for e in entries if e.name.isascii() and e.name.isdigit()]
     number = max(numbers, default=0) + 1
-    for _attempt in range(100):
-        try:
-            _copy_new(data, folder, str(number))
-        except FileExistsError:
-            number += 1
-            continue
-        os.fsync(folder)
-        return os.path.join(where.path, str(number))
-    raise OSError(errno.EEXIST, "no free message number", where.path)
+    temp = f".avtool-{maildir.unique_name()}"
+    _copy_new(data, folder, temp)
+    try:
+        for _attempt in range(100):
+            try:
+                os.link(temp, str(number), src_dir_fd=folder, dst_dir_fd=folder,
+                        follow_symlinks=False)  # fmt: skip
+            except FileExistsError:
+                number += 1
+                continue
+            break
+        else:
+            raise OSError(errno.EEXIST, "no free message number", where.path)
+    finally:
+        with contextlib.suppress(OSError):
+            os.unlink(temp, dir_fd=folder)
+    os.fsync(folder)
+    path = os.path.join(where.path, str(number))
+    try:
+        mh.add_to_sequences(folder, number, where.sequences, LOCK_TIMEOUT)
+    except (OSError, Busy) as e:
+        seqs = " ".join(where.sequences)
+        return f"{path}{WARNING}{path}: put back, but not into its sequences ({seqs}): {_why(e)}"
+    return path
 
 
 def _file(where: Where, dir_fd: int, name: str, data: int) -> str:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import mailbox
 import os
 import pwd
 import stat
@@ -213,6 +214,99 @@ def test_mh_message_goes_back_as_the_next_number(world: World) -> None:
     back = Path(release(world, ident))
     assert back == folder / "4" and back.read_bytes() == VIRUS
     owned_private(back, NOBODY.pw_uid, 0o600)
+
+
+def mh_folder(world: World, sequences: bytes | None) -> Path:
+    folder = world.home / "Mail" / "inbox"
+    folder.mkdir(parents=True)
+    for n, data in ((1, plain("one")), (2, VIRUS), (3, plain("three"))):
+        (folder / str(n)).write_bytes(data)
+    if sequences is not None:
+        (folder / ".mh_sequences").write_bytes(sequences)
+    world.give(world.home / "Mail")
+    return folder
+
+
+def test_mh_message_goes_back_into_its_sequences(world: World) -> None:
+    """An unread, flagged MH message comes back unread and flagged (the current-message pointer
+    stays where it was; other lines are kept byte for byte), as nmh and Python's mailbox read
+    the sequences. Red without the entry's sequences, or without their restoring."""
+    before = b"cur: 2\nunseen: 2-3\nflagged: 2\nreplied: 1\n"
+    folder = mh_folder(world, before)
+    ident = one_taken(intake(world, found(folder)))
+    assert entry_info(world, ident)["mailbox"]["sequences"] == ["unseen", "flagged"]
+    assert (folder / ".mh_sequences").read_bytes() == before  # root changes no user file
+    back = Path(release(world, ident))
+    assert back == folder / "4" and back.read_bytes() == VIRUS
+    after = (folder / ".mh_sequences").read_bytes()
+    assert after == b"cur: 2\nunseen: 2-3 4\nflagged: 2 4\nreplied: 1\n"
+    seqs = mailbox.MH(str(folder), create=False).get_sequences()  # only messages there now
+    assert seqs["unseen"] == [3, 4] and seqs["flagged"] == [4] and "cur" not in seqs
+    owned_private(folder / ".mh_sequences", NOBODY.pw_uid, 0o644)
+    assert sorted(os.listdir(folder)) == [".mh_sequences", "1", "3", "4"]  # no temp left
+
+
+def test_mh_unseen_message_makes_the_sequences_file_again(world: World) -> None:
+    """The sequences file was removed meanwhile: the unseen message gets one, the owner's,
+    0600; a message in no sequence (read) makes none."""
+    folder = mh_folder(world, b"unseen: 2\n")
+    unseen = one_taken(intake(world, found(folder)))
+    (folder / ".mh_sequences").unlink()
+    assert release(world, unseen) == str(folder / "4")
+    assert (folder / ".mh_sequences").read_bytes() == b"unseen: 4\n"
+    owned_private(folder / ".mh_sequences", NOBODY.pw_uid, 0o600)
+
+    (folder / ".mh_sequences").unlink()
+    (folder / "4").rename(folder / "2")
+    read = one_taken(intake(world, found(folder)))
+    assert entry_info(world, read)["mailbox"]["sequences"] == []
+    release(world, read)
+    assert not (folder / ".mh_sequences").exists()
+
+
+def test_mh_sequences_that_cannot_be_changed_cost_one_warning(
+    world: World, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The message is back either way. Locked past the timeout, or a link (to a file of the
+    owner's, which stays as it was: red without O_NOFOLLOW), the sequences file is one
+    warning line."""
+    folder = mh_folder(world, b"unseen: 2\n")
+    monkeypatch.setattr(putback, "LOCK_TIMEOUT", 0.3)
+    ident = one_taken(intake(world, found(folder)))
+    holder = attacker("hold", "fcntl", str(folder / ".mh_sequences"))
+    try:
+        assert release(world, ident) == str(folder / "4")
+    finally:
+        holder.kill()
+        holder.wait()
+    assert (folder / ".mh_sequences").read_bytes() == b"unseen: 2\n"
+    assert "put back, but not into its sequences (unseen): locked by another" in caplog.text
+
+    caplog.clear()
+    (folder / "4").rename(folder / "2")
+    ident = one_taken(intake(world, found(folder)))
+    decoy = world.home / "decoy"
+    decoy.write_bytes(b"unseen: 2\n")
+    world.give(decoy)
+    (folder / ".mh_sequences").unlink()
+    (folder / ".mh_sequences").symlink_to(decoy)
+    assert release(world, ident) == str(folder / "4")
+    assert decoy.read_bytes() == b"unseen: 2\n"
+    assert "not into its sequences (unseen)" in caplog.text
+
+
+def test_a_forged_sequence_name_is_refused(world: World) -> None:
+    """verdict.json (the daemon's user can write it) naming a "sequence" that would add lines
+    to the owner's sequences file: refused, the entry stays, nothing written."""
+    folder = mh_folder(world, b"unseen: 2\n")
+    ident = one_taken(intake(world, found(folder)))
+    info = entry_info(world, ident)
+    info["mailbox"]["sequences"] = ["unseen: 1-9\nflagged"]
+    (world.store / ident / "verdict.json").write_text(json.dumps(info))
+    with pytest.raises(UsageError, match="mailbox.sequences: not a list of MH sequence names"):
+        release(world, ident)
+    assert sorted(os.listdir(folder)) == [".mh_sequences", "1", "3"]
+    assert (folder / ".mh_sequences").read_bytes() == b"unseen: 2\n"
 
 
 # ---- the owner's attacks ---------------------------------------------------------------------

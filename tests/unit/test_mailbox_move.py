@@ -17,7 +17,7 @@ from avtool.scan.mailbox import Message, Moved, OpenFile, Problem, move, open_qu
 from avtool.scan.mailbox import mbox as M
 from avtool.scan.mailbox.maildir import Maildir, relocate
 from avtool.scan.mailbox.message import SHOWN, capped, printable, sender_and_subject
-from avtool.scan.mailbox.mh import maildir_flags, sequences
+from avtool.scan.mailbox.mh import maildir_flags, member_of, sequences, with_number
 from tests.support.mailboxes import maildir, mbox_bytes, plain, snapshot
 
 
@@ -75,6 +75,32 @@ def test_mh_flags_from_sequences(tmp_path: Path) -> None:
     flags = sorted(os.path.basename(e.to).partition(":")[2] for e in events if isinstance(e, Moved))
     assert flags == ["", "2,F", "2,FRS"]  # unseen and unflagged: new/, no info
     assert len(os.listdir(tmp_path / "q" / "new")) == 1
+
+
+@pytest.mark.parametrize(
+    ("raw", "names", "expected"),
+    [
+        (b"", ["unseen"], b"unseen: 9\n"),
+        (b"cur: 3\nunseen: 1-3", ["unseen"], b"cur: 3\nunseen: 1-3 9\n"),  # no last newline
+        (b"unseen: 1\r\nflagged: 2\r\n", ["unseen"], b"unseen: 1 9\nflagged: 2\r\n"),
+        (b"mine: 1\n  2 3\nother: 4\n", ["mine", "new"], b"mine: 1\n  2 3 9\nother: 4\nnew: 9\n"),
+        (b"unseen: 1\nunseen: 5\n", ["unseen", "unseen"], b"unseen: 1\nunseen: 5 9\n"),
+        (b"\xff\xfe junk\nflagged:\n", ["flagged"], b"\xff\xfe junk\nflagged: 9\n"),
+    ],
+)
+def test_a_number_joins_sequences_and_nothing_else_changes(
+    raw: bytes, names: list[str], expected: bytes, tmp_path: Path
+) -> None:
+    new = with_number(raw, 9, names)
+    assert new == expected
+    (tmp_path / ".mh_sequences").write_bytes(new)
+    seqs = sequences(str(tmp_path))
+    assert all(9 in seqs[n] for n in names)
+
+
+def test_member_of_leaves_out_the_current_message_and_odd_names(tmp_path: Path) -> None:
+    (tmp_path / ".mh_sequences").write_text("cur: 2\nunseen: 1-3\nx y: 2\nflagged: 1\nseen: 2\n")
+    assert member_of("2", sequences(str(tmp_path))) == ["unseen", "seen"]
 
 
 def test_mbox_messages_keep_status_as_flags(tmp_path: Path) -> None:

@@ -6,12 +6,16 @@ from __future__ import annotations
 
 import bisect
 import os
+import re
 import stat
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 
+from avtool.scan.mailbox.locking import locked
 from avtool.scan.mailbox.message import Message, Problem
 
 SEQUENCES = ".mh_sequences"
+CURRENT = "cur"  # the folder's current message: a pointer, not a set the message belongs to
+SEQUENCE_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_.-]{0,63}")
 
 
 def is_mh(path: str) -> bool:
@@ -149,6 +153,68 @@ def maildir_flags(key: str, seqs: dict[str, Ranges]) -> str:
     if number in seqs.get("replied", _NONE):
         flags += "R"
     return flags
+
+
+def member_of(key: str, seqs: dict[str, Ranges]) -> list[str]:
+    """The sequences that hold MH message ``key`` (the current-message pointer aside), in the
+    file's order: what a put-back restores (add_to_sequences)."""
+    number = int(key)
+    return [
+        n for n, r in seqs.items() if n != CURRENT and SEQUENCE_NAME.fullmatch(n) and number in r
+    ]
+
+
+def add_to_sequences(folder_fd: int, number: int, names: Sequence[str], timeout: float) -> None:
+    """Add message ``number`` to the sequences ``names`` in the folder's ``.mh_sequences`` (made,
+    0600, if there is none), under the fcntl, flock and dot locks that nmh (fcntl) and Python's
+    mailbox (fcntl and dot) take on it (locking.py). Only those lines change: the number is
+    appended to a sequence's last line, or a line ``name: number`` is added. The file is
+    opened without following a link and only written when it is a regular file; OSError or
+    locking.Busy otherwise."""
+    if not names:
+        return
+    flags = os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC
+    fd = os.open(SEQUENCES, flags, 0o600, dir_fd=folder_fd)
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode) or st.st_size > MAX_SEQUENCES_BYTES:
+            raise OSError(f"{SEQUENCES}: not a regular file of sequences; not changed")
+        with locked(folder_fd, SEQUENCES, fd, timeout):
+            raw = os.pread(fd, MAX_SEQUENCES_BYTES + 1, 0)
+            new = with_number(raw, number, names)
+            view = memoryview(new)
+            written = 0
+            while written < len(new):
+                written += os.pwrite(fd, view[written:], written)
+            os.ftruncate(fd, len(new))
+            os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def with_number(raw: bytes, number: int, names: Sequence[str]) -> bytes:
+    """``.mh_sequences`` text ``raw`` with ``number`` added to each sequence of ``names``, the
+    rest byte for byte as it was (continuation lines are read as sequences() reads them)."""
+    lines = raw.splitlines(keepends=True)
+    if lines and not lines[-1].endswith(b"\n"):
+        lines[-1] += b"\n"
+    last: dict[bytes, int] = {}  # sequence name -> its last physical line
+    name = b""
+    for at, line in enumerate(lines):
+        if not (line[:1].isspace() and name):
+            head, sep, _ = line.partition(b":")
+            name = head.strip() if sep else b""
+        if name:
+            last[name] = at
+    for text in dict.fromkeys(names):
+        key = text.encode("ascii")
+        found = last.get(key)
+        if found is None:
+            last[key] = len(lines)
+            lines.append(b"%s: %d\n" % (key, number))
+        else:
+            lines[found] = lines[found].rstrip(b"\r\n") + b" %d\n" % number
+    return b"".join(lines)
 
 
 _NONE = Ranges(())
