@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import mailbox
 import os
 import pwd
@@ -272,6 +273,9 @@ def test_mh_sequences_that_cannot_be_changed_cost_one_warning(
     warning line."""
     folder = mh_folder(world, b"unseen: 2\n")
     monkeypatch.setattr(putback, "LOCK_TIMEOUT", 0.3)
+    # A CLI test run earlier in this process set up avtool's logging (logs.py: no propagation).
+    monkeypatch.setattr(logging.getLogger("avtool"), "propagate", True)
+    caplog.set_level(logging.WARNING, logger="avtool.quarantine")
     ident = one_taken(intake(world, found(folder)))
     holder = attacker("hold", "fcntl", str(folder / ".mh_sequences"))
     try:
