@@ -17,7 +17,13 @@ from avtool.scan.mailbox import Message, Moved, OpenFile, Problem, move, open_qu
 from avtool.scan.mailbox import mbox as M
 from avtool.scan.mailbox.maildir import Maildir, relocate
 from avtool.scan.mailbox.message import SHOWN, capped, printable, sender_and_subject
-from avtool.scan.mailbox.mh import maildir_flags, member_of, sequences, with_number
+from avtool.scan.mailbox.mh import (
+    add_to_sequences,
+    maildir_flags,
+    member_of,
+    sequences,
+    with_number,
+)
 from tests.support.mailboxes import maildir, mbox_bytes, plain, snapshot
 
 
@@ -96,6 +102,23 @@ def test_a_number_joins_sequences_and_nothing_else_changes(
     (tmp_path / ".mh_sequences").write_bytes(new)
     seqs = sequences(str(tmp_path))
     assert all(9 in seqs[n] for n in names)
+
+
+def test_a_sequences_file_too_big_to_read_whole_is_left_whole(tmp_path: Path) -> None:
+    """Written back is only what was read: a file past the bound (grown meanwhile) is refused,
+    never cut to the bound. Red without the check made under the lock."""
+    huge = b"unseen: 1\n" + b"mine: " + b"7 " * (1 << 19) + b"\n"
+    (tmp_path / ".mh_sequences").write_bytes(huge)
+    fd = os.open(tmp_path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        with pytest.raises(OSError, match="over 1048576 bytes; not changed"):
+            add_to_sequences(fd, 9, ["unseen"], timeout=1)
+        assert (tmp_path / ".mh_sequences").read_bytes() == huge
+        (tmp_path / ".mh_sequences").write_bytes(b"unseen: 1\n")
+        add_to_sequences(fd, 9, ["unseen"], timeout=1)
+        assert (tmp_path / ".mh_sequences").read_bytes() == b"unseen: 1 9\n"
+    finally:
+        os.close(fd)
 
 
 def test_member_of_leaves_out_the_current_message_and_odd_names(tmp_path: Path) -> None:

@@ -176,11 +176,12 @@ def add_to_sequences(folder_fd: int, number: int, names: Sequence[str], timeout:
     flags = os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC
     fd = os.open(SEQUENCES, flags, 0o600, dir_fd=folder_fd)
     try:
-        st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode) or st.st_size > MAX_SEQUENCES_BYTES:
-            raise OSError(f"{SEQUENCES}: not a regular file of sequences; not changed")
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise OSError(f"{SEQUENCES}: not a regular file; not changed")
         with locked(folder_fd, SEQUENCES, fd, timeout):
             raw = os.pread(fd, MAX_SEQUENCES_BYTES + 1, 0)
+            if len(raw) > MAX_SEQUENCES_BYTES:  # read under the lock: what is written back
+                raise OSError(f"{SEQUENCES}: over {MAX_SEQUENCES_BYTES} bytes; not changed")
             new = with_number(raw, number, names)
             view = memoryview(new)
             written = 0
