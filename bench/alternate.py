@@ -154,8 +154,10 @@ def main(argv: list[str] | None = None) -> int:
         server.stop()
         shutil.rmtree(work, ignore_errors=True)
 
-    report: dict[str, object] = {"machine": machine(), "per": args.per, "rounds": args.rounds}
-    print(f"machine: {machine()}; {args.rounds} rounds of {args.per} messages")
+    info = machine()
+    report: dict[str, object] = {"machine": info, "per": args.per, "rounds": args.rounds}
+    print(f"machine: {info['nproc']} x {info['cpu']}; Python {info['python']}; {info['clamd']}")
+    print(f"{args.rounds} rounds of {args.per} messages, each variant between two MULTISCANs")
     print(f"{'variant':10} {'vs MULTISCAN':>12} {'quartiles':>13} {'clamd CPU':>10}")
     for name, values in rows.items():
         ratios = sorted(r for r, _ in values)
