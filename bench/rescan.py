@@ -42,6 +42,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
@@ -81,11 +82,17 @@ def mail(root: Path, count: int, users: int, seed: int = 3) -> tuple[list[Path],
 
 
 def rescan(
-    sock: str, state: Path, root: Path, *prefix: str, clamd: int | None = None
+    sock: str,
+    state: Path,
+    root: Path,
+    *prefix: str,
+    clamd: int | None = None,
+    options: Sequence[str] = (),
 ) -> dict[str, object]:
-    """One ``avtool rescan --json`` process, timed whole; its summary, the rate, and the CPU
-    seconds it and clamd (pid ``clamd``) used meanwhile."""
-    cmd = [*prefix, sys.executable, "-m", "avtool", "rescan", "--json", "--days", "0"]
+    """One ``avtool rescan --json [options]`` process (run under ``prefix``: chrt, taskset...),
+    timed whole; its summary, the rate, and the CPU seconds it and clamd (pid ``clamd``) used
+    meanwhile."""
+    cmd = [*prefix, sys.executable, "-m", "avtool", "rescan", "--json", "--days", "0", *options]
     cmd += ["--set", f"clamd.backends={sock}", "--set", f"rescan.state={state}", str(root)]
     out = state.with_name(state.name + ".out")
     clamd_cpu = cpu_of(clamd)
@@ -108,6 +115,7 @@ def rescan(
         "seconds": round(seconds, 3),
         "rate": round(touched / seconds, 1),  # messages dealt with per second, process wall
         "loop_rate": round(touched / summary["seconds"], 1) if summary["seconds"] else None,
+        "loop_seconds": summary["seconds"],  # the walk and the scans, without start-up
     }
 
 
@@ -158,7 +166,8 @@ def settle(engine: Engine, root: Path, count: int) -> None:
     atime of every file, which its first read after the write moves: relatime, mount(8)),
     then sync(2). Else the kernel writes the fresh corpus's 473 MB and 20,000 inodes back
     30 s after (vm.dirty_expire_centisecs), during the first pair's rescan: in three runs
-    without this, clamd spent 6-20% more CPU there than in the MULTISCAN before it."""
+    without this, clamd spent 6-20% more CPU there than in the MULTISCAN before it. Not the
+    only cause: in the first run with it, 12% more all the same (README, Retro-scan)."""
     multiscan(engine, root, count)
     os.sync()
 
