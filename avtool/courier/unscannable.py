@@ -24,17 +24,17 @@ such a field after a blank line, or ``Content-Type: "message/rfc822"`` that clam
 Not seen: a message inside an attachment or an archive (a base64 ``.eml``, a zip holding one).
 clamd recognises mail there too and answers OK the same way; only clamd could tell.
 
-Cost, as this runs for every clean message in the daemon's loop. Every occurrence of
-``content-type`` has a "-": the "-" are found with memchr(3) and each is looked at (text where
-"-" is common is lower-cased and searched instead); a field whose type starts with a letter
-other than m is dismissed at once, in place (_dismissed). A message up to 64 KiB (most mail,
-already read: pipeline.judge) is searched whole; a bigger one is cut at the lines that start
-with ``--``, and a part whose header declares base64 for a type clamd only decodes (most of the
-bytes) is read past with a memchr for "-" (base64 has none), after a declared boundary and a
-header that ended before it only. On bench/corpus.py (mean 264 KB), warm: 15 us for a message
-up to 64 KiB, 0.2 ms for one of 683 KB (mostly the reading), 84 us on average; bench/serve.py:
-0.15-0.25 ms more daemon CPU a message (cold caches after each wait for clamd); searching the
-first 64 KiB only would be blind to a fragment after a 64 KiB part.
+Cost, as this runs for every clean message in the daemon's loop. The names and the lines that
+start with ``--`` are found by fieldsearch.py (memchr(3) for their "-"); a field whose type
+starts with a letter other than m is dismissed at once, in place (_dismissed). A message up to
+64 KiB (most mail, already read: pipeline.judge) is searched whole; a bigger one is cut at the
+lines that start with ``--``, and a part whose header declares base64 for a type clamd only
+decodes (most of the bytes) is read past (base64 has no "-"), after a declared boundary and a
+header that ended before it only. On bench/corpus.py (mean 264 KB), warm: 7 us for a message
+up to 64 KiB, 0.2 ms for one of 683 KB (mostly the reading), 45 us on average; on
+bench/rescan.py's mail (mean 23 KB) 9 us; bench/serve.py: 0.15-0.25 ms more daemon CPU a
+message (cold caches after each wait for clamd); searching the first 64 KiB only would be
+blind to a fragment after a 64 KiB part.
 Bounded for hostile input: at most MAX_FIELDS fields and MAX_CONTAINER_FIELDS of type message
 or multipart are looked at, a piece's end is searched the plain way after 64 "-" that are not
 one, MAX_PIECES pieces are cut (then the rest is searched whole), an encoded part is decoded
@@ -45,14 +45,21 @@ at most MAX_DEPTH deep and DECODE_BUDGET bytes in all; past a bound, the message
 from __future__ import annotations
 
 import binascii
-import os
 import re
-from collections.abc import Generator, Iterator
+from collections.abc import Iterator
 
-NEEDLE = b"content-type"
-CHUNK = 1 << 16  # below glibc's mmap threshold: buffers come from the heap, no page faults
+from avtool.courier.fieldsearch import (
+    DASHES,
+    NEEDLE,
+    Source,
+    all_needles,
+    dashes,
+    find_from,
+    needles,
+    needles_until_dashes,
+)
+
 FLAT = 1 << 16  # a message up to this size is searched whole
-DASHES_LOOKED_AT = 32  # "-" looked at one by one before a piece is lower-cased whole
 MAX_PIECES = 5_000  # pieces cut at "--" lines; past them the rest is searched whole
 BACK = 8 << 10  # bytes before a field searched for the start of its header block
 FORWARD = 8 << 10  # bytes after a field's name read for its value and its block
@@ -74,34 +81,12 @@ _CTE = re.compile(rb"(?im)^content-transfer-encoding[ \t]*:([^\n]*(?:\n[ \t][^\n
 _CT = re.compile(rb"(?im)^[ \t]*content-type[ \t]*:([^\n]*(?:\n[ \t][^\n]*)*)")
 _TOKEN = re.compile(rb"[a-z0-9][a-z0-9!#$&^_.+-]*")  # RFC 2045 5.1, the usual characters
 _CONTAINERS = (b"message", b"multipart")
-_DASHES = b"\n--"
 _BOUNDARY = re.compile(rb'(?i)\bboundary[ \t]*=[ \t]*(?:"([^"]*)"|([^ \t;"]+))')  # RFC 2046 5.1.1
 _PRINTABLE = re.compile(rb"[^!-~]")
 
 
 class TooComplex(Exception):
     """A bound was reached: the message cannot be checked cheaply enough."""
-
-
-class _Source:
-    """The bytes looked at: a file open on ``fd`` (from ``base``, ``size`` bytes, the first
-    ones already read into ``head``), or bytes in memory (``fd`` -1)."""
-
-    def __init__(self, fd: int, base: int, size: int, head: bytes) -> None:
-        self.fd, self.base, self.size, self.head = fd, base, size, head
-
-    def read(self, start: int, end: int) -> bytes:
-        start, end = max(0, start), min(end, self.size)
-        if end <= len(self.head) or self.fd < 0:
-            return self.head[start:end]
-        out = []
-        while start < end:
-            data = os.pread(self.fd, end - start, self.base + start)
-            if not data:
-                break
-            out.append(data)
-            start += len(data)
-        return b"".join(out)
 
 
 class _Budget:
@@ -120,7 +105,7 @@ def find(fd: int, size: int, head: bytes, base: int = 0) -> str | None:
     ...", "message/foo: ...", "too many ... to check"); None when it would. Reads with pread:
     the file offset is left alone."""
     try:
-        return _find(_Source(fd, base, size, head), 0, _Budget())
+        return _find(Source(fd, base, size, head), 0, _Budget())
     except TooComplex as e:
         return str(e)
 
@@ -130,7 +115,7 @@ def find_in(data: bytes) -> str | None:
     return find(-1, len(data), data)
 
 
-def _find(src: _Source, depth: int, budget: _Budget) -> str | None:
+def _find(src: Source, depth: int, budget: _Budget) -> str | None:
     for pos in _hits(src, budget):
         budget.fields += 1
         if budget.fields > MAX_FIELDS:
@@ -141,7 +126,7 @@ def _find(src: _Source, depth: int, budget: _Budget) -> str | None:
     return None
 
 
-def _hits(src: _Source, budget: _Budget) -> Iterator[int]:
+def _hits(src: Source, budget: _Budget) -> Iterator[int]:
     """Where ``content-type`` occurs, any case, in order, but not in a base64 body (most of the
     bytes of a big message, where no field can be: module docstring). The file is cut at each
     line that starts with ``--``. A piece is a part whose body clamd only decodes, and is
@@ -152,7 +137,7 @@ def _hits(src: _Source, budget: _Budget) -> Iterator[int]:
     with a search for "-" alone (memchr(3): base64 has none). A small message is searched
     whole: that costs less than cutting it up."""
     if src.size <= FLAT:
-        yield from _needles(src.read(0, src.size), 0, src.size)
+        yield from needles(src.read(0, src.size), 0, src.size)
         return
     start, opener, whole = 0, b"", True
     for _ in range(MAX_PIECES):
@@ -161,90 +146,24 @@ def _hits(src: _Source, budget: _Budget) -> Iterator[int]:
         head = src.read(start, start + FORWARD)
         block = _first_block(head)
         # a "--" line in the first block: a header cut short (by trial: no boundary to clamd)
-        cut = block is None or (b"\n" + head[:block]).find(_DASHES) >= 0
+        cut = block is None or (b"\n" + head[:block]).find(DASHES) >= 0
         skip = whole and not cut and opener in budget.boundaries
         whole = not cut
         body = start
         if block is not None and not cut:
-            yield from _needles(head[:block], start, block)
+            yield from needles(head[:block], start, block)
             body = start + block
             skip = skip and _base64_leaf(head[:block])
         if skip:
-            end = _dashes(src, body)
+            end = dashes(src, body)
         else:
-            end = yield from _needles_until_dashes(src, body)
+            end = yield from needles_until_dashes(src, body)
         line = src.read(end, end + 1024)
         after = line.find(b"\n")
-        after = end + after if after >= 0 else _find_from(src, end, b"\n")
+        after = end + after if after >= 0 else find_from(src, end, b"\n")
         start = src.size if after < 0 else after + 1
         opener = line[: max(0, after - end)].rstrip(b" \t\r\n")
-    yield from _all_needles(src, start, src.size)  # too many pieces: the rest, unskipped
-
-
-def _all_needles(src: _Source, start: int, end: int) -> Iterator[int]:
-    for offset in range(start, end, CHUNK):
-        stop = min(offset + CHUNK, end)
-        yield from _needles(src.read(offset, stop + len(NEEDLE) - 1), offset, stop - offset)
-
-
-def _needles_until_dashes(src: _Source, start: int) -> Generator[int, None, int]:
-    """The occurrences from ``start`` up to the next line that starts with ``--``; returns
-    where that line starts (the end of the file when there is none). That line is found
-    first, so that only what comes before it is lower-cased."""
-    offset, size = start, 1 << 13  # growing: the next "--" line is often near
-    while offset < src.size:
-        stop = min(offset + size, src.size)
-        size = min(2 * size, CHUNK)
-        data = src.read(offset - 1, stop + len(NEEDLE) - 1) if offset else b"\n" + src.read(0, stop)
-        dash = data.find(_DASHES, 0, stop - offset + len(_DASHES))  # the line starts at offset + i
-        end = dash if dash >= 0 else stop - offset
-        yield from _needles(data[: end + len(NEEDLE)], offset - 1, end + 1)
-        if dash >= 0:
-            return offset + dash
-        offset = stop
-    return src.size
-
-
-def _dashes(src: _Source, start: int) -> int:
-    """Where the next line that starts with ``--`` starts, from the line at ``start`` on (the
-    end of the file when there is none), in a base64 body: a search for "-" alone (memchr),
-    the plain search for a chunk where 64 "-" were not one."""
-    for offset in range(start, src.size, CHUNK):
-        data = (
-            src.read(offset - 1, offset + CHUNK + 1) if offset else b"\n" + src.read(0, CHUNK + 1)
-        )
-        at = data.find(b"-", 1)
-        for _ in range(64):
-            if not 0 < at <= CHUNK:
-                break
-            if data[at - 1 : at] == b"\n" and data[at + 1 : at + 2] == b"-":
-                return offset + at - 1
-            at = data.find(b"-", at + 1)
-        else:
-            line = data.find(_DASHES, at - 1)
-            if 0 <= line <= CHUNK:
-                return offset + line
-    return src.size
-
-
-def _needles(data: bytes, offset: int, limit: int) -> Iterator[int]:
-    """Where ``content-type`` starts, any case, in ``data`` (at ``offset`` in the file), before
-    ``limit``. Every occurrence has its "-": those are found with memchr(3) and each is
-    looked at; where "-" is common (HTML, CSS) the lower-cased copy is searched instead."""
-    at = data.find(b"-", 7)
-    for _ in range(DASHES_LOOKED_AT):
-        if at < 0 or at - 7 >= limit:
-            return
-        if data[at - 7 : at + 5].lower() == NEEDLE:
-            yield offset + at - 7
-        at = data.find(b"-", at + 1)
-    if at < 0 or at - 7 >= limit:
-        return
-    lowered = data[at - 7 : limit + len(NEEDLE) - 1].lower()
-    found = lowered.find(NEEDLE)
-    while found >= 0:
-        yield offset + at - 7 + found
-        found = lowered.find(NEEDLE, found + 1)
+    yield from all_needles(src, start, src.size)  # too many pieces: the rest, unskipped
 
 
 def _first_block(head: bytes) -> int | None:
@@ -268,7 +187,7 @@ def _base64_leaf(block: bytes) -> bool:
     return True
 
 
-def _check(src: _Source, pos: int, depth: int, budget: _Budget) -> str | None:
+def _check(src: Source, pos: int, depth: int, budget: _Budget) -> str | None:
     """The verdict of the occurrence at ``pos``, if it starts a Content-Type field."""
     lo, hi = max(0, pos - BACK), min(pos + FORWARD, src.size)
     if hi <= len(src.head) and _dismissed(src.head, pos, lo, hi):
@@ -404,7 +323,7 @@ def _normal(value: bytes) -> bytes:
 
 
 def _embedded(
-    src: _Source, start: int, boundary: bytes | None, encoding: bytes, depth: int, budget: _Budget
+    src: Source, start: int, boundary: bytes | None, encoding: bytes, depth: int, budget: _Budget
 ) -> str | None:
     """Decode an encoded message/rfc822 body (to the part's closing boundary, else to the
     end) and look inside it as in a message of its own."""
@@ -412,7 +331,7 @@ def _embedded(
         raise TooComplex("message/rfc822 nested too deep to check")
     end = src.size
     if boundary is not None:
-        at = _find_from(src, max(0, start - 1), b"\n" + boundary)
+        at = find_from(src, max(0, start - 1), b"\n" + boundary)
         end = at if at >= 0 else end
     budget.decoded += end - start
     if budget.decoded > DECODE_BUDGET:
@@ -422,19 +341,7 @@ def _embedded(
         data = b"".join(_b64_line(line) for line in body.splitlines())
     else:
         data = binascii.a2b_qp(body)
-    return _find(_Source(-1, 0, len(data), data), depth + 1, budget)
-
-
-def _find_from(src: _Source, start: int, needle: bytes) -> int:
-    """Where ``needle`` is first found from ``start``, or -1. The first read is small: what is
-    looked for is often near (the end of a line)."""
-    offset, size = start, 1 << 12
-    while offset < src.size:
-        at = src.read(offset, offset + size + len(needle) - 1).find(needle)
-        if at >= 0:
-            return offset + at
-        offset, size = offset + size, CHUNK
-    return -1
+    return _find(Source(-1, 0, len(data), data), depth + 1, budget)
 
 
 def _b64_line(line: bytes) -> bytes:

@@ -388,6 +388,21 @@ def _padded(payload: bytes) -> bytes:
     return message([TEXT, pad, b"Content-Type: message/rfc822\n\n" + embedded], b"outer")
 
 
+def _astride(payload: bytes) -> bytes:
+    """A top header longer than the 8 KiB first looked at, with the message/partial field
+    across byte 8192 (its name starts 6 bytes before), in a message bigger than 64 KiB: one
+    that is cut in pieces rather than searched whole. unscannable.py read the first 8 KiB
+    without the 11 bytes after them that a name across the cut needs, and missed it."""
+    relays = b"".join(
+        b"Received: from relay%d.example.net by mx.example.org\n" % i for i in range(90)
+    )
+    head = HEAD + relays
+    head += b"X-Pad: " + b"a" * (8192 - 6 - len(head) - 8) + b"\n"
+    field = b"Content-Type: message/partial" + FRAGMENT_ID + b"\n\n"
+    filler = (b"x" * 99 + b"\n") * 700  # the epilogue, after the inner message
+    return head + field + _inner(payload) + b"\n" + filler
+
+
 FRAGMENTS: dict[str, Builder] = {
     "first": _top(b"message/partial" + FRAGMENT_ID),
     "second_content_type": lambda p: (
@@ -415,6 +430,7 @@ FRAGMENTS: dict[str, Builder] = {
         HEAD + b"Content-Type: message/rfc822\n\n" + _top(b"message/partial")(p)
     ),
     "in_rfc822_after_2m": _padded,
+    "astride_the_first_8k": _astride,
 }
 
 

@@ -11,8 +11,10 @@ import time
 from pathlib import Path
 
 import pytest
+from hypothesis import example, given, settings
+from hypothesis import strategies as st
 
-from avtool.courier import unscannable
+from avtool.courier import fieldsearch, unscannable
 from avtool.courier.unscannable import find, find_in
 from tests.support import evasion
 
@@ -228,3 +230,18 @@ def test_the_quick_dismissal_agrees_with_the_whole_check(monkeypatch: pytest.Mon
     monkeypatch.setattr(unscannable, "_dismissed", lambda *_: False)
     assert quick == [find_in(m) for m in shapes]
     assert sum(v is not None for v in quick) > 50  # the shapes reach the verdicts both ways
+
+
+@settings(max_examples=2000)
+@given(
+    st.lists(st.sampled_from([b"\n", b"-", b"--", b"\n--", b"a", b"\r\n"]), max_size=200),
+    st.integers(0, 400),
+    st.integers(0, 400),
+)
+@example([b"a-"] * 64 + [b"\n--"], 0, 400)  # the 65th "-" starts the line: the plain search's
+@example([b"a-"] * 63 + [b"\n--"], 0, 400)  # first, and the 64th, the last looked at alone
+def test_the_dash_line_search_is_a_plain_find(pieces: list[bytes], start: int, end: int) -> None:
+    """dash_line (memchr for "-", then the plain search past 64 of them) answers exactly what
+    the plain search would, where the "-" are few, many, or in runs, and at the bounds."""
+    data = b"".join(pieces)
+    assert fieldsearch.dash_line(data, start, end) == data.find(b"\n--", start, end)
