@@ -31,10 +31,10 @@ starts with a letter other than m is dismissed at once, in place (_dismissed). A
 lines that start with ``--``, and a part whose header declares base64 for a type clamd only
 decodes (most of the bytes) is read past (base64 has no "-"), after a declared boundary and a
 header that ended before it only. On bench/corpus.py (mean 264 KB), warm: 7 us for a message
-up to 64 KiB, 0.2 ms for one of 683 KB (mostly the reading), 45 us on average; on
-bench/rescan.py's mail (mean 23 KB) 9 us; bench/serve.py: 0.15-0.25 ms more daemon CPU a
-message (cold caches after each wait for clamd); searching the first 64 KiB only would be
-blind to a fragment after a 64 KiB part.
+up to 64 KiB, 0.1 ms for one of 640 KB and 0.2-0.35 ms for 2.6 MB (mostly the reading), 45 us
+on average; on bench/rescan.py's mail (mean 23 KB) 9 us; bench/serve.py: 0.15-0.25 ms more
+daemon CPU a message (cold caches after each wait for clamd); searching the first 64 KiB only
+would be blind to a fragment after a 64 KiB part.
 Bounded for hostile input: at most MAX_FIELDS fields and MAX_CONTAINER_FIELDS of type message
 or multipart are looked at, a piece's end is searched the plain way after 64 "-" that are not
 one, MAX_PIECES pieces are cut (then the rest is searched whole), an encoded part is decoded

@@ -245,3 +245,15 @@ def test_the_dash_line_search_is_a_plain_find(pieces: list[bytes], start: int, e
     the plain search would, where the "-" are few, many, or in runs, and at the bounds."""
     data = b"".join(pieces)
     assert fieldsearch.dash_line(data, start, end) == data.find(b"\n--", start, end)
+
+
+@pytest.mark.parametrize("edge", [8 << 10, 24 << 10])  # the first two chunks of a long header
+@pytest.mark.parametrize("before", range(14))
+def test_a_field_name_across_a_chunk_edge(edge: int, before: int) -> None:
+    """A big message whose top header is longer than FORWARD is searched in growing chunks
+    from its first byte; a field whose name starts ``before`` bytes before a chunk's end is
+    found all the same (the first chunk once lacked the bytes after its end)."""
+    pad = b"X-Pad: " + b"a" * (edge - before - len(HEAD) - 8) + b"\n"
+    message = HEAD + pad + b"Content-Type: message/partial\n\n" + b"x" * 99_999 + b"\n"
+    assert message.find(b"Content-Type: message/partial") == edge - before
+    assert find_in(message) == PARTIAL
