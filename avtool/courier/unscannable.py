@@ -21,8 +21,12 @@ whitespace) whose subtype is not exactly one of the three makes the message unch
 ``message/rfc822`` or ``multipart/*`` part in base64 or quoted-printable is decoded and looked
 at the same way. Being wrong errs towards "unchecked": a line in a text body that looks like
 such a field after a blank line, or ``Content-Type: "message/rfc822"`` that clamd would scan.
-Not seen: a message inside an attachment or an archive (a base64 ``.eml``, a zip holding one).
-clamd recognises mail there too and answers OK the same way; only clamd could tell.
+Not seen yet: a message inside a base64 attachment that is not message/rfc822 (an ``.eml`` of
+any other type, or none), and a message/rfc822 part whose Content-Transfer-Encoding comes
+before its Content-Type (only the fields from the Content-Type on are read for it). clamd
+decodes both, takes them for mail and answers OK the same way (tests/integration/
+test_evasion.py, ENCODED_FRAGMENTS: strict xfails). Nor a message inside an archive (a zip
+holding an ``.eml``): only clamd could tell.
 
 Cost, as this runs for every clean message in the daemon's loop. The names and the lines that
 start with ``--`` are found by fieldsearch.py (memchr(3) for their "-"); a field whose type

@@ -434,6 +434,32 @@ FRAGMENTS: dict[str, Builder] = {
 }
 
 
+def _encoded_part(head: bytes) -> Builder:
+    """A multipart whose second part, with header ``head``, is a whole message/partial mail
+    holding the payload, in base64."""
+
+    def build(payload: bytes) -> bytes:
+        fragment = FRAGMENTS["first"](payload)
+        return message([TEXT, head + b"\n" + b64(fragment)], boundary=b"outer")
+
+    return build
+
+
+# The same fragment as a base64 attachment: clamd decodes it, takes it for mail and answers OK
+# (by trial, ClamAV 1.4.6); avtool does not look inside yet (test_evasion.py: strict xfails).
+ENCODED_FRAGMENTS: dict[str, Builder] = {
+    "eml_attachment": _encoded_part(
+        b'Content-Type: application/octet-stream; name="fwd.eml"\n'
+        b"Content-Transfer-Encoding: base64\n"
+    ),
+    "eml_as_text": _encoded_part(b"Content-Type: text/plain\nContent-Transfer-Encoding: base64\n"),
+    "eml_no_type": _encoded_part(b"Content-Transfer-Encoding: base64\n"),
+    "rfc822_encoding_first": _encoded_part(
+        b"Content-Transfer-Encoding: base64\nContent-Type: message/rfc822\n"
+    ),
+}
+
+
 def check_hidden(msg: bytes, payload: bytes) -> None:
     """Raise if any 16-byte run of ``payload`` appears in ``msg`` as it is."""
     for i in range(len(payload) - 15):
