@@ -1,23 +1,31 @@
-"""Where unscannable.py looks in a message's bytes, found fast: the name ``content-type`` in
-any case, and the lines that start with ``--`` (the cuts between a multipart's parts).
+"""Where unscannable.py looks in a message's bytes, found fast: the names ``content-type`` and
+``content-transfer-encoding`` in any case, and the lines that start with ``--`` (the cuts
+between a multipart's parts).
 
 Both have a "-", which text and base64 rarely hold while "\\n" and letters are everywhere:
 each "-" is found with memchr(3) (bytes.find of one byte) and looked at in place; where "-" is
 common (HTML, CSS) the plain search takes over (a lower-cased copy for the name). A file is
 read with pread(2) from where it is asked, its offset left alone; a chunk is read with the
 byte before it (a "\\n" before the first) and the bytes after it that a name begun in it
-needs, so that nothing across a chunk's edge is missed.
+needs, so that nothing across a chunk's edge is missed. And the bodies unscannable.py looks
+inside, decoded: base64 and quoted-printable, as leniently as mail readers do.
 """
 
 from __future__ import annotations
 
+import binascii
 import os
+import re
 from collections.abc import Generator, Iterator
 
 NEEDLE = b"content-type"
+ENCODING = b"content-transfer-encoding"  # its "-" is where NEEDLE's is, 7 bytes in
+_NAMES = re.compile(rb"content-t(?:ype|ransfer-encoding)")  # in a lower-cased copy
+OVERLAP = len(ENCODING) - 1  # bytes read past a chunk: a name begun in it ends there
 CHUNK = 1 << 16  # below glibc's mmap threshold: buffers come from the heap, no page faults
 DASHES_LOOKED_AT = 32  # "-" looked at one by one before a piece is lower-cased whole
 DASHES = b"\n--"
+_BLANKS = b" \t\r\n"
 
 
 class Source:
@@ -42,23 +50,24 @@ class Source:
 
 
 def needles(data: bytes, offset: int, limit: int) -> Iterator[int]:
-    """Where ``content-type`` starts, any case, in ``data`` (at ``offset`` in the file), before
-    ``limit``. Every occurrence has its "-": those are found with memchr(3) and each is
-    looked at; where "-" is common (HTML, CSS) the lower-cased copy is searched instead."""
+    """Where ``content-type`` or ``content-transfer-encoding`` starts, any case, in ``data``
+    (at ``offset`` in the file), before ``limit``; ``data`` holds OVERLAP bytes past it. Every
+    occurrence has its "-" 7 bytes in: those are found with memchr(3) and each is looked at;
+    where "-" is common (HTML, CSS) the lower-cased copy is searched instead."""
     at = data.find(b"-", 7)
     for _ in range(DASHES_LOOKED_AT):
         if at < 0 or at - 7 >= limit:
             return
-        if data[at - 7 : at + 5].lower() == NEEDLE:
+        name = data[at - 7 : at + 5].lower()
+        if name == NEEDLE or (name == ENCODING[:12] and data[at - 7 : at + 18].lower() == ENCODING):
             yield offset + at - 7
         at = data.find(b"-", at + 1)
     if at < 0 or at - 7 >= limit:
         return
-    lowered = data[at - 7 : limit + len(NEEDLE) - 1].lower()
-    found = lowered.find(NEEDLE)
-    while found >= 0:
-        yield offset + at - 7 + found
-        found = lowered.find(NEEDLE, found + 1)
+    lowered = data[at - 7 : limit + OVERLAP].lower()
+    for match in _NAMES.finditer(lowered):
+        if match.start() < limit - (at - 7):
+            yield offset + at - 7 + match.start()
 
 
 def dash_line(data: bytes, start: int, end: int) -> int:
@@ -80,7 +89,7 @@ def all_needles(src: Source, start: int, end: int) -> Iterator[int]:
     """Every occurrence from ``start`` to ``end``, chunk by chunk, none skipped."""
     for offset in range(start, end, CHUNK):
         stop = min(offset + CHUNK, end)
-        yield from needles(src.read(offset, stop + len(NEEDLE) - 1), offset, stop - offset)
+        yield from needles(src.read(offset, stop + OVERLAP), offset, stop - offset)
 
 
 def needles_until_dashes(src: Source, start: int) -> Generator[int, None, int]:
@@ -93,7 +102,7 @@ def needles_until_dashes(src: Source, start: int) -> Generator[int, None, int]:
         size = min(2 * size, CHUNK)
         # From the byte before offset (before the first, a "\n"), to the end of a name begun
         # before stop: the first chunk once lacked those bytes (tests/support/evasion.py).
-        data = (b"" if offset else b"\n") + src.read(offset - 1, stop + len(NEEDLE) - 1)
+        data = (b"" if offset else b"\n") + src.read(offset - 1, stop + OVERLAP)
         dash = dash_line(data, 0, stop - offset + len(DASHES))  # the line starts at offset + i
         end = dash if dash >= 0 else stop - offset
         yield from needles(data, offset - 1, end + 1)
@@ -125,3 +134,42 @@ def find_from(src: Source, start: int, needle: bytes) -> int:
             return offset + at
         offset, size = offset + size, CHUNK
     return -1
+
+
+def decode_start(peek: bytes, encoding: bytes) -> bytes:
+    """The first bytes of an encoded body, decoded (to the part's end, if that is near)."""
+    if encoding != b"base64":
+        return binascii.a2b_qp(peek)
+    end = peek.find(b"\n--")  # base64 has no "-"
+    text = (peek if end < 0 else peek[:end]).translate(None, _BLANKS)
+    data = _b64_stream(text[: len(text) // 4 * 4])
+    return data if data is not None else decode(peek, encoding)
+
+
+def decode(body: bytes, encoding: bytes) -> bytes:
+    """An encoded body decoded: base64 as one stream where it is one, as clamd and mail readers
+    read it (and ten times faster than line by line), else line by line, a bad line empty."""
+    if encoding != b"base64":
+        return binascii.a2b_qp(body)
+    data = _b64_stream(body.translate(None, _BLANKS))
+    return data if data is not None else b"".join(_b64_line(line) for line in body.splitlines())
+
+
+def _b64_stream(text: bytes) -> bytes | None:
+    """``text`` (no blanks) decoded in one call, or None where junk, a padding inside or a
+    length not a multiple of 4 stops it short."""
+    if len(text) % 4:
+        return None
+    try:
+        data = binascii.a2b_base64(text)
+    except binascii.Error:
+        return None
+    return data if len(data) >= len(text) // 4 * 3 - 2 else None
+
+
+def _b64_line(line: bytes) -> bytes:
+    """A base64 line decoded as leniently as mail readers do: junk skipped, a bad line empty."""
+    try:
+        return binascii.a2b_base64(line)
+    except binascii.Error:
+        return b""

@@ -17,16 +17,15 @@ What is looked at, and why it is safe to be lenient: every Content-Type field of
 found by a search for the name at the start of a line (no MIME walk that could disagree with
 clamd's about boundaries). A field counts unless its header block follows a ``--`` line (the
 header of a multipart's part); one of type ``message`` (after dropping comments, quotes and
-whitespace) whose subtype is not exactly one of the three makes the message unchecked. A
-``message/rfc822`` or ``multipart/*`` part in base64 or quoted-printable is decoded and looked
-at the same way. Being wrong errs towards "unchecked": a line in a text body that looks like
-such a field after a blank line, or ``Content-Type: "message/rfc822"`` that clamd would scan.
-Not seen yet: a message inside a base64 attachment that is not message/rfc822 (an ``.eml`` of
-any other type, or none), and a message/rfc822 part whose Content-Transfer-Encoding comes
-before its Content-Type (only the fields from the Content-Type on are read for it). clamd
-decodes both, takes them for mail and answers OK the same way (tests/integration/
-test_evasion.py, ENCODED_FRAGMENTS: strict xfails). Nor a message inside an archive (a zip
-holding an ``.eml``): only clamd could tell.
+whitespace) whose subtype is not exactly one of the three makes the message unchecked. A part
+in base64 or quoted-printable (every Content-Transfer-Encoding field is looked at too) is
+decoded and looked at the same way when its header says ``message/rfc822`` or ``multipart/*``
+(before or after the encoding), and when its first bytes decoded look like mail: clamd decodes
+such a part whatever its declared type, takes it for mail and answers OK for a fragment in it
+(by trial: an ``.eml`` attachment typed application/octet-stream, text/plain or not at all).
+Being wrong errs towards "unchecked": a line in a text body that looks like such a field after
+a blank line, or ``Content-Type: "message/rfc822"`` that clamd would scan. Not seen: a message
+inside an archive (a zip holding an ``.eml``); only clamd could tell.
 
 Cost, as this runs for every clean message in the daemon's loop. The names and the lines that
 start with ``--`` are found by fieldsearch.py (memchr(3) for their "-"); a field whose type
@@ -39,25 +38,27 @@ up to 64 KiB, 0.1 ms for one of 640 KB and 0.2-0.35 ms for 2.6 MB (mostly the re
 on average; on bench/rescan.py's mail (mean 23 KB) 9 us; bench/serve.py: 0.15-0.25 ms more
 daemon CPU a message (cold caches after each wait for clamd); searching the first 64 KiB only
 would be blind to a fragment after a 64 KiB part.
-Bounded for hostile input: at most MAX_FIELDS fields and MAX_CONTAINER_FIELDS of type message
-or multipart are looked at, a piece's end is searched the plain way after 64 "-" that are not
-one, MAX_PIECES pieces are cut (then the rest is searched whole), an encoded part is decoded
-at most MAX_DEPTH deep and DECODE_BUDGET bytes in all; past a bound, the message is unchecked
-("too many ... to check").
+Bounded for hostile input: at most MAX_FIELDS fields, MAX_CONTAINER_FIELDS of type message
+or multipart and MAX_ENCODED_PARTS base64 or quoted-printable parts are looked at, a piece's
+end is searched the plain way after 64 "-" that are not one, MAX_PIECES pieces are cut (then
+the rest is searched whole), an encoded part is decoded at most MAX_DEPTH deep and
+DECODE_BUDGET bytes in all; past a bound, the message is unchecked ("too many ... to check").
 """
 
 from __future__ import annotations
 
-import binascii
 import re
 from collections.abc import Iterator
 
 from avtool.courier.fieldsearch import (
     DASHES,
+    ENCODING,
     NEEDLE,
     Source,
     all_needles,
     dashes,
+    decode,
+    decode_start,
     find_from,
     needles,
     needles_until_dashes,
@@ -69,8 +70,10 @@ BACK = 8 << 10  # bytes before a field searched for the start of its header bloc
 FORWARD = 8 << 10  # bytes after a field's name read for its value and its block
 MAX_VALUE = 2 << 10  # bytes of an unfolded value parsed
 MAX_BLOCK = 1 << 20  # bytes of a header block read to find its end
+PEEK = 4 << 10  # bytes of an encoded body decoded to see whether it looks like mail
 MAX_FIELDS = 10_000
 MAX_CONTAINER_FIELDS = 500
+MAX_ENCODED_PARTS = 500  # base64 and quoted-printable parts looked at
 MAX_DEPTH = 5
 DECODE_BUDGET = 32 << 20
 PARTIAL = "message/partial: a fragment, clamd cannot scan it"
@@ -87,6 +90,15 @@ _TOKEN = re.compile(rb"[a-z0-9][a-z0-9!#$&^_.+-]*")  # RFC 2045 5.1, the usual c
 _CONTAINERS = (b"message", b"multipart")
 _BOUNDARY = re.compile(rb'(?i)\bboundary[ \t]*=[ \t]*(?:"([^"]*)"|([^ \t;"]+))')  # RFC 2046 5.1.1
 _PRINTABLE = re.compile(rb"[^!-~]")
+_NAME_END = re.compile(rb"[ \t]*:")  # a field's name to its colon
+# Lenient: text (no control characters but blanks and line ends) with a header field line (or
+# an mbox From_ line) anywhere in its first 2 KiB, where clamd's own test for mail looks for
+# some of them (libclamav's filetypes: "\nFrom: ", "\nMIME-Version: ", "\nContent-Type: "...
+# within the first 1-3 KiB). Without the first test, 4 of bench/corpus.py's 500 messages had
+# a random attachment decoded whole for a chance "\nX:".
+_MAILISH = re.compile(rb"(?m)^(?:From |[!-9;-~]+[ \t]*:)")
+_CONTROL = re.compile(rb"[\x00-\x08\x0e-\x1f\x7f]")
+MAIL_HEAD = 2 << 10
 
 
 class TooComplex(Exception):
@@ -98,7 +110,7 @@ class _Budget:
     (as their delimiter lines, ``--`` and the boundary)."""
 
     def __init__(self) -> None:
-        self.fields = self.container_fields = 0
+        self.fields = self.container_fields = self.encoded_parts = 0
         self.decoded = 0
         self.boundaries: set[bytes] = set()
 
@@ -124,7 +136,8 @@ def _find(src: Source, depth: int, budget: _Budget) -> str | None:
         budget.fields += 1
         if budget.fields > MAX_FIELDS:
             raise TooComplex("too many Content-Type fields to check")
-        found = _check(src, pos, depth, budget)
+        encoding = src.read(pos + 8, pos + 12).lower() == ENCODING[8:12]
+        found = (_encoded if encoding else _check)(src, pos, depth, budget)
         if found is not None:
             return found
     return None
@@ -223,20 +236,77 @@ def _check(src: Source, pos: int, depth: int, budget: _Budget) -> str | None:
         return PARTIAL if subtype == b"partial" else f"message/{_shown(subtype)}: {NOT_SCANNED}"
     if kind == b"multipart" and (declared := _BOUNDARY.search(value)):
         budget.boundaries.add(b"--" + (declared.group(1) or declared.group(2)).rstrip(b" \t"))
-    if kind == b"multipart" or subtype == b"rfc822":  # clamd parses what is inside
-        block, body = _block(window, line, block_end)
-        for more in (1 << 16, MAX_BLOCK):  # a long header block: read on, so far
-            if body < len(window) or lo + len(window) >= src.size:
-                break
-            window = src.read(lo, lo + more)
-            block, body = _block(window, line, block_end)
-        if body >= len(window) and lo + len(window) < src.size:
-            raise TooComplex("a header too long to check")
-        encoding = _encoding(block)
-        if encoding in (b"base64", b"quoted-printable"):
-            boundary = _part_boundary(window, line, lo)
-            return _embedded(src, lo + body, boundary, encoding, depth, budget)
-    return None
+    return None  # an encoded multipart or message/rfc822: its Content-Transfer-Encoding's
+
+
+def _encoded(src: Source, pos: int, depth: int, budget: _Budget) -> str | None:
+    """The verdict of the occurrence at ``pos``, if it starts a Content-Transfer-Encoding
+    field of base64 or quoted-printable. clamd decodes such a part whatever its type, parses
+    it when it is a multipart or message/rfc822, and also when what it decodes looks like mail
+    to it (by trial: an ``.eml`` typed application/octet-stream, text/plain or not at all, and
+    a message/rfc822 part whose encoding comes before its type). So the part is decoded and
+    looked inside when its header declares either type (before or after this field), or when
+    its first bytes decoded hold a header field line (_MAILISH)."""
+    lo, hi = max(0, pos - BACK), min(pos + FORWARD, src.size)
+    if hi <= len(src.head):  # in place first: most parts are 7bit, 8bit or binary
+        colon = _COLON.match(src.head, pos + len(ENCODING), hi)
+        letter = src.head[colon.end() : min(colon.end() + 1, hi)] if colon else b""
+        if colon is None or (letter.isalpha() and letter not in b"bBqQ"):
+            return None
+    window = src.read(lo, pos + FORWARD)
+    at = pos - lo
+    line = window.rfind(b"\n", 0, at) + 1
+    name_end = _NAME_END.match(window, at + len(ENCODING))
+    if window[line:at].strip(b" \t") or name_end is None:
+        return None  # not a field at the start of a line
+    value, field_end = _value(window, name_end.end())
+    encoding = _normal(value)
+    if encoding not in (b"base64", b"quoted-printable"):
+        return None
+    budget.encoded_parts += 1
+    if budget.encoded_parts > MAX_ENCODED_PARTS:
+        raise TooComplex("too many encoded parts to check")
+    window, block, body = _whole_block(src, window, lo, line, field_end)
+    header = window[_block_start(window, line) : line] + block
+    if not any(_decoded(m.group(1)) for m in _CT.finditer(header)):
+        start = decode_start(src.read(lo + body, lo + body + PEEK), encoding)[:MAIL_HEAD]
+        if _CONTROL.search(start) or not _MAILISH.search(start):
+            return None
+    return _embedded(src, lo + body, _part_boundary(window, line, lo), encoding, depth, budget)
+
+
+def _decoded(value: bytes) -> bool:
+    """Whether clamd parses a part of this Content-Type after decoding it."""
+    kind, subtype = _type(_SPACE.sub(b" ", value))
+    return kind == b"multipart" or (kind == b"message" and subtype == b"rfc822")
+
+
+def _whole_block(
+    src: Source, window: bytes, lo: int, line: int, field_end: int
+) -> tuple[bytes, bytes, int]:
+    """The window (read on for a long header, up to MAX_BLOCK), the header block from the
+    field at ``line`` to its blank line, and where the body starts in the window."""
+    block, body = _block(window, line, field_end)
+    for more in (1 << 16, MAX_BLOCK):  # a long header block: read on, so far
+        if body < len(window) or lo + len(window) >= src.size:
+            break
+        window = src.read(lo, lo + more)
+        block, body = _block(window, line, field_end)
+    if body >= len(window) and lo + len(window) < src.size:
+        raise TooComplex("a header too long to check")
+    return window, block, body
+
+
+def _block_start(window: bytes, line: int) -> int:
+    """Where the header block that holds the line at ``line`` starts in ``window``: back over
+    field lines and their continuations (to the window's start, if that is as far as it goes)."""
+    while line > 0:
+        prev = window.rfind(b"\n", 0, line - 1) + 1
+        text = window[prev : line - 1].rstrip(b"\r")
+        if not (_FIELD.match(text) or (text[:1] in (b" ", b"\t") and text.strip())):
+            return line
+        line = prev
+    return 0
 
 
 def _dismissed(data: bytes, pos: int, lo: int, hi: int) -> bool:
@@ -311,11 +381,6 @@ def _block(window: bytes, line: int, field_end: int) -> tuple[bytes, int]:
     return window[line:], len(window)
 
 
-def _encoding(block: bytes) -> bytes:
-    match = _CTE.search(block)
-    return b"" if match is None else _normal(match.group(1))
-
-
 def _normal(value: bytes) -> bytes:
     """A Content-Transfer-Encoding value as compared: no comments, quotes or whitespace."""
     while b"(" in value:
@@ -329,8 +394,8 @@ def _normal(value: bytes) -> bytes:
 def _embedded(
     src: Source, start: int, boundary: bytes | None, encoding: bytes, depth: int, budget: _Budget
 ) -> str | None:
-    """Decode an encoded message/rfc822 body (to the part's closing boundary, else to the
-    end) and look inside it as in a message of its own."""
+    """Decode an encoded body (to the part's closing boundary, else to the end) and look
+    inside it as in a message of its own."""
     if depth >= MAX_DEPTH:
         raise TooComplex("message/rfc822 nested too deep to check")
     end = src.size
@@ -340,20 +405,8 @@ def _embedded(
     budget.decoded += end - start
     if budget.decoded > DECODE_BUDGET:
         raise TooComplex("too many encoded message/rfc822 parts to check")
-    body = src.read(start, end)
-    if encoding == b"base64":
-        data = b"".join(_b64_line(line) for line in body.splitlines())
-    else:
-        data = binascii.a2b_qp(body)
+    data = decode(src.read(start, end), encoding)
     return _find(Source(-1, 0, len(data), data), depth + 1, budget)
-
-
-def _b64_line(line: bytes) -> bytes:
-    """A base64 line decoded as leniently as mail readers do: junk skipped, a bad line empty."""
-    try:
-        return binascii.a2b_base64(line)
-    except binascii.Error:
-        return b""
 
 
 def _shown(subtype: bytes) -> str:

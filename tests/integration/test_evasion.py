@@ -18,7 +18,6 @@ from typing import Any
 
 import pytest
 
-from avtool.courier.unscannable import find_in
 from avtool.engine import Clean, Engine
 from tests.conftest import MakeConfig
 from tests.support import evasion
@@ -165,30 +164,3 @@ def test_every_fragment_counts_as_unchecked(clamd_server: Any) -> None:
         assert d.stop() == 0
     assert "verdict=unchecked: message/partial: a fragment" in d.log()
     assert "verdict=unchecked: message/x-anything: clamd does not scan this type" in d.log()
-
-
-ENCODED_NOT_YET = (
-    "avtool does not look inside a base64 part that is not message/rfc822 or multipart, nor "
-    "find a Content-Transfer-Encoding written before the Content-Type (closing note of "
-    "session 10: the fix needs the encoding of every part, from its whole header)"
-)
-
-
-@pytest.mark.parametrize("name", list(evasion.ENCODED_FRAGMENTS))
-def test_clamd_answers_ok_for_an_encoded_fragment(engine_config: MakeConfig, name: str) -> None:
-    """The attack: a message/partial mail holding EICAR, sent as a base64 attachment (of any
-    type, or none), or as a message/rfc822 part whose encoding comes first: clamd answers OK."""
-    engine = Engine.from_config(engine_config())
-    with tempfile.TemporaryFile() as f:
-        f.write(evasion.ENCODED_FRAGMENTS[name](evasion.EICAR))
-        f.flush()
-        assert isinstance(engine.scan(f.fileno(), deadline=time.monotonic() + 20), Clean)
-
-
-@pytest.mark.xfail(reason=ENCODED_NOT_YET, strict=True)
-@pytest.mark.parametrize("name", list(evasion.ENCODED_FRAGMENTS))
-def test_an_encoded_fragment_is_unchecked(name: str) -> None:
-    """...and so avtool must call it unchecked. It does not yet: strict xfails, which fail the
-    day it does (then they become plain tests, and the daemon test above takes them in)."""
-    found = find_in(evasion.ENCODED_FRAGMENTS[name](evasion.EICAR))
-    assert found is not None and found.startswith("message/")

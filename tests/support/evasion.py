@@ -403,6 +403,18 @@ def _astride(payload: bytes) -> bytes:
     return head + field + _inner(payload) + b"\n" + filler
 
 
+def _encoded_part(head: bytes) -> Builder:
+    """A multipart whose second part, with header ``head``, is a whole message/partial mail
+    holding the payload, in base64: clamd decodes it, takes it for mail and answers OK
+    whatever the part's type (by trial, ClamAV 1.4.6)."""
+
+    def build(payload: bytes) -> bytes:
+        fragment = _top(b"message/partial" + FRAGMENT_ID)(payload)
+        return message([TEXT, head + b"\n" + b64(fragment)], boundary=b"outer")
+
+    return build
+
+
 FRAGMENTS: dict[str, Builder] = {
     "first": _top(b"message/partial" + FRAGMENT_ID),
     "second_content_type": lambda p: (
@@ -431,23 +443,6 @@ FRAGMENTS: dict[str, Builder] = {
     ),
     "in_rfc822_after_2m": _padded,
     "astride_the_first_8k": _astride,
-}
-
-
-def _encoded_part(head: bytes) -> Builder:
-    """A multipart whose second part, with header ``head``, is a whole message/partial mail
-    holding the payload, in base64."""
-
-    def build(payload: bytes) -> bytes:
-        fragment = FRAGMENTS["first"](payload)
-        return message([TEXT, head + b"\n" + b64(fragment)], boundary=b"outer")
-
-    return build
-
-
-# The same fragment as a base64 attachment: clamd decodes it, takes it for mail and answers OK
-# (by trial, ClamAV 1.4.6); avtool does not look inside yet (test_evasion.py: strict xfails).
-ENCODED_FRAGMENTS: dict[str, Builder] = {
     "eml_attachment": _encoded_part(
         b'Content-Type: application/octet-stream; name="fwd.eml"\n'
         b"Content-Transfer-Encoding: base64\n"

@@ -101,6 +101,14 @@ NOT_FRAGMENTS = {
         + base64.encodebytes(b"From: c@d\nContent-Type: text/plain\n\npartial\n")
     ),
     "plain": HEAD + b"\nContent-Type is a header field; partial is a word.\n",
+    "eml_attachment": _multipart(
+        b"Content-Type: application/octet-stream\nContent-Transfer-Encoding: base64\n\n"
+        + base64.encodebytes(b"From: c@d\nContent-Type: multipart/mixed; boundary=i\n\n--i\n\nx")
+    ),
+    "text_with_fields": _multipart(
+        b"Content-Type: text/plain\nContent-Transfer-Encoding: quoted-printable\n\n"
+        b"Name: value\nContent-Type: text/csv\n"
+    ),
 }
 
 
@@ -257,3 +265,21 @@ def test_a_field_name_across_a_chunk_edge(edge: int, before: int) -> None:
     message = HEAD + pad + b"Content-Type: message/partial\n\n" + b"x" * 99_999 + b"\n"
     assert message.find(b"Content-Type: message/partial") == edge - before
     assert find_in(message) == PARTIAL
+
+
+@settings(max_examples=500)
+@given(
+    st.binary(max_size=3000),
+    st.integers(1, 120),
+    st.lists(st.tuples(st.integers(0, 4000), st.sampled_from([b"*", b"=", b"\n", b"QQ=="]))),
+)
+def test_a_base64_body_is_decoded_whole(data: bytes, width: int, junk: list) -> None:  # type: ignore[type-arg]
+    """fieldsearch.decode reads base64 as one stream, as clamd and mail readers do, whatever
+    the line length (a line not a multiple of 4 long once decoded to nothing); with junk or a
+    padding inside, line by line, a bad line empty."""
+    text = base64.b64encode(data)
+    body = b"\n".join(text[i : i + width] for i in range(0, len(text), width)) + b"\n"
+    assert fieldsearch.decode(body, b"base64") == data
+    for at, piece in junk:
+        body = body[:at] + piece + body[at:]
+    assert isinstance(fieldsearch.decode(body, b"base64"), bytes)
