@@ -283,3 +283,36 @@ def test_a_base64_body_is_decoded_whole(data: bytes, width: int, junk: list) -> 
     for at, piece in junk:
         body = body[:at] + piece + body[at:]
     assert isinstance(fieldsearch.decode(body, b"base64"), bytes)
+
+
+@pytest.mark.parametrize(
+    ("value", "decoded"),
+    [
+        (b"base64", True),
+        (b" BASE64 ", True),
+        (b"(a comment) base64", True),
+        (b'"base64"', True),
+        (b"\n base64", True),  # folded onto the next line
+        (b"Base64 (b)", True),
+        (b"7bit", False),
+        (b"binary", False),
+        (b"x-uuencode", False),
+        (b"bas64", False),
+    ],
+)
+@pytest.mark.parametrize("big", [False, True])
+def test_every_way_to_write_the_encoding_of_an_attached_fragment(
+    value: bytes, decoded: bool, big: bool
+) -> None:
+    """The quick look in place (a value that starts with a letter but b or q is no encoding to
+    decode) and the whole one agree: an attached fragment is found however its encoding is
+    written, and only when it is base64; past the first 64 KiB too."""
+    fragment = b"From: c@d\nContent-Type: message/partial; id=x\n\n" + INNER
+    pad = (
+        b"Content-Type: text/plain\n\n" + b"x" * 99_999 + b"\n"
+        if big
+        else b"Content-Type: text/plain\n\nhi\n"
+    )
+    part = b"Content-Type: application/octet-stream\nContent-Transfer-Encoding: " + value + b"\n\n"
+    message = _multipart(pad, part + base64.encodebytes(fragment))
+    assert find_in(message) == (PARTIAL if decoded else None)
