@@ -148,7 +148,7 @@ def decode_start(peek: bytes, encoding: bytes) -> bytes:
 
 def decode(body: bytes, encoding: bytes) -> bytes:
     """An encoded body decoded: base64 as one stream where it is one, as clamd and mail readers
-    read it (and ten times faster than line by line), else line by line, a bad line empty."""
+    read it (a third less time than line by line), else line by line, a bad line empty."""
     if encoding != b"base64":
         return binascii.a2b_qp(body)
     data = _b64_stream(body.translate(None, _BLANKS))
