@@ -267,6 +267,19 @@ def test_a_field_name_across_a_chunk_edge(edge: int, before: int) -> None:
     assert find_in(message) == PARTIAL
 
 
+@pytest.mark.parametrize("edge", [8 << 10, 24 << 10])
+@pytest.mark.parametrize("before", [1, 12, 20, 24, 25])
+def test_an_encoding_name_across_a_chunk_edge(edge: int, before: int) -> None:
+    """The same for the longer name, Content-Transfer-Encoding: a message that is all an
+    encoded fragment, its encoding field across a chunk's end, is found (each chunk is read
+    with the bytes that name needs past its end)."""
+    pad = b"X-Pad: " + b"a" * (edge - before - len(HEAD) - 8) + b"\n"
+    fragment = b"From: c@d\nContent-Type: message/partial; id=x\n\n" + b"x" * 99_999 + b"\n"
+    message = HEAD + pad + b"Content-Transfer-Encoding: base64\n\n" + base64.encodebytes(fragment)
+    assert message.find(b"Content-Transfer-Encoding") == edge - before
+    assert find_in(message) == PARTIAL
+
+
 @settings(max_examples=500)
 @given(
     st.binary(max_size=3000),
