@@ -43,7 +43,8 @@ sys.path.insert(0, str(REPO))  # run as a script: tests/ and bench/ import from 
 from avtool.config import Config  # noqa: E402
 from avtool.engine import Engine  # noqa: E402
 from bench.engine import machine  # noqa: E402
-from bench.rescan import cpu_of, fildes_floor, mail, rescan  # noqa: E402
+from bench.interleave import cpu_of  # noqa: E402
+from bench.rescan import fildes_floor, mail, rescan  # noqa: E402
 from bench.scan import multiscan  # noqa: E402
 from tests.support.clamd_harness import ClamdServer  # noqa: E402
 
