@@ -11,7 +11,7 @@ one run, never an absolute gate against another machine:
 
 1. First pass (a fresh state): ``avtool rescan --json``, a real process over all the mail,
    timed whole (start-up included), against clamd's MULTISCAN of the same mail.
-   Target: >= 0.90 x MULTISCAN, in the median of ``--interleaved`` runs (default 2) measured
+   Target: >= 0.90 x MULTISCAN, in the median of ``--interleaved`` runs (default 3) measured
    by bench/interleave.py: the process is stopped about once a second for the MULTISCAN of
    the next user's Maildir, so that both sides meet the machine at the same moments.
    Also, as before that rule: ``--pairs`` whole runs of each in ABBA order (MULTISCAN first,
@@ -27,7 +27,7 @@ one run, never an absolute gate against another machine:
 4. SIGKILL once half the messages are committed; then: PRAGMA integrity_check, the findings
    committed before the kill, and a resumed run that scans only what was not committed.
 
-    python bench/rescan.py [--count 20000] [--users 20] [--pairs 4] [--interleaved 2] [--floor]
+    python bench/rescan.py [--count 20000] [--users 20] [--pairs 4] [--interleaved 3] [--floor]
 """
 
 from __future__ import annotations
@@ -250,7 +250,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--pairs", type=int, default=4, help="first-pass runs of each (ABBA)")
     parser.add_argument("--out", type=Path, default=REPO / "bench" / "out" / "rescan.json")
     parser.add_argument(
-        "--interleaved", type=int, default=2, help="first passes paused for MULTISCAN slices"
+        "--interleaved", type=int, default=3, help="first passes paused for MULTISCAN slices"
     )
     parser.add_argument(
         "--floor", action="store_true", help="also the bare FILDES client (fildes_floor)"
