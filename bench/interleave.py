@@ -66,6 +66,7 @@ def run(
     todo = list(slices)
     client_clamd = multi_clamd = multi_seconds = paused = drained = 0.0
     multi_found = multi_messages = after = stops = 0
+    each: list[float] = []  # the interleaved slices' seconds, in order
     t0 = time.perf_counter()
     mark = cpu_of(clamd)
     with open(out, "wb") as f:
@@ -91,6 +92,7 @@ def run(
             paused += time.perf_counter() - start
             stops += 1
             multi_seconds += seconds
+            each.append(round(seconds, 4))
             multi_found += int(alone["found"])  # type: ignore[call-overload]
             multi_messages += count
             interval = seconds
@@ -128,6 +130,7 @@ def run(
         "multiscan_found": multi_found,
         "slices": len(slices),
         "slices_after": after,
+        "slice_seconds": each,
         "ratio": round(messages / seconds / (multi_messages / multi_seconds), 3),
     }
 
