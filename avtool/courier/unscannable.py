@@ -23,9 +23,10 @@ decoded and looked at the same way when its header says ``message/rfc822`` or ``
 (before or after the encoding), and when its first bytes decoded look like mail: clamd decodes
 such a part whatever its declared type, takes it for mail and answers OK for a fragment in it
 (by trial: an ``.eml`` attachment typed application/octet-stream, text/plain or not at all).
-Being wrong errs towards "unchecked": a line in a text body that looks like such a field after
-a blank line, or ``Content-Type: "message/rfc822"`` that clamd would scan. Not seen: a message
-inside an archive (a zip holding an ``.eml``); only clamd could tell.
+One that decodes to a zip archive is opened, and its members that look like mail are looked at
+the same way (archives.py; other kinds of archive are not). Being wrong errs towards
+"unchecked": a line in a text body that looks like such a field after a blank line, or
+``Content-Type: "message/rfc822"`` that clamd would scan.
 
 Cost, as this runs for every clean message in the daemon's loop. The names and the lines that
 start with ``--`` are found by fieldsearch.py (memchr(3) for their "-"); a field whose type
@@ -50,6 +51,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterator
 
+from avtool.courier import archives
 from avtool.courier.fieldsearch import (
     DASHES,
     ENCODING,
@@ -60,6 +62,8 @@ from avtool.courier.fieldsearch import (
     decode,
     decode_start,
     find_from,
+    has_control,
+    looks_like_mail,
     needles,
     needles_until_dashes,
 )
@@ -91,14 +95,6 @@ _CONTAINERS = (b"message", b"multipart")
 _BOUNDARY = re.compile(rb'(?i)\bboundary[ \t]*=[ \t]*(?:"([^"]*)"|([^ \t;"]+))')  # RFC 2046 5.1.1
 _PRINTABLE = re.compile(rb"[^!-~]")
 _NAME_END = re.compile(rb"[ \t]*:")  # a field's name to its colon
-# Lenient: text (no control characters but blanks and line ends) with a header field line (or
-# an mbox From_ line) anywhere in its first 2 KiB, where clamd's own test for mail looks for
-# some of them (libclamav's filetypes: "\nFrom: ", "\nMIME-Version: ", "\nContent-Type: "...
-# within the first 1-3 KiB). Without the first test, 4 of bench/corpus.py's 500 messages had
-# a random attachment decoded whole for a chance "\nX:".
-_MAILISH = re.compile(rb"(?m)^(?:From |[!-9;-~]+[ \t]*:)")
-_CONTROL = re.compile(rb"[\x00-\x08\x0e-\x1f\x7f]")
-MAIL_HEAD = 2 << 10
 
 
 class TooComplex(Exception):
@@ -246,7 +242,7 @@ def _encoded(src: Source, pos: int, depth: int, budget: _Budget) -> str | None:
     to it (by trial: an ``.eml`` typed application/octet-stream, text/plain or not at all, and
     a message/rfc822 part whose encoding comes before its type). So the part is decoded and
     looked inside when its header declares either type (before or after this field), or when
-    its first bytes decoded hold a header field line (_MAILISH)."""
+    its first bytes decoded hold a header field line (fieldsearch.looks_like_mail)."""
     lo, hi = max(0, pos - BACK), min(pos + FORWARD, src.size)
     # in place first: most parts are 7bit, 8bit or binary
     if hi <= len(src.head) and _dismissed(src.head, pos, lo, hi, ENCODING, b"bBqQ"):
@@ -265,21 +261,38 @@ def _encoded(src: Source, pos: int, depth: int, budget: _Budget) -> str | None:
     if budget.encoded_parts > MAX_ENCODED_PARTS:
         raise TooComplex("too many encoded parts to check")
     window, block, body = _whole_block(src, window, lo, line, field_end)
-    if not _mailish(src, lo + body, encoding):
+    peek = src.read(lo + body, lo + body + PEEK)
+    first = decode_start(peek[:512], encoding)
+    if first.startswith(archives.ZIP):
+        return _zipped(src, lo + body, _part_boundary(window, line, lo), encoding, depth, budget)
+    if not _mailish(peek, first, encoding):
         header = window[_block_start(window, line) : line] + block
         if not any(_decoded(m.group(1)) for m in _CT.finditer(header)):
             return None
     return _embedded(src, lo + body, _part_boundary(window, line, lo), encoding, depth, budget)
 
 
-def _mailish(src: Source, start: int, encoding: bytes) -> bool:
-    """Whether the encoded body at ``start`` decodes to what looks like mail (_MAILISH): its
-    first 256 bytes first, which rule out most attachments (binary) at a sixth of the cost."""
-    peek = src.read(start, start + PEEK)
-    if _CONTROL.search(decode_start(peek[:512], encoding)[:256]):
-        return False
-    text = decode_start(peek, encoding)[:MAIL_HEAD]
-    return _CONTROL.search(text) is None and _MAILISH.search(text) is not None
+def _mailish(peek: bytes, first: bytes, encoding: bytes) -> bool:
+    """Whether an encoded body (``peek``; ``first``, its start decoded) looks like mail: the
+    first 256 bytes first, which rule out most binary attachments at a sixth of the cost."""
+    return not has_control(first[:256]) and looks_like_mail(decode_start(peek, encoding))
+
+
+def _zipped(
+    src: Source, start: int, boundary: bytes | None, encoding: bytes, depth: int, budget: _Budget
+) -> str | None:
+    """An encoded zip archive: each member that looks like mail, as a message of its own."""
+    try:
+        zipped = _body(src, start, boundary, encoding, budget)
+        left = DECODE_BUDGET - budget.decoded
+        for member in archives.mail_members(zipped, looks_like_mail, left):
+            budget.decoded += len(member)
+            found = _find(Source(-1, 0, len(member), member), depth + 1, budget)
+            if found is not None:
+                return found
+    except archives.Unreadable as e:
+        return str(e)
+    return None
 
 
 def _decoded(value: bytes) -> bool:
@@ -400,19 +413,26 @@ def _normal(value: bytes) -> bytes:
 def _embedded(
     src: Source, start: int, boundary: bytes | None, encoding: bytes, depth: int, budget: _Budget
 ) -> str | None:
-    """Decode an encoded body (to the part's closing boundary, else to the end) and look
-    inside it as in a message of its own."""
+    """Decode an encoded body and look inside it as in a message of its own."""
     if depth >= MAX_DEPTH:
         raise TooComplex("message/rfc822 nested too deep to check")
+    data = _body(src, start, boundary, encoding, budget)
+    return _find(Source(-1, 0, len(data), data), depth + 1, budget)
+
+
+def _body(
+    src: Source, start: int, boundary: bytes | None, encoding: bytes, budget: _Budget
+) -> bytes:
+    """An encoded body from ``start`` to the part's closing boundary (else to the end),
+    decoded, within DECODE_BUDGET."""
     end = src.size
     if boundary is not None:
         at = find_from(src, max(0, start - 1), b"\n" + boundary)
         end = at if at >= 0 else end
     budget.decoded += end - start
     if budget.decoded > DECODE_BUDGET:
-        raise TooComplex("too many encoded message/rfc822 parts to check")
-    data = decode(src.read(start, end), encoding)
-    return _find(Source(-1, 0, len(data), data), depth + 1, budget)
+        raise TooComplex("too many encoded parts to decode to check")
+    return decode(src.read(start, end), encoding)
 
 
 def _shown(subtype: bytes) -> str:

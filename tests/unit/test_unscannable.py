@@ -105,6 +105,14 @@ NOT_FRAGMENTS = {
         b"Content-Type: application/octet-stream\nContent-Transfer-Encoding: base64\n\n"
         + base64.encodebytes(b"From: c@d\nContent-Type: multipart/mixed; boundary=i\n\n--i\n\nx")
     ),
+    "eml_in_zip": _multipart(
+        b"Content-Type: application/zip\nContent-Transfer-Encoding: base64\n\n"
+        + base64.encodebytes(evasion.zipped("fwd.eml", b"From: c@d\nSubject: s\n\nforwarded\n"))
+    ),
+    "text_in_zip": _multipart(
+        b"Content-Type: application/zip\nContent-Transfer-Encoding: base64\n\n"
+        + base64.encodebytes(evasion.zipped("a.txt", b"Name: value\n" * 100 + bytes(range(256))))
+    ),
     "text_with_fields": _multipart(
         b"Content-Type: text/plain\nContent-Transfer-Encoding: quoted-printable\n\n"
         b"Name: value\nContent-Type: text/csv\n"

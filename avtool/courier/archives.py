@@ -1,0 +1,81 @@
+"""The members of a zip archive that clamd takes for mail, for unscannable.py.
+
+clamd opens a zip archive in a message (an attachment, decoded) and scans its members; a member
+that looks like mail to it is parsed as mail, and one whose own type is ``message/partial`` (or
+another ``message/*`` it does not scan) is answered OK without a look, as at the top of a
+message: by trial with ClamAV 1.4.6, a zip holding such an ``.eml`` with EICAR in its attachment
+is answered OK, at the top, attached in base64, and in a zip in a zip (tests/support/evasion.py
+FRAGMENTS ``eml_in_zip``...). So unscannable.py hands each zip it decodes to ``mail_members``,
+which opens it with the stdlib and gives back the members that look like mail (``is_mail`` on
+their first MAIL_HEAD bytes), whole, and those of the zips in it.
+
+What cannot be read here is reported (Unreadable), and the message is then unchecked: clamd may
+read what the stdlib cannot (a damaged archive, a compression method it lacks), and a bound
+must not be a way through (too deep, too many members, too many bytes: a zip bomb). An
+encrypted member is passed over: clamd cannot read it either. Other kinds of archive (rar, 7z,
+tar, gzip) are not opened: not seen, as before.
+"""
+
+from __future__ import annotations
+
+import io
+import lzma
+import zipfile
+import zlib
+from collections.abc import Callable, Iterator
+
+ZIP = b"PK\x03\x04"  # a local file header: the first bytes of a zip archive
+MAX_ZIP_DEPTH = 3  # a zip in a zip in a zip
+MAX_MEMBERS = 1_000  # in one archive
+MAIL_HEAD = 2 << 10  # bytes of a member read to tell whether it looks like mail
+# What the stdlib raises for an archive or member it cannot read (bz2: OSError; a compression
+# method it lacks: NotImplementedError; an odd header: ValueError)
+_BROKEN = (
+    zipfile.BadZipFile, zipfile.LargeZipFile, zlib.error, lzma.LZMAError, EOFError, OSError,
+    ValueError, NotImplementedError, RuntimeError,
+)  # fmt: skip
+
+
+class Unreadable(Exception):
+    """The archive cannot be looked inside here: the reason, for an Unchecked verdict."""
+
+
+def mail_members(data: bytes, is_mail: Callable[[bytes], bool], budget: int) -> Iterator[bytes]:
+    """Each member of the zip ``data``, and of the zips in it, whose first bytes look like mail
+    (``is_mail``), whole; at most ``budget`` bytes read from the archives in all."""
+    yield from _members(data, is_mail, [budget], 0)
+
+
+def _members(
+    data: bytes, is_mail: Callable[[bytes], bool], left: list[int], depth: int
+) -> Iterator[bytes]:
+    if depth >= MAX_ZIP_DEPTH:
+        raise Unreadable("zip archives nested too deep to check")
+    try:
+        archive = zipfile.ZipFile(io.BytesIO(data))
+        members = archive.infolist()
+    except _BROKEN as e:
+        raise Unreadable("a zip archive that cannot be read to check") from e
+    if len(members) > MAX_MEMBERS:
+        raise Unreadable("too many zip members to check")
+    for info in members:
+        if info.is_dir() or info.flag_bits & 0x1:  # encrypted: clamd cannot read it either
+            continue
+        head = _read(archive, info, MAIL_HEAD, left)
+        if head.startswith(ZIP):
+            yield from _members(_read(archive, info, left[0], left), is_mail, left, depth + 1)
+        elif is_mail(head):
+            yield _read(archive, info, left[0], left)
+
+
+def _read(archive: zipfile.ZipFile, info: zipfile.ZipInfo, size: int, left: list[int]) -> bytes:
+    """The first ``size`` bytes of the member, counted against ``left``."""
+    try:
+        with archive.open(info) as member:
+            data = member.read(min(size, left[0]) + 1)
+    except _BROKEN as e:
+        raise Unreadable("a zip member that cannot be read to check") from e
+    if len(data) > left[0]:
+        raise Unreadable("too many bytes in zip archives to check")
+    left[0] -= len(data)
+    return data[:size]
