@@ -282,6 +282,8 @@ def _zipped(
     src: Source, start: int, boundary: bytes | None, encoding: bytes, depth: int, budget: _Budget
 ) -> str | None:
     """An encoded zip archive: each member that looks like mail, as a message of its own."""
+    if depth >= MAX_DEPTH:
+        raise TooComplex("message/rfc822 nested too deep to check")
     try:
         zipped = _body(src, start, boundary, encoding, budget)
         left = DECODE_BUDGET - budget.decoded

@@ -92,3 +92,12 @@ def test_an_encrypted_member_is_passed_over() -> None:
 def test_too_many_members() -> None:
     data = _zip(*((f"{n}.txt", b"") for n in range(archives.MAX_MEMBERS + 1)))
     assert find_in(_mail_with(data)) == "too many zip members to check"
+
+
+def test_mail_in_zips_in_mail_is_bounded_by_the_message_depth() -> None:
+    """A zip holding mail whose attachment is a zip holding mail..., past MAX_DEPTH: unchecked."""
+    inner = FRAGMENT
+    for _ in range(6):
+        archive = _zip(("m.eml", inner))
+        inner = _mail_with(archive)
+    assert find_in(inner) == "message/rfc822 nested too deep to check"
