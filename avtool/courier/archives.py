@@ -23,6 +23,7 @@ import lzma
 import zipfile
 import zlib
 from collections.abc import Callable, Iterator
+from typing import Protocol
 
 ZIP = b"PK\x03\x04"  # a local file header: the first bytes of a zip archive
 MAX_ZIP_DEPTH = 3  # a zip in a zip in a zip
@@ -40,14 +41,23 @@ class Unreadable(Exception):
     """The archive cannot be looked inside here: the reason, for an Unchecked verdict."""
 
 
-def mail_members(data: bytes, is_mail: Callable[[bytes], bool], budget: int) -> Iterator[bytes]:
+class Budget(Protocol):
+    """The bytes a message may still have decoded for its check (unscannable.py), shared by
+    every part and archive of it: a zip bomb in each of many parts must not multiply it."""
+
+    def room(self) -> int: ...
+
+    def take(self, size: int) -> None: ...
+
+
+def mail_members(data: bytes, is_mail: Callable[[bytes], bool], budget: Budget) -> Iterator[bytes]:
     """Each member of the zip ``data``, and of the zips in it, whose first bytes look like mail
-    (``is_mail``), whole; at most ``budget`` bytes read from the archives in all."""
-    yield from _members(data, is_mail, [budget], 0)
+    (``is_mail``), whole; every byte read from the archives is taken from ``budget``."""
+    yield from _members(data, is_mail, budget, 0)
 
 
 def _members(
-    data: bytes, is_mail: Callable[[bytes], bool], left: list[int], depth: int
+    data: bytes, is_mail: Callable[[bytes], bool], budget: Budget, depth: int
 ) -> Iterator[bytes]:
     if depth >= MAX_ZIP_DEPTH:
         raise Unreadable("zip archives nested too deep to check")
@@ -61,21 +71,23 @@ def _members(
     for info in members:
         if info.is_dir() or info.flag_bits & 0x1:  # encrypted: clamd cannot read it either
             continue
-        head = _read(archive, info, MAIL_HEAD, left)
+        head = _read(archive, info, MAIL_HEAD, budget)
         if head.startswith(ZIP):
-            yield from _members(_read(archive, info, left[0], left), is_mail, left, depth + 1)
+            inner = _read(archive, info, budget.room(), budget)
+            yield from _members(inner, is_mail, budget, depth + 1)
         elif is_mail(head):
-            yield _read(archive, info, left[0], left)
+            yield _read(archive, info, budget.room(), budget)
 
 
-def _read(archive: zipfile.ZipFile, info: zipfile.ZipInfo, size: int, left: list[int]) -> bytes:
-    """The first ``size`` bytes of the member, counted against ``left``."""
+def _read(archive: zipfile.ZipFile, info: zipfile.ZipInfo, size: int, budget: Budget) -> bytes:
+    """The first ``size`` bytes of the member, taken from ``budget``."""
+    room = budget.room()
     try:
         with archive.open(info) as member:
-            data = member.read(min(size, left[0]) + 1)
+            data = member.read(min(size, room) + 1)
     except _BROKEN as e:
         raise Unreadable("a zip member that cannot be read to check") from e
-    if len(data) > left[0]:
+    if len(data) > room:
         raise Unreadable("too many bytes in zip archives to check")
-    left[0] -= len(data)
+    budget.take(len(data))
     return data[:size]

@@ -110,6 +110,12 @@ class _Budget:
         self.decoded = 0
         self.boundaries: set[bytes] = set()
 
+    def room(self) -> int:  # archives.Budget
+        return max(0, DECODE_BUDGET - self.decoded)
+
+    def take(self, size: int) -> None:
+        self.decoded += size
+
 
 def find(fd: int, size: int, head: bytes, base: int = 0) -> str | None:
     """Why clamd would not look at the message open on ``fd`` (its ``size`` bytes from
@@ -286,9 +292,7 @@ def _zipped(
         raise TooComplex("message/rfc822 nested too deep to check")
     try:
         zipped = _body(src, start, boundary, encoding, budget)
-        left = DECODE_BUDGET - budget.decoded
-        for member in archives.mail_members(zipped, looks_like_mail, left):
-            budget.decoded += len(member)
+        for member in archives.mail_members(zipped, looks_like_mail, budget):
             found = _find(Source(-1, 0, len(member), member), depth + 1, budget)
             if found is not None:
                 return found

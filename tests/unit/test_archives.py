@@ -14,7 +14,7 @@ import pytest
 
 from avtool.courier import archives
 from avtool.courier.fieldsearch import looks_like_mail
-from avtool.courier.unscannable import PARTIAL, find_in
+from avtool.courier.unscannable import DECODE_BUDGET, PARTIAL, find_in
 from tests.support import evasion
 
 MAIL = b"From: a@b\nSubject: s\n\n" + b"text line\n" * 500  # bigger than MAIL_HEAD
@@ -34,8 +34,21 @@ def _mail_with(archive: bytes) -> bytes:
     return evasion.message([evasion.TEXT, part + base64.encodebytes(archive)])
 
 
+class Room:
+    """archives.Budget: ``size`` bytes."""
+
+    def __init__(self, size: int) -> None:
+        self.left = size
+
+    def room(self) -> int:
+        return self.left
+
+    def take(self, size: int) -> None:
+        self.left -= size
+
+
 def _members(data: bytes, budget: int = 1 << 20) -> list[bytes]:
-    return list(archives.mail_members(data, looks_like_mail, budget))
+    return list(archives.mail_members(data, looks_like_mail, Room(budget)))
 
 
 def test_the_members_that_look_like_mail_whole_and_only_them() -> None:
@@ -101,3 +114,17 @@ def test_mail_in_zips_in_mail_is_bounded_by_the_message_depth() -> None:
         archive = _zip(("m.eml", inner))
         inner = _mail_with(archive)
     assert find_in(inner) == "message/rfc822 nested too deep to check"
+
+
+def test_one_budget_for_all_the_zips_of_a_message() -> None:
+    """Many parts, each a small zip holding a big stored zip (a zip bomb each): together past
+    DECODE_BUDGET, so unchecked, not each part given the whole budget again (CPU for nothing)."""
+    big = _zip(("zeros.bin", bytes(4 << 20)), method=zipfile.ZIP_STORED)
+    bomb = _zip(("inner.zip", big))
+    assert len(bomb) < 64 << 10
+    part = b"Content-Type: application/zip\nContent-Transfer-Encoding: base64\n\n"
+    count = DECODE_BUDGET // len(big) + 1
+    mail = evasion.message([evasion.TEXT] + [part + base64.encodebytes(bomb)] * count)
+    assert find_in(mail) == "too many bytes in zip archives to check"
+    fewer = evasion.message([evasion.TEXT] + [part + base64.encodebytes(bomb)] * (count - 2))
+    assert find_in(fewer) is None
