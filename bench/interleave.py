@@ -6,7 +6,7 @@ Why: on a shared VM the machine's speed moves by 10-30% within a minute. bench/r
 pairs compare whole runs of 20-30 s each, minutes apart; on such a machine their best of each
 measures the machine as much as the client. In sessions 10 and 11 the bare FILDES client
 itself, which keeps clamd as busy as its MULTISCAN does (0.96-0.98 of it in bench/alternate.py's
-one-second runs), came out at 0.79-0.90 of MULTISCAN that way. Here both sides meet the
+one-second runs), came out at 0.79-0.91 of MULTISCAN that way. Here both sides meet the
 same machine, second by second, and the client is still one first pass over all the mail,
 start-up and the state's last commit included.
 

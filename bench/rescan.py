@@ -17,7 +17,7 @@ one run, never an absolute gate against another machine:
    Also, as before that rule: ``--pairs`` whole runs of each in ABBA order (MULTISCAN first,
    then second, ...), best of each, and each pair's ratio. On this shared VM the machine's
    speed moves by 10-30% between two such runs; the bare FILDES client (``--floor``, which
-   keeps clamd as busy as its MULTISCAN does) came out at 0.79-0.90 of MULTISCAN that way in
+   keeps clamd as busy as its MULTISCAN does) came out at 0.79-0.91 of MULTISCAN that way in
    sessions 10 and 11, so their figure measures the machine as much as the client.
 2. Second pass (same signatures): the same command again. Target: >= 20,000 messages/s
    (process wall time, start-up included), and no message read: every message's atime is set
