@@ -29,11 +29,12 @@ ZIP = b"PK\x03\x04"  # a local file header: the first bytes of a zip archive
 MAX_ZIP_DEPTH = 3  # a zip in a zip in a zip
 MAX_MEMBERS = 1_000  # in one archive
 MAIL_HEAD = 2 << 10  # bytes of a member read to tell whether it looks like mail
-# What the stdlib raises for an archive or member it cannot read (bz2: OSError; a compression
-# method it lacks: NotImplementedError; an odd header: ValueError)
-_BROKEN = (
+# What the stdlib raises for an archive or member it cannot read: bz2 OSError, an odd header
+# ValueError, a compression method it lacks or an encrypted member RuntimeError (whose subclass
+# NotImplementedError is the method's)
+BROKEN = (
     zipfile.BadZipFile, zipfile.LargeZipFile, zlib.error, lzma.LZMAError, EOFError, OSError,
-    ValueError, NotImplementedError, RuntimeError,
+    ValueError, RuntimeError,
 )  # fmt: skip
 
 
@@ -61,16 +62,10 @@ def _members(
 ) -> Iterator[bytes]:
     if depth >= MAX_ZIP_DEPTH:
         raise Unreadable("zip archives nested too deep to check")
-    try:
-        archive = zipfile.ZipFile(io.BytesIO(data))
-        members = archive.infolist()
-    except _BROKEN as e:
-        raise Unreadable("a zip archive that cannot be read to check") from e
+    archive, members = open_zip(data)
     if len(members) > MAX_MEMBERS:
         raise Unreadable("too many zip members to check")
     for info in members:
-        if info.is_dir() or info.flag_bits & 0x1:  # encrypted: clamd cannot read it either
-            continue
         head = _read(archive, info, MAIL_HEAD, budget)
         if head.startswith(ZIP):
             inner = _read(archive, info, budget.room(), budget)
@@ -79,13 +74,25 @@ def _members(
             yield _read(archive, info, budget.room(), budget)
 
 
+def open_zip(data: bytes) -> tuple[zipfile.ZipFile, list[zipfile.ZipInfo]]:
+    """The zip ``data`` opened, and its members that hold data the stdlib may read: not
+    directories, not encrypted (APPNOTE 4.4.4 bit 0: clamd cannot read those either).
+    Unreadable when the archive itself cannot be read. Shared with engine/secondlook.py."""
+    try:
+        archive = zipfile.ZipFile(io.BytesIO(data))
+        infos = archive.infolist()
+    except BROKEN as e:
+        raise Unreadable("a zip archive that cannot be read to check") from e
+    return archive, [i for i in infos if not (i.is_dir() or i.flag_bits & 0x1)]
+
+
 def _read(archive: zipfile.ZipFile, info: zipfile.ZipInfo, size: int, budget: Budget) -> bytes:
     """The first ``size`` bytes of the member, taken from ``budget``."""
     room = budget.room()
     try:
         with archive.open(info) as member:
             data = member.read(min(size, room) + 1)
-    except _BROKEN as e:
+    except BROKEN as e:
         raise Unreadable("a zip member that cannot be read to check") from e
     if len(data) > room:
         raise Unreadable("too many bytes in zip archives to check")

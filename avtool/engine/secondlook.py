@@ -27,13 +27,11 @@ Only Infected messages that ``policy.hides`` picks pay for this: a stdlib MIME p
 
 from __future__ import annotations
 
-import io
 import os
 import time
-import zipfile
-import zlib
 from collections.abc import Iterator
 
+from avtool.courier import archives
 from avtool.engine import Engine, Failed, Infected, Unchecked, Verdict
 from avtool.scan.explain import explain
 
@@ -112,19 +110,16 @@ def _zip_members(data: bytes, left: list[int]) -> Iterator[bytes]:
     it calls them unchecked). ``left``: members and unpacked bytes still allowed, counted down
     (a member's declared size bounds what zipfile unpacks of it)."""
     try:
-        archive = zipfile.ZipFile(io.BytesIO(data))
-        infos = archive.infolist()
-    except (zipfile.BadZipFile, zlib.error, OSError, EOFError, ValueError, NotImplementedError):
+        archive, infos = archives.open_zip(data)
+    except archives.Unreadable:
         return
     for info in infos:
-        if info.is_dir() or info.flag_bits & 0x1:  # 0x1: encrypted (APPNOTE 4.4.4)
-            continue
         if left[0] <= 0 or info.file_size > left[1]:
             return
         left[0] -= 1
         left[1] -= info.file_size
         try:
             member = archive.read(info)
-        except (zipfile.BadZipFile, zlib.error, OSError, EOFError, ValueError, RuntimeError):
-            continue  # RuntimeError: encrypted after all; NotImplementedError is one
+        except archives.BROKEN:
+            continue
         yield member

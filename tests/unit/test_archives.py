@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import base64
 import io
+import lzma
 import struct
 import zipfile
 
@@ -15,6 +16,7 @@ import pytest
 from avtool.courier import archives
 from avtool.courier.fieldsearch import looks_like_mail
 from avtool.courier.unscannable import DECODE_BUDGET, PARTIAL, find_in
+from avtool.engine import secondlook
 from tests.support import evasion
 
 MAIL = b"From: a@b\nSubject: s\n\n" + b"text line\n" * 500  # bigger than MAIL_HEAD
@@ -128,3 +130,19 @@ def test_one_budget_for_all_the_zips_of_a_message() -> None:
     assert find_in(mail) == "too many bytes in zip archives to check"
     fewer = evasion.message([evasion.TEXT] + [part + base64.encodebytes(bomb)] * (count - 2))
     assert find_in(fewer) is None
+
+
+def test_the_second_look_passes_over_a_member_it_cannot_unpack() -> None:
+    """engine/secondlook.py shares open_zip and BROKEN: a damaged LZMA member (whose error the
+    second look once let escape) is passed over, the good member still given."""
+    data = bytearray(_zip(("bad.txt", b"x" * 4000), method=zipfile.ZIP_LZMA))
+    start = data.find(b"PK\x03\x04")
+    name_len, extra_len = struct.unpack_from("<HH", data, start + 26)
+    body = start + 30 + name_len + extra_len
+    data[body + 20 : body + 40] = b"\xff" * 20  # the compressed stream, garbled
+    good = _zip(("good.txt", b"fine"))
+    with pytest.raises(lzma.LZMAError):
+        zipfile.ZipFile(io.BytesIO(bytes(data))).read("bad.txt")
+    members = list(secondlook._zip_members(bytes(data), [10, 1 << 20]))
+    assert members == []
+    assert list(secondlook._zip_members(good, [10, 1 << 20])) == [b"fine"]
